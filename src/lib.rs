@@ -1,1 +1,7 @@
+//! Conclave: small open-weight GGUF models run locally as an ensemble of agents.
+//!
+//! Data flows one way: `model` (GGUF, tokenizer, chat template, forward pass) → `engine`
+//! (sampling, batched generation, KV cache) → front ends (`cli`).
+pub mod cli;
+pub mod engine;
 pub mod model;

@@ -1,4 +1,146 @@
 //! Everything about one model: the GGUF file, its tokenizer and chat template, and the forward pass.
 pub mod catalog;
+pub mod chat;
+pub mod config;
 pub mod fetch;
+pub mod gguf;
+pub mod kv_cache;
 pub mod tokenizer;
+pub mod transformer;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use chat::{ChatTemplate, Message, Piece};
+use config::Config;
+use gguf::GgufFile;
+use std::path::{Path, PathBuf};
+use tokenizer::GgufTokenizer;
+use transformer::{Logits, Transformer};
+
+pub use kv_cache::KvCache;
+
+/// A loaded model: weights, tokenizer and chat template from one GGUF.
+pub struct Model {
+    pub name: String,
+    pub path: PathBuf,
+    pub tokenizer: GgufTokenizer,
+    pub chat: ChatTemplate,
+    transformer: Transformer,
+    device: Device,
+}
+
+/// The device to run on: the first CUDA GPU when built with `cuda` and one is present.
+pub fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = Device::new_cuda(0) {
+        return d;
+    }
+    Device::Cpu
+}
+
+impl Model {
+    /// Loads a GGUF; every error names the file.
+    pub fn load(path: &Path, name: &str, device: &Device) -> Result<Self> {
+        let load = || -> Result<Self> {
+            let mut g = GgufFile::open(path)?;
+            let cfg = Config::from_gguf(&g)?;
+            let tokenizer = GgufTokenizer::from_gguf(&g.content).context("tokenizer")?;
+            let template = g
+                .get("tokenizer.chat_template")
+                .ok()
+                .and_then(|v| v.to_string().ok().cloned());
+            let text =
+                |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
+            let chat = ChatTemplate::new(template, text(tokenizer.bos), text(tokenizer.eos));
+            let transformer = Transformer::load(&mut g, cfg, device)?;
+            Ok(Self {
+                name: name.to_string(),
+                path: path.to_path_buf(),
+                tokenizer,
+                chat,
+                transformer,
+                device: device.clone(),
+            })
+        };
+        load().map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+    }
+
+    pub fn config(&self) -> &Config {
+        self.transformer.config()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.transformer.vocab_size()
+    }
+
+    /// Context length of the model, in tokens.
+    pub fn ctx_len(&self) -> usize {
+        self.config().ctx_len
+    }
+
+    /// Prompt tokens for a conversation, ending where the assistant's reply starts. Message
+    /// text is encoded without special tokens; BOS is added when the GGUF asks for it.
+    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for piece in self.chat.render(messages, true)? {
+            match piece {
+                Piece::Template(t) => ids.extend(self.tokenizer.encode(&t, true)?),
+                Piece::Content(c) => ids.extend(self.tokenizer.encode(&c, false)?),
+            }
+        }
+        Ok(self.with_bos(ids))
+    }
+
+    /// Prompt tokens for raw text (no chat template), BOS added when the GGUF asks for it.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.with_bos(self.tokenizer.encode(text, true)?))
+    }
+
+    fn with_bos(&self, mut ids: Vec<u32>) -> Vec<u32> {
+        if let (true, Some(bos)) = (self.tokenizer.add_bos, self.tokenizer.bos) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        ids
+    }
+
+    /// Stop strings implied by the prompt format (the plain format's next-turn marker).
+    pub fn default_stops(&self) -> Vec<String> {
+        if self.chat.has_template() {
+            Vec::new()
+        } else {
+            chat::PLAIN_STOPS.iter().map(|s| s.to_string()).collect()
+        }
+    }
+
+    pub fn new_cache(&self, batch: usize, max_len: usize) -> Result<KvCache> {
+        self.transformer.new_cache(batch, max_len)
+    }
+
+    /// Runs `tokens` (`[batch][t]`, equal lengths) after what `cache` holds and returns the
+    /// logits of the last position of each row as `[batch][vocab]`.
+    pub fn step(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+        let logits = self.run(tokens, cache, Logits::Last)?;
+        Ok(logits.squeeze(1)?.to_vec2()?)
+    }
+
+    /// Logits for every position of one sequence: `[t][vocab]` (scoring and tests).
+    pub fn score(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+        let logits = self.run(&[tokens.to_vec()], cache, Logits::All)?;
+        Ok(logits.squeeze(0)?.to_vec2()?)
+    }
+
+    fn run(&self, tokens: &[Vec<u32>], cache: &mut KvCache, which: Logits) -> Result<Tensor> {
+        let (b, t) = (tokens.len(), tokens[0].len());
+        let flat: Vec<u32> = tokens.concat();
+        anyhow::ensure!(flat.len() == b * t, "rows of unequal length");
+        let input = Tensor::from_vec(flat, (b, t), &self.device)?;
+        let logits = self.transformer.forward(&input, cache, which)?;
+        Ok(logits.to_dtype(candle_core::DType::F32)?)
+    }
+}

@@ -1,0 +1,37 @@
+//! The `conclave` command line: one module per command.
+pub mod ask;
+pub mod models;
+pub mod tokenize;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Run small open-weight GGUF models locally, alone or as an ensemble of agents.
+///
+/// Models are named from the catalog (`conclave models list`) or given as a path to a .gguf
+/// file. The default model is pulled on first use; nothing else needs the network.
+#[derive(Debug, Parser)]
+#[command(name = "conclave", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer a prompt with one model, streaming the answer to stdout.
+    Ask(ask::AskArgs),
+    /// Print the token ids of a text as a JSON array (or, with --decode, the text of ids).
+    Tokenize(tokenize::TokenizeArgs),
+    /// List, pull and locate catalog models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Ask(args) => ask::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
+        Command::Models(cmd) => models::run(cmd),
+    }
+}

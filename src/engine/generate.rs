@@ -1,0 +1,253 @@
+//! Generation: one prefill of the prompt, then N samples decoded together as one batch.
+use super::sampler::{Sampler, SamplingParams};
+use crate::model::Model;
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Prompts longer than this are prefilled in pieces, bounding the attention scratch memory.
+const PREFILL_CHUNK: usize = 512;
+
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    /// Generation stops before the first of these strings; it is not part of the text.
+    pub stop: Vec<String>,
+    /// One entry per sample; every sample shares the prompt's prefill.
+    pub samples: Vec<SamplingParams>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    /// An end-of-sequence or end-of-turn token.
+    Eos,
+    /// A stop string.
+    Stop,
+    /// `max_tokens` or the context ran out.
+    Length,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish: Finish,
+    /// Sum of the chosen tokens' log-probabilities under the model.
+    pub logprob_sum: f32,
+}
+
+impl Completion {
+    pub fn logprob_mean(&self) -> f32 {
+        if self.tokens.is_empty() {
+            0.0
+        } else {
+            self.logprob_sum / self.tokens.len() as f32
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Output {
+    pub completions: Vec<Completion>,
+    pub prompt_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+    /// Tokens produced by decode steps (all samples together).
+    pub decode_tokens: usize,
+}
+
+impl Output {
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_seconds.max(1e-9)
+    }
+
+    pub fn decode_tok_s(&self) -> f64 {
+        self.decode_tokens as f64 / self.decode_seconds.max(1e-9)
+    }
+
+    pub fn completion_tokens(&self) -> usize {
+        self.completions.iter().map(|c| c.tokens.len()).sum()
+    }
+}
+
+/// Text produced so far by one sample, as `on_text(sample, piece)` calls.
+pub type OnText<'a> = &'a mut dyn FnMut(usize, &str);
+
+/// One sample while it decodes.
+struct Row {
+    sample: usize,
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    text: String,
+    emitted: usize,
+    logprob_sum: f32,
+    finish: Option<Finish>,
+}
+
+pub fn generate(model: &Model, req: &Request, on_text: OnText) -> Result<Output> {
+    let n = req.samples.len();
+    if n == 0 {
+        bail!("no samples requested");
+    }
+    if req.prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let ctx = model.ctx_len();
+    if req.prompt.len() >= ctx {
+        bail!(
+            "the prompt is {} tokens but {} has a context of {ctx} tokens; shorten the prompt",
+            req.prompt.len(),
+            model.name
+        );
+    }
+    let max_tokens = req.max_tokens.min(ctx - req.prompt.len());
+
+    let start = Instant::now();
+    let mut cache = model.new_cache(1, req.prompt.len() + max_tokens)?;
+    let mut logits = Vec::new();
+    for chunk in req.prompt.chunks(PREFILL_CHUNK) {
+        logits = model.step(&[chunk.to_vec()], &mut cache)?;
+    }
+    if n > 1 {
+        cache = cache.fork(n)?;
+    }
+    let prefill_seconds = start.elapsed().as_secs_f64();
+
+    let mut rows: Vec<Row> = req
+        .samples
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Row {
+            sample: i,
+            sampler: Sampler::new(p.clone()),
+            tokens: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            logprob_sum: 0.0,
+            finish: None,
+        })
+        .collect();
+    let first = &logits[0];
+    for row in rows.iter_mut() {
+        advance(model, req, row, first, max_tokens, on_text)?;
+    }
+
+    let start = Instant::now();
+    let mut decode_tokens = 0;
+    // Samples whose rows the cache holds, in row order.
+    let mut in_cache: Vec<usize> = (0..n).collect();
+    let mut active: Vec<usize> = (0..n).filter(|&i| rows[i].finish.is_none()).collect();
+    while !active.is_empty() {
+        if active.len() < in_cache.len() {
+            // Finished samples leave the batch.
+            let keep: Vec<usize> = active
+                .iter()
+                .map(|s| in_cache.iter().position(|c| c == s).unwrap())
+                .collect();
+            cache.retain(&keep)?;
+            in_cache = active.clone();
+        }
+        let input: Vec<Vec<u32>> = active
+            .iter()
+            .map(|&i| vec![*rows[i].tokens.last().unwrap()])
+            .collect();
+        let logits = model.step(&input, &mut cache)?;
+        decode_tokens += active.len();
+        for (&i, l) in active.iter().zip(&logits) {
+            advance(model, req, &mut rows[i], l, max_tokens, on_text)?;
+        }
+        active.retain(|&i| rows[i].finish.is_none());
+    }
+    let decode_seconds = start.elapsed().as_secs_f64();
+
+    let completions = rows
+        .into_iter()
+        .map(|r| Completion {
+            text: r.text,
+            tokens: r.tokens,
+            finish: r.finish.unwrap_or(Finish::Length),
+            logprob_sum: r.logprob_sum,
+        })
+        .collect();
+    Ok(Output {
+        completions,
+        prompt_tokens: req.prompt.len(),
+        prefill_seconds,
+        decode_seconds,
+        decode_tokens,
+    })
+}
+
+/// Samples one token for `row` from `logits`, updates its text and streams what is final.
+fn advance(
+    model: &Model,
+    req: &Request,
+    row: &mut Row,
+    logits: &[f32],
+    max_tokens: usize,
+    on_text: OnText,
+) -> Result<()> {
+    let history: Vec<u32> = req.prompt.iter().chain(&row.tokens).copied().collect();
+    let pick = row.sampler.sample(logits, &history);
+    if model.tokenizer.stop_ids.contains(&pick.token) {
+        row.finish = Some(Finish::Eos);
+    } else {
+        row.tokens.push(pick.token);
+        row.logprob_sum += pick.logprob;
+        row.text = model.tokenizer.decode(&row.tokens, true)?;
+        if let Some(cut) = first_stop(&row.text, &req.stop) {
+            row.text.truncate(cut);
+            row.finish = Some(Finish::Stop);
+        } else if row.tokens.len() >= max_tokens {
+            row.finish = Some(Finish::Length);
+        }
+    }
+    // While running, hold back a partial UTF-8 character and anything that may begin a stop string.
+    let end = if row.finish.is_some() {
+        row.text.len()
+    } else {
+        safe_end(&row.text, &req.stop)
+    };
+    if end > row.emitted {
+        on_text(row.sample, &row.text[row.emitted..end]);
+        row.emitted = end;
+    }
+    Ok(())
+}
+
+fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+/// Length of the prefix of `text` that no later token can change.
+fn safe_end(text: &str, stops: &[String]) -> usize {
+    let mut end = text.trim_end_matches('\u{FFFD}').len();
+    for s in stops {
+        for (i, _) in s.char_indices().skip(1) {
+            if text[..end].ends_with(&s[..i]) {
+                end = end.min(text[..end].len() - i);
+            }
+        }
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_and_held_back() {
+        let stops = vec!["\nUser:".to_string()];
+        assert_eq!(first_stop("4\nUser: hi", &stops), Some(1));
+        assert_eq!(first_stop("4", &stops), None);
+        assert_eq!(safe_end("4\nUs", &stops), 1);
+        assert_eq!(safe_end("4 and 5", &stops), 7);
+        assert_eq!(safe_end("caf\u{FFFD}", &[]), 3);
+    }
+}

@@ -1,0 +1,11 @@
+//! Sampling and batched generation on top of a loaded model.
+pub mod generate;
+pub mod load;
+pub mod sampler;
+
+pub use crate::model::catalog::DEFAULT_MODEL;
+pub use crate::model::chat::Message;
+pub use crate::model::Model;
+pub use generate::{generate, Completion, Finish, Output, Request};
+pub use load::{load, load_tokenizer};
+pub use sampler::{Sampler, SamplingParams};

@@ -1,0 +1,249 @@
+//! Turning one row of logits into the next token.
+//!
+//! The order of the steps is llama.cpp's default sampler chain (`common/sampling.cpp`):
+//! repetition penalty, top-k, top-p, min-p, temperature, then a draw.
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 turns top-k off.
+    pub top_k: usize,
+    /// 1.0 turns top-p off.
+    pub top_p: f32,
+    /// 0.0 turns min-p off.
+    pub min_p: f32,
+    /// 1.0 turns the penalty off.
+    pub repeat_penalty: f32,
+    /// How many of the latest tokens the penalty looks at.
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    /// llama.cpp's defaults (`common/common.h`), with its penalty window.
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+/// The chosen token and its log-probability under the model's unaltered distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pick {
+    pub token: u32,
+    pub logprob: f32,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = StdRng::seed_from_u64(params.seed);
+        Self { params, rng }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Pick {
+        let p = &self.params;
+        let mut logits = logits.to_vec();
+        if p.repeat_penalty != 1.0 {
+            let start = history.len().saturating_sub(p.repeat_last_n);
+            let mut seen = history[start..].to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+            for &t in &seen {
+                let l = &mut logits[t as usize];
+                *l = if *l > 0.0 {
+                    *l / p.repeat_penalty
+                } else {
+                    *l * p.repeat_penalty
+                };
+            }
+        }
+        let token = if p.temperature <= 0.0 {
+            argmax(&logits)
+        } else {
+            self.draw(&logits)
+        };
+        Pick {
+            token,
+            logprob: log_softmax_at(&logits, token as usize),
+        }
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, by_logit);
+            cand.truncate(p.top_k);
+        }
+        cand.sort_unstable_by(by_logit);
+        // Probabilities at temperature 1 for the truncation steps, as llama.cpp does.
+        let max = cand[0].1;
+        let probs: Vec<f32> = cand.iter().map(|c| (c.1 - max).exp()).collect();
+        let total: f32 = probs.iter().sum();
+        let mut keep = cand.len();
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            for (i, q) in probs.iter().enumerate() {
+                acc += q / total;
+                if acc >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        if p.min_p > 0.0 {
+            // probs[0] is the largest, so the threshold is relative to it.
+            let floor = p.min_p * probs[0];
+            keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
+        }
+        cand.truncate(keep);
+        let weights: Vec<f32> = cand
+            .iter()
+            .map(|c| ((c.1 - max) / p.temperature).exp())
+            .collect();
+        let sum: f32 = weights.iter().sum();
+        let mut r = self.rng.random::<f32>() * sum;
+        for (c, w) in cand.iter().zip(&weights) {
+            if r < *w {
+                return c.0;
+            }
+            r -= w;
+        }
+        cand[cand.len() - 1].0
+    }
+}
+
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// log softmax(logits)[i], computed stably.
+pub fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    logits[i] - max - sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            seed,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_largest() {
+        let mut s = Sampler::new(params(0.0, 1));
+        assert_eq!(s.sample(&[0.1, 3.0, 2.9, -1.0], &[]).token, 1);
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_other_seed_differs() {
+        let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(SamplingParams {
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                ..params(1.5, seed)
+            });
+            (0..40)
+                .map(|_| s.sample(&logits, &[]).token)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_whatever_the_temperature() {
+        let mut s = Sampler::new(SamplingParams {
+            top_k: 1,
+            ..params(5.0, 3)
+        });
+        for _ in 0..20 {
+            assert_eq!(s.sample(&[0.0, 1.0, 0.5], &[]).token, 1);
+        }
+    }
+
+    #[test]
+    fn min_p_drops_unlikely_tokens() {
+        // Token 2 is e^-10 as likely as token 0: min-p 0.05 must never pick it.
+        let mut s = Sampler::new(SamplingParams {
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.05,
+            ..params(1.0, 9)
+        });
+        for _ in 0..200 {
+            assert_ne!(s.sample(&[10.0, 9.5, 0.0], &[]).token, 2);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_p() {
+        // softmax([5, 0, 0]) puts 0.987 on token 0: top-p 0.9 keeps only it.
+        let mut s = Sampler::new(SamplingParams {
+            top_k: 0,
+            top_p: 0.9,
+            min_p: 0.0,
+            ..params(1.0, 4)
+        });
+        for _ in 0..50 {
+            assert_eq!(s.sample(&[5.0, 0.0, 0.0], &[]).token, 0);
+        }
+    }
+
+    #[test]
+    fn repeat_penalty_changes_the_greedy_pick() {
+        let mut s = Sampler::new(SamplingParams {
+            repeat_penalty: 2.0,
+            ..params(0.0, 0)
+        });
+        assert_eq!(s.sample(&[2.0, 1.5], &[0]).token, 1);
+    }
+
+    #[test]
+    fn logprob_is_of_the_unaltered_distribution() {
+        let mut s = Sampler::new(params(0.0, 0));
+        let pick = s.sample(&[0.0, 0.0], &[]);
+        assert!((pick.logprob - 0.5f32.ln()).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,410 @@
+//! The decoder forward pass shared by the llama, qwen2 and gemma3 GGUFs.
+//!
+//! Shapes: `B` sequences in a batch, `T` new tokens each, `L` cached positions after this step,
+//! `E` embedding width, `H`/`KVH` query/key-value heads, `D` head width.
+use super::config::{Activation, Config, RopeStyle};
+use super::gguf::GgufFile;
+use super::kv_cache::KvCache;
+use anyhow::{Context, Result};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use std::sync::Arc;
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?)
+    }
+}
+
+/// A quantized projection with an optional bias (qwen2's q/k/v).
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// cos/sin tables for the positions of one step, one pair per RoPE base.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl Rope {
+    fn new(base: f32, cfg: &Config, start: usize, t: usize, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / base.powf(2.0 * i as f32 / cfg.head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in start..start + t {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (t, half), device)?,
+            sin: Tensor::from_vec(sin, (t, half), device)?,
+            style: cfg.rope_style,
+        })
+    }
+
+    /// x: [B, heads, T, D], contiguous.
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, &self.cos, &self.sin)?,
+            RopeStyle::Halves => candle_nn::rotary_emb::rope(x, &self.cos, &self.sin)?,
+        })
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    /// x: [B, T, E] → [B, T, E]. `mask`: additive, [n_rep·T, L], or None when nothing is hidden.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let q = self.q.forward(x)?.reshape((b, t, h, d))?;
+        let k = self.k.forward(x)?.reshape((b, t, kvh, d))?;
+        let v = self.v.forward(x)?.reshape((b, t, kvh, d))?;
+        let q = match &self.q_norm {
+            Some(n) => n.forward(&q)?,
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(n) => n.forward(&k)?,
+            None => k,
+        };
+        let q = rope.apply(&q.transpose(1, 2)?.contiguous()?)?; // [B, H, T, D]
+        let k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?; // [B, KVH, T, D]
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (k, v) = cache.append(layer, &k, &v)?; // [B, KVH, L, D] views
+
+        // Grouped-query attention without copying K/V: the n_rep query heads that share a KV
+        // head are stacked along the row axis, [B, H, T, D] → [B, KVH, n_rep·T, D].
+        let n_rep = h / kvh;
+        let q = (q * self.scale)?.reshape((b, kvh, n_rep * t, d))?;
+        let att = q.matmul(&k.t()?)?; // [B, KVH, n_rep·T, L]
+        let att = match mask {
+            Some(m) => att.broadcast_add(m)?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?; // [B, KVH, n_rep·T, D]
+        let y = y
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))?;
+        self.o.forward(&y)
+    }
+}
+
+struct Mlp {
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    activation: Activation,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate.forward(x)?;
+        let gate = match self.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let y = (gate * self.up.forward(x)?)?;
+        Ok(self.down.forward(&y)?)
+    }
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: Option<RmsNorm>,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+    post_ffn_norm: Option<RmsNorm>,
+    local: bool,
+}
+
+impl Block {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let h = self
+            .attn
+            .forward(&self.attn_norm.forward(x)?, rope, mask, cache, layer)?;
+        let h = match &self.post_attn_norm {
+            Some(n) => n.forward(&h)?,
+            None => h,
+        };
+        let x = (x + h)?;
+        let h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
+        let h = match &self.post_ffn_norm {
+            Some(n) => n.forward(&h)?,
+            None => h,
+        };
+        Ok((x + h)?)
+    }
+}
+
+/// Which positions get logits.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Logits {
+    /// Only the last position of each row: decoding.
+    Last,
+    /// Every position: scoring text (perplexity, fixtures).
+    All,
+}
+
+pub struct Transformer {
+    embed: Arc<QTensor>,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    output: QMatMul,
+    cfg: Config,
+    device: Device,
+}
+
+impl Transformer {
+    pub fn load(g: &mut GgufFile, cfg: Config, device: &Device) -> Result<Self> {
+        let mut loader = Loader { g, device };
+        let embed = Arc::new(loader.qtensor("token_embd.weight")?);
+        // Small models tie the output head to the embedding table.
+        let output = if loader.has("output.weight") {
+            QMatMul::from_qtensor(loader.qtensor("output.weight")?)?
+        } else {
+            QMatMul::from_arc(embed.clone())?
+        };
+        let norm = loader.norm("output_norm.weight", cfg.rms_eps)?;
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = format!("blk.{i}");
+            let opt_norm = |l: &mut Loader, name: &str, on: bool| -> Result<Option<RmsNorm>> {
+                if on {
+                    Ok(Some(l.norm(&format!("{p}.{name}.weight"), cfg.rms_eps)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            let attn = Attention {
+                q: loader.linear(&format!("{p}.attn_q"))?,
+                k: loader.linear(&format!("{p}.attn_k"))?,
+                v: loader.linear(&format!("{p}.attn_v"))?,
+                o: loader.linear(&format!("{p}.attn_output"))?,
+                q_norm: opt_norm(&mut loader, "attn_q_norm", cfg.qk_norm)?,
+                k_norm: opt_norm(&mut loader, "attn_k_norm", cfg.qk_norm)?,
+                n_head: cfg.n_head,
+                n_kv_head: cfg.n_kv_head,
+                head_dim: cfg.head_dim,
+                scale: cfg.attn_scale as f64,
+            };
+            blocks.push(Block {
+                attn_norm: loader.norm(&format!("{p}.attn_norm.weight"), cfg.rms_eps)?,
+                attn,
+                post_attn_norm: opt_norm(&mut loader, "post_attention_norm", cfg.post_norms)?,
+                ffn_norm: loader.norm(&format!("{p}.ffn_norm.weight"), cfg.rms_eps)?,
+                mlp: Mlp {
+                    gate: loader.qmatmul(&format!("{p}.ffn_gate.weight"))?,
+                    up: loader.qmatmul(&format!("{p}.ffn_up.weight"))?,
+                    down: loader.qmatmul(&format!("{p}.ffn_down.weight"))?,
+                    activation: cfg.activation,
+                },
+                post_ffn_norm: opt_norm(&mut loader, "post_ffw_norm", cfg.post_norms)?,
+                local: cfg.window(i).is_some(),
+            });
+        }
+        Ok(Self {
+            embed,
+            blocks,
+            norm,
+            output,
+            cfg,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed.shape().dims()[0]
+    }
+
+    /// An empty cache for `batch` sequences of at most `max_len` positions.
+    pub fn new_cache(&self, batch: usize, max_len: usize) -> Result<KvCache> {
+        let c = &self.cfg;
+        let max_len = max_len.min(c.ctx_len);
+        KvCache::new(
+            c.n_layer,
+            batch,
+            c.n_kv_head,
+            c.head_dim,
+            max_len,
+            &self.device,
+        )
+    }
+
+    /// tokens: [B, T] u32, appended after what `cache` holds → logits [B, T or 1, vocab].
+    pub fn forward(&self, tokens: &Tensor, cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        anyhow::ensure!(
+            b == cache.batch(),
+            "batch {b} != cache batch {}",
+            cache.batch()
+        );
+        cache.reserve(t)?;
+        let start = cache.len();
+        let mut x = self.embed.embedding(tokens)?; // [B, T, E]
+        if let Some(s) = self.cfg.embed_scale {
+            x = (x * s as f64)?;
+        }
+        let global = Rope::new(self.cfg.rope_base, &self.cfg, start, t, &self.device)?;
+        let local = match self.cfg.sliding_window {
+            Some(_) => Some(Rope::new(
+                self.cfg.rope_base_local,
+                &self.cfg,
+                start,
+                t,
+                &self.device,
+            )?),
+            None => None,
+        };
+        let n_rep = self.cfg.n_head / self.cfg.n_kv_head;
+        let global_mask = self.mask(start, t, None, n_rep)?;
+        let local_mask = self.mask(start, t, self.cfg.sliding_window, n_rep)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (rope, mask) = match (&local, block.local) {
+                (Some(r), true) => (r, local_mask.as_ref()),
+                _ => (&global, global_mask.as_ref()),
+            };
+            x = block.forward(&x, rope, mask, cache, i)?;
+        }
+        cache.advance(t);
+        if logits == Logits::Last && t > 1 {
+            x = x.narrow(1, t - 1, 1)?;
+        }
+        let x = self.norm.forward(&x)?;
+        Ok(self.output.forward(&x)?)
+    }
+
+    /// Additive mask [n_rep·T, L] hiding future positions and, with a window, positions at
+    /// distance ≥ window (llama.cpp's standard SWA rule). None when it would hide nothing.
+    fn mask(
+        &self,
+        start: usize,
+        t: usize,
+        window: Option<usize>,
+        n_rep: usize,
+    ) -> Result<Option<Tensor>> {
+        let l = start + t;
+        let hides_nothing = t == 1 && window.is_none_or(|w| l <= w);
+        if hides_nothing {
+            return Ok(None);
+        }
+        let mut m = Vec::with_capacity(n_rep * t * l);
+        for _ in 0..n_rep {
+            for i in 0..t {
+                let q = start + i;
+                m.extend((0..l).map(|k| {
+                    let visible = k <= q && window.is_none_or(|w| q - k < w);
+                    if visible {
+                        0f32
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                }));
+            }
+        }
+        Ok(Some(Tensor::from_vec(m, (n_rep * t, l), &self.device)?))
+    }
+}
+
+/// Reads named tensors out of a GGUF, naming the tensor in every error.
+struct Loader<'a> {
+    g: &'a mut GgufFile,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.g.content.tensor_infos.contains_key(name)
+    }
+
+    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        let GgufFile { content, file } = &mut *self.g;
+        content
+            .tensor(file, name, self.device)
+            .with_context(|| format!("cannot read tensor `{name}`"))
+    }
+
+    fn qmatmul(&mut self, name: &str) -> Result<QMatMul> {
+        Ok(QMatMul::from_qtensor(self.qtensor(name)?)?)
+    }
+
+    fn norm(&mut self, name: &str, eps: f32) -> Result<RmsNorm> {
+        let weight = self
+            .qtensor(name)?
+            .dequantize(self.device)?
+            .to_dtype(DType::F32)?;
+        Ok(RmsNorm { weight, eps })
+    }
+
+    fn linear(&mut self, prefix: &str) -> Result<Linear> {
+        let weight = self.qmatmul(&format!("{prefix}.weight"))?;
+        let bias_name = format!("{prefix}.bias");
+        let bias = if self.has(&bias_name) {
+            Some(self.qtensor(&bias_name)?.dequantize(self.device)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+}
