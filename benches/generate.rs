@@ -1,0 +1,52 @@
+//! Prefill and decode speed of the default model, in tokens per second.
+//!
+//! `cargo bench --bench generate`; set CONCLAVE_BENCH_MODEL to another catalog name or path.
+use conclave::engine::{self, generate, Request, SamplingParams};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::time::Duration;
+
+const PROMPT_TOKENS: usize = 128;
+const DECODE_TOKENS: usize = 64;
+
+fn bench(c: &mut Criterion) {
+    let name = std::env::var("CONCLAVE_BENCH_MODEL").unwrap_or_else(|_| "smollm2-135m".into());
+    let model = engine::load(&name).expect("load model");
+    // A fixed 128-token prompt: token ids of ordinary text, repeated.
+    let text =
+        "The history of science is the study of how people came to understand the natural world. ";
+    let mut prompt = model.encode_text(text).unwrap();
+    while prompt.len() < PROMPT_TOKENS {
+        prompt.extend_from_within(..prompt.len().min(PROMPT_TOKENS - prompt.len()));
+    }
+    let mut group = c.benchmark_group(&name);
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+
+    group.throughput(Throughput::Elements(PROMPT_TOKENS as u64));
+    group.bench_function("prefill_128", |b| {
+        b.iter(|| {
+            let mut cache = model.new_cache(1, PROMPT_TOKENS).unwrap();
+            model.step(&[prompt.clone()], &mut cache).unwrap()
+        })
+    });
+
+    // Greedy with EOS never reached within 64 tokens on this prompt; stop strings off.
+    let req = Request {
+        prompt: prompt[..16].to_vec(),
+        max_tokens: DECODE_TOKENS,
+        stop: vec![],
+        samples: vec![SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }],
+    };
+    group.throughput(Throughput::Elements(DECODE_TOKENS as u64));
+    group.bench_function("generate_64", |b| {
+        b.iter(|| generate(&model, &req, &mut |_, _| {}).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
