@@ -1,7 +1,9 @@
 //! Conclave: small open-weight GGUF models run locally as an ensemble of agents.
 //!
 //! Data flows one way: `model` (GGUF, tokenizer, chat template, forward pass) → `engine`
-//! (sampling, batched generation, KV cache) → front ends (`cli`).
+//! (sampling, batched generation, KV cache) → `ensemble` (agents, roles, aggregation) →
+//! front ends (`cli`, `bench`).
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod ensemble;

@@ -123,3 +123,120 @@ fn models_list_shows_the_catalog() {
         assert!(out.contains(name), "{out}");
     }
 }
+
+#[test]
+fn ensemble_config_prints_agents_votes_and_a_recomputable_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.json");
+    let (ok, out, err) = conclave(&[
+        "ask",
+        "--config",
+        "configs/vote8.toml",
+        "--answer",
+        "number",
+        "-n",
+        "40",
+        "--trace",
+        trace.to_str().unwrap(),
+        "What is 12 + 30?",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("votes:") && out.contains("agreement"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("smollm2-135m")).count(),
+        8,
+        "{out}"
+    );
+    assert!(err.contains("agents finished: 8/8"), "{err}");
+
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(trace).unwrap()).unwrap();
+    for key in [
+        "answer",
+        "strategy",
+        "agreement",
+        "votes",
+        "agents",
+        "usage",
+        "seconds",
+    ] {
+        assert!(t.get(key).is_some(), "trace lacks {key}");
+    }
+    // Recount the votes from the agents' extracted answers alone.
+    let mut counts = std::collections::BTreeMap::<String, f64>::new();
+    for a in t["agents"].as_array().unwrap() {
+        for key in [
+            "model",
+            "role",
+            "temperature",
+            "seed",
+            "text",
+            "extracted",
+            "logprob_mean",
+            "tokens",
+            "seconds",
+        ] {
+            assert!(a.get(key).is_some(), "agent lacks {key}");
+        }
+        if let Some(x) = a["extracted"].as_str() {
+            *counts.entry(x.to_string()).or_default() += 1.0;
+        }
+    }
+    let votes: std::collections::BTreeMap<String, f64> =
+        serde_json::from_value(t["votes"].clone()).unwrap();
+    assert_eq!(votes, counts);
+    let best = counts.values().cloned().fold(0.0, f64::max);
+    if let Some(answer) = t["answer"].as_str() {
+        assert_eq!(counts[answer], best, "the winner has the most votes");
+    }
+}
+
+#[test]
+fn agents_flag_builds_an_ensemble_from_the_command_line() {
+    let v = json(&[
+        "ask",
+        "--agents",
+        "3",
+        "--temperatures",
+        "0.2,0.7,1.0",
+        "--roles",
+        "concise,solver",
+        "--strategy",
+        "vote",
+        "--answer",
+        "number",
+        "-n",
+        "24",
+        "--json",
+        "What is 5 + 4?",
+    ]);
+    let agents = v["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 3);
+    let temps: Vec<f64> = agents
+        .iter()
+        .map(|a| a["temperature"].as_f64().unwrap())
+        .collect();
+    assert!(
+        (temps[0] - 0.2).abs() < 1e-6 && (temps[2] - 1.0).abs() < 1e-6,
+        "{temps:?}"
+    );
+    assert_eq!(agents[0]["role"], "concise");
+    assert_eq!(agents[1]["role"], "solver");
+    assert_eq!(v["strategy"], "vote");
+}
+
+#[test]
+fn bench_speed_reports_each_size() {
+    let v = json(&[
+        "bench-speed",
+        "--sizes",
+        "1,2",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["ratio"], 1.0);
+    assert!(rows[1]["decode_tok_s"].as_f64().unwrap() > 0.0);
+}

@@ -86,6 +86,7 @@ fn over_long_prompt_is_refused_before_any_work() {
         max_tokens: 8,
         stop: vec![],
         samples: vec![SamplingParams::default()],
+        ..Default::default()
     };
     let err = format!("{:#}", generate(model, &req, &mut |_, _| {}).unwrap_err());
     assert!(err.contains("context of 8192 tokens"), "{err}");

@@ -24,6 +24,7 @@ fn streamed_pieces_make_the_final_text() {
         max_tokens: 30,
         stop: vec![],
         samples: vec![sampling(0.7, 1), sampling(0.7, 2)],
+        ..Default::default()
     };
     let mut streamed = vec![String::new(); 2];
     let out = generate(model, &req, &mut |i, piece| streamed[i].push_str(piece)).unwrap();
@@ -42,6 +43,7 @@ fn batched_samples_share_one_prefill_and_differ_by_seed() {
         max_tokens: 24,
         stop: vec![],
         samples,
+        ..Default::default()
     };
     let out = generate(model, &req, &mut |_, _| {}).unwrap();
     assert_eq!(out.completions.len(), 4);
@@ -62,12 +64,14 @@ fn a_sample_in_a_batch_equals_the_same_sample_alone() {
         max_tokens: 16,
         stop: vec![],
         samples: vec![sampling(0.0, 0)],
+        ..Default::default()
     };
     let batch = Request {
         prompt: p,
         max_tokens: 16,
         stop: vec![],
         samples: vec![sampling(1.2, 9), sampling(0.0, 0), sampling(1.2, 10)],
+        ..Default::default()
     };
     let a = generate(model, &alone, &mut |_, _| {}).unwrap();
     let b = generate(model, &batch, &mut |_, _| {}).unwrap();
@@ -82,6 +86,7 @@ fn max_tokens_and_eos_finish_reasons() {
         max_tokens: 5,
         stop: vec![],
         samples: vec![sampling(0.0, 0)],
+        ..Default::default()
     };
     let out = generate(model, &req, &mut |_, _| {}).unwrap();
     assert_eq!(out.completions[0].finish, Finish::Length);
@@ -92,6 +97,7 @@ fn max_tokens_and_eos_finish_reasons() {
         max_tokens: 64,
         stop: vec![],
         samples: vec![sampling(0.0, 0)],
+        ..Default::default()
     };
     let out = generate(model, &req, &mut |_, _| {}).unwrap();
     assert_eq!(

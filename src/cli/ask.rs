@@ -33,9 +33,9 @@ pub struct AskArgs {
     /// Penalise tokens seen in the last 64 (1 = off).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
-    /// Most tokens to generate.
-    #[arg(long, short = 'n', default_value_t = 512)]
-    pub max_tokens: usize,
+    /// Most tokens to generate [default: 512, or the ensemble config's `max_tokens`].
+    #[arg(long, short = 'n')]
+    pub max_tokens: Option<usize>,
     /// Random seed; the same seed gives the same answer. Random when not given.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -48,9 +48,14 @@ pub struct AskArgs {
     /// Print one JSON object with the answer and token counts instead of streaming.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub ensemble: super::ensemble::EnsembleArgs,
 }
 
 pub fn run(args: AskArgs) -> Result<()> {
+    if args.ensemble.is_requested() {
+        return super::ensemble::run(&args);
+    }
     let model = engine::load(&args.model)?;
     let prompt = if args.raw {
         model.encode_text(&args.prompt)?
@@ -77,9 +82,10 @@ pub fn run(args: AskArgs) -> Result<()> {
     stop.extend(model.default_stops());
     let req = Request {
         prompt,
-        max_tokens: args.max_tokens,
+        max_tokens: args.max_tokens.unwrap_or(512),
         stop,
         samples: vec![sampling],
+        ignore_eos: false,
     };
     let stream = !args.json;
     let mut out = std::io::stdout();
@@ -112,7 +118,7 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn random_seed() -> u64 {
+pub fn random_seed() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)

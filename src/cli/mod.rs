@@ -1,5 +1,7 @@
 //! The `conclave` command line: one module per command.
 pub mod ask;
+pub mod bench_speed;
+pub mod ensemble;
 pub mod models;
 pub mod tokenize;
 
@@ -20,7 +22,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Answer a prompt with one model, streaming the answer to stdout.
-    Ask(ask::AskArgs),
+    Ask(Box<ask::AskArgs>),
+    /// Measure N samples of one prompt against one: wall time and decode tokens/s.
+    BenchSpeed(bench_speed::BenchSpeedArgs),
     /// Print the token ids of a text as a JSON array (or, with --decode, the text of ids).
     Tokenize(tokenize::TokenizeArgs),
     /// List, pull and locate catalog models.
@@ -30,8 +34,9 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Ask(args) => ask::run(args),
+        Command::Ask(args) => ask::run(*args),
         Command::Tokenize(args) => tokenize::run(args),
+        Command::BenchSpeed(args) => bench_speed::run(args),
         Command::Models(cmd) => models::run(cmd),
     }
 }

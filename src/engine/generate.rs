@@ -8,6 +8,7 @@ use std::time::Instant;
 /// Prompts longer than this are prefilled in pieces, bounding the attention scratch memory.
 const PREFILL_CHUNK: usize = 512;
 
+#[derive(Default)]
 pub struct Request {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
@@ -15,6 +16,8 @@ pub struct Request {
     pub stop: Vec<String>,
     /// One entry per sample; every sample shares the prompt's prefill.
     pub samples: Vec<SamplingParams>,
+    /// Keep going past end-of-turn tokens (benchmarks that need a fixed length).
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -190,7 +193,7 @@ fn advance(
 ) -> Result<()> {
     let history: Vec<u32> = req.prompt.iter().chain(&row.tokens).copied().collect();
     let pick = row.sampler.sample(logits, &history);
-    if model.tokenizer.stop_ids.contains(&pick.token) {
+    if !req.ignore_eos && model.tokenizer.stop_ids.contains(&pick.token) {
         row.finish = Some(Finish::Eos);
     } else {
         row.tokens.push(pick.token);

@@ -2,6 +2,7 @@
 pub mod generate;
 pub mod load;
 pub mod sampler;
+pub mod worker;
 
 pub use crate::model::catalog::DEFAULT_MODEL;
 pub use crate::model::chat::Message;
@@ -9,3 +10,4 @@ pub use crate::model::Model;
 pub use generate::{generate, Completion, Finish, Output, Request};
 pub use load::{load, load_tokenizer};
 pub use sampler::{Sampler, SamplingParams};
+pub use worker::{Engine, Job, Prompt};

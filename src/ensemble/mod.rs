@@ -1,3 +1,10 @@
-//! Combining the answers of several agents into one decision.
+//! Several agents answer one question; an aggregation strategy combines their answers.
 pub mod aggregate;
+pub mod config;
 pub mod extract;
+pub mod prompts;
+pub mod run;
+
+pub use config::{Agent, Ensemble, Member, Strategy};
+pub use extract::AnswerKind;
+pub use run::{AgentTrace, Runner, Trace};

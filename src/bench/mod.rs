@@ -1,0 +1,2 @@
+//! Benchmarks a user runs from the command line.
+pub mod speed;

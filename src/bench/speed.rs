@@ -1,0 +1,89 @@
+//! `conclave bench-speed`: what N samples of one prompt cost against one.
+//!
+//! Each size runs one prefill and N sequences decoded as one batch, exactly `max_tokens`
+//! each (end-of-turn tokens ignored), so sizes compare like for like.
+use crate::engine::{self, generate, Message, Request, SamplingParams};
+use anyhow::Result;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedRow {
+    pub n: usize,
+    /// Wall time: prefill plus decode.
+    pub seconds: f64,
+    pub prefill_seconds: f64,
+    /// Aggregate decode tokens per second over all N sequences.
+    pub decode_tok_s: f64,
+    /// decode_tok_s relative to N = 1 (the first size).
+    pub ratio: f64,
+    /// Wall time relative to N = 1.
+    pub wall_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedReport {
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub max_tokens: usize,
+    pub results: Vec<SpeedRow>,
+}
+
+pub const PROMPT: &str =
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.";
+
+pub fn run(
+    model_spec: &str,
+    sizes: &[usize],
+    max_tokens: usize,
+    on_row: impl Fn(&SpeedRow),
+) -> Result<SpeedReport> {
+    let model = engine::load(model_spec)?;
+    let prompt = model.encode_chat(&[Message::new("user", PROMPT)])?;
+    // Warm-up: first-touch page faults and lazy allocations stay out of the first size.
+    let warm = Request {
+        prompt: prompt.clone(),
+        max_tokens: 4,
+        samples: vec![SamplingParams::default()],
+        ..Default::default()
+    };
+    generate(&model, &warm, &mut |_, _| {})?;
+    let mut results: Vec<SpeedRow> = Vec::new();
+    for &n in sizes {
+        let samples = (0..n as u64)
+            .map(|s| SamplingParams {
+                seed: s,
+                ..Default::default()
+            })
+            .collect();
+        let req = Request {
+            prompt: prompt.clone(),
+            max_tokens,
+            samples,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let out = generate(&model, &req, &mut |_, _| {})?;
+        let seconds = out.prefill_seconds + out.decode_seconds;
+        let decode_tok_s = out.decode_tok_s();
+        let (base_tok_s, base_s) = results
+            .first()
+            .map(|r| (r.decode_tok_s, r.seconds))
+            .unwrap_or((decode_tok_s, seconds));
+        let row = SpeedRow {
+            n,
+            seconds,
+            prefill_seconds: out.prefill_seconds,
+            decode_tok_s,
+            ratio: decode_tok_s / base_tok_s,
+            wall_ratio: seconds / base_s,
+        };
+        on_row(&row);
+        results.push(row);
+    }
+    Ok(SpeedReport {
+        model: model.name.clone(),
+        prompt_tokens: prompt.len(),
+        max_tokens,
+        results,
+    })
+}

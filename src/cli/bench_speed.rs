@@ -1,0 +1,46 @@
+//! `conclave bench-speed`: wall time and aggregate decode speed for N samples of one prompt.
+use crate::bench::speed;
+use crate::engine::DEFAULT_MODEL;
+use anyhow::Result;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchSpeedArgs {
+    /// Catalog name or path to a .gguf file.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Ensemble sizes to measure, comma-separated; ratios are against the first.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    pub sizes: Vec<usize>,
+    /// Tokens each sample generates.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchSpeedArgs) -> Result<()> {
+    anyhow::ensure!(
+        !args.sizes.is_empty() && !args.sizes.contains(&0),
+        "--sizes needs positive sizes"
+    );
+    if !args.json {
+        println!(
+            "{:>4}  {:>9}  {:>10}  {:>14}  {:>12}  {:>10}",
+            "N", "seconds", "prefill s", "decode tok/s", "tok/s ratio", "wall ratio"
+        );
+    }
+    let json = args.json;
+    let report = speed::run(&args.model, &args.sizes, args.max_tokens, |r| {
+        if !json {
+            println!(
+                "{:>4}  {:>9.2}  {:>10.3}  {:>14.1}  {:>12.2}  {:>10.2}",
+                r.n, r.seconds, r.prefill_seconds, r.decode_tok_s, r.ratio, r.wall_ratio
+            );
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `conclave ask --config FILE | --agents N …`: an ensemble answers, and the trace shows why.
+use super::ask::{random_seed, AskArgs};
+use crate::engine::Engine;
+use crate::ensemble::config::Quick;
+use crate::ensemble::{AnswerKind, Ensemble, Runner, Strategy, Trace};
+use anyhow::{Context, Result};
+use std::io::Write;
+
+#[derive(Debug, clap::Args)]
+pub struct EnsembleArgs {
+    /// Ensemble config: a TOML file or a preset (vote8, mixed, council, judged, debate).
+    #[arg(long, help_heading = "Ensemble")]
+    pub config: Option<String>,
+    /// Run N agents instead of one (with --models, --roles, --temperatures).
+    #[arg(long, help_heading = "Ensemble")]
+    pub agents: Option<usize>,
+    /// Comma-separated temperatures, cycled over the agents.
+    #[arg(long, value_delimiter = ',', help_heading = "Ensemble")]
+    pub temperatures: Vec<f32>,
+    /// Comma-separated models, cycled over the agents.
+    #[arg(long, value_delimiter = ',', help_heading = "Ensemble")]
+    pub models: Vec<String>,
+    /// Comma-separated roles from configs/roles.toml, cycled over the agents.
+    #[arg(long, value_delimiter = ',', help_heading = "Ensemble")]
+    pub roles: Vec<String>,
+    /// How answers are combined: vote, weighted, medoid, judge, fuse, debate.
+    #[arg(long, help_heading = "Ensemble")]
+    pub strategy: Option<Strategy>,
+    /// What an answer is, for voting: number, choice, text, code.
+    #[arg(long, help_heading = "Ensemble")]
+    pub answer: Option<AnswerKind>,
+    /// Write the full JSON trace (every agent's text, answer, votes) to this file.
+    #[arg(long, help_heading = "Ensemble")]
+    pub trace: Option<std::path::PathBuf>,
+}
+
+impl EnsembleArgs {
+    pub fn is_requested(&self) -> bool {
+        self.config.is_some() || self.agents.is_some()
+    }
+}
+
+pub fn run(args: &AskArgs) -> Result<()> {
+    let e = &args.ensemble;
+    let mut ens = match &e.config {
+        Some(c) => Ensemble::load(c)?,
+        None => {
+            let models = if e.models.is_empty() {
+                vec![args.model.clone()]
+            } else {
+                e.models.clone()
+            };
+            let temps = if e.temperatures.is_empty() {
+                vec![args.temperature]
+            } else {
+                e.temperatures.clone()
+            };
+            Ensemble::quick(&Quick {
+                agents: e.agents.unwrap_or(1),
+                models,
+                roles: e.roles.clone(),
+                temperatures: temps,
+                strategy: e.strategy.unwrap_or(Strategy::Vote),
+                answer: e.answer.unwrap_or(AnswerKind::Text),
+                max_tokens: args.max_tokens.unwrap_or(256),
+                seed: args.seed.unwrap_or_else(random_seed),
+            })?
+        }
+    };
+    if let Some(s) = e.strategy {
+        ens.strategy = s;
+    }
+    if let Some(a) = e.answer {
+        ens.answer = a;
+    }
+    if let Some(n) = args.max_tokens {
+        ens.max_tokens = n;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let trace = rt.block_on(async {
+        let mut runner = Runner::new(Engine::start()).on_progress(|done, total| {
+            eprint!("\ragents finished: {done}/{total}");
+            if done >= total {
+                eprintln!();
+            }
+        });
+        runner.run(&ens, &args.prompt).await
+    })?;
+    let json = serde_json::to_string_pretty(&trace)?;
+    if let Some(path) = &e.trace {
+        std::fs::write(path, &json)
+            .with_context(|| format!("cannot write trace {}", path.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print_human(&trace)?;
+    }
+    Ok(())
+}
+
+fn print_human(t: &Trace) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", t.answer.as_deref().unwrap_or("(no answer)"))?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:>3}  {:<20} {:<13} {:>5}  {:<16} {:>6}  {:>7}",
+        "#", "model", "role", "T", "answer", "tokens", "logprob"
+    )?;
+    for (i, a) in t.agents.iter().enumerate() {
+        let mark = if t.winner == Some(i) { "*" } else { " " };
+        let ans = a.extracted.as_deref().unwrap_or("-");
+        let ans: String = ans.chars().take(16).collect();
+        writeln!(
+            out,
+            "{:>2}{mark}  {:<20} {:<13} {:>5.2}  {:<16} {:>6}  {:>7.3}",
+            i + 1,
+            a.model,
+            a.role,
+            a.temperature,
+            ans,
+            a.tokens,
+            a.logprob_mean
+        )?;
+    }
+    let votes: Vec<String> = t
+        .votes
+        .iter()
+        .map(|(k, v)| format!("{k}: {v:.3}"))
+        .collect();
+    writeln!(out, "\nvotes: {}", votes.join(", "))?;
+    writeln!(
+        out,
+        "strategy {}, agreement {:.0}%, {} prompt + {} completion tokens, {:.1} s",
+        t.strategy,
+        t.agreement * 100.0,
+        t.usage.prompt_tokens,
+        t.usage.completion_tokens,
+        t.seconds
+    )?;
+    if let Some(tb) = &t.tie_break {
+        writeln!(out, "{tb}")?;
+    }
+    for n in &t.notes {
+        writeln!(out, "note: {n}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,512 @@
+//! Ensembles as data: TOML files of members (agents or whole ensembles), a strategy and limits.
+use super::extract::AnswerKind;
+use crate::engine::SamplingParams;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The roles every ensemble knows (configs/roles.toml, compiled in).
+const ROLES: &str = include_str!("../../configs/roles.toml");
+
+/// Presets reachable by name (`vote8`, `conclave/vote8`) as well as by path.
+const PRESETS: &[(&str, &str)] = &[
+    ("vote8", include_str!("../../configs/vote8.toml")),
+    ("mixed", include_str!("../../configs/mixed.toml")),
+    ("council", include_str!("../../configs/council.toml")),
+    ("judged", include_str!("../../configs/judged.toml")),
+    ("debate", include_str!("../../configs/debate.toml")),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Vote,
+    Weighted,
+    Medoid,
+    Judge,
+    Fuse,
+    Debate,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v = serde_json::Value::String(s.trim().to_lowercase());
+        serde_json::from_value(v).map_err(|_| {
+            format!("unknown strategy `{s}` (use vote, weighted, medoid, judge, fuse or debate)")
+        })
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        write!(f, "{}", v.as_str().unwrap_or_default())
+    }
+}
+
+/// What a weighted vote weighs each vote by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightBy {
+    #[default]
+    Logprob,
+    Weight,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Role {
+    #[serde(default)]
+    pub name: String,
+    pub system: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Agent {
+    pub model: String,
+    pub role: Role,
+    pub sampling: SamplingParams,
+    pub weight: f32,
+}
+
+#[derive(Debug, Clone)]
+pub enum Member {
+    Agent(Agent),
+    Ensemble(Box<Ensemble>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Ensemble {
+    pub name: String,
+    pub strategy: Strategy,
+    pub answer: AnswerKind,
+    pub weight_by: WeightBy,
+    pub max_tokens: usize,
+    /// Completion tokens the whole tree may spend, nested ensembles included.
+    pub token_budget: Option<usize>,
+    pub rounds: usize,
+    /// The model that judges (`judge`) or synthesizes (`fuse`); defaults to the first agent's.
+    pub judge: Option<Agent>,
+    pub members: Vec<Member>,
+}
+
+/// An ensemble described by command-line flags (`conclave ask --agents N …`).
+pub struct Quick {
+    pub agents: usize,
+    pub models: Vec<String>,
+    pub roles: Vec<String>,
+    pub temperatures: Vec<f32>,
+    pub strategy: Strategy,
+    pub answer: AnswerKind,
+    pub max_tokens: usize,
+    pub seed: u64,
+}
+
+/// The TOML form of an ensemble file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnsembleSpec {
+    name: Option<String>,
+    #[serde(default = "default_strategy")]
+    strategy: Strategy,
+    answer: Option<AnswerKind>,
+    #[serde(default)]
+    weight_by: WeightBy,
+    #[serde(default = "default_max_tokens")]
+    max_tokens: usize,
+    token_budget: Option<usize>,
+    #[serde(default = "default_max_depth")]
+    max_depth: usize,
+    #[serde(default = "default_rounds")]
+    rounds: usize,
+    #[serde(default)]
+    seed: u64,
+    judge: Option<MemberSpec>,
+    #[serde(default)]
+    roles: HashMap<String, Role>,
+    #[serde(rename = "member", default)]
+    members: Vec<MemberSpec>,
+}
+
+/// One `[[member]]`: an agent (`model`) or a nested ensemble (`ensemble`, a path or preset).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSpec {
+    pub model: Option<String>,
+    pub ensemble: Option<String>,
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub role: Option<String>,
+    pub seed: Option<u64>,
+    #[serde(default = "one")]
+    pub count: usize,
+    #[serde(default = "one_f32")]
+    pub weight: f32,
+}
+
+fn default_strategy() -> Strategy {
+    Strategy::Vote
+}
+fn default_max_tokens() -> usize {
+    256
+}
+fn default_max_depth() -> usize {
+    3
+}
+fn default_rounds() -> usize {
+    2
+}
+fn default_temperature() -> f32 {
+    0.7
+}
+fn one() -> usize {
+    1
+}
+fn one_f32() -> f32 {
+    1.0
+}
+
+/// splitmix64 (Steele, Lea & Flood 2014): distinct, well-spread seeds from a counter.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Walks a config tree, numbering agents so that each gets its own seed.
+struct Loader {
+    roles: HashMap<String, Role>,
+    /// Files or presets being loaded, outermost first: a repeat is a cycle.
+    stack: Vec<String>,
+    next_agent: u64,
+    base_seed: u64,
+    max_depth: usize,
+}
+
+impl Ensemble {
+    /// Loads a file, or a preset by name (`vote8` or `conclave/vote8`).
+    pub fn load(spec: &str) -> Result<Self> {
+        let mut loader = Loader::new()?;
+        loader.load(spec, Path::new("."))
+    }
+
+    /// Parses TOML text; nested `ensemble = "…"` paths are relative to `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self> {
+        let mut loader = Loader::new()?;
+        loader.stack.push("<inline>".into());
+        loader.parse(text, base_dir)
+    }
+
+    /// A flat ensemble from command-line flags: agents cycling through the given models,
+    /// roles and temperatures.
+    pub fn quick(q: &Quick) -> Result<Self> {
+        let mut loader = Loader::new()?;
+        loader.base_seed = q.seed;
+        let cycle = |v: &[String], i: usize, d: &str| {
+            v.get(i % v.len().max(1)).cloned().unwrap_or(d.into())
+        };
+        let mut members = Vec::new();
+        for i in 0..q.agents {
+            let spec = MemberSpec {
+                model: Some(cycle(&q.models, i, crate::engine::DEFAULT_MODEL)),
+                ensemble: None,
+                temperature: q
+                    .temperatures
+                    .get(i % q.temperatures.len().max(1))
+                    .copied()
+                    .unwrap_or(0.7),
+                top_p: None,
+                top_k: None,
+                min_p: None,
+                role: Some(cycle(&q.roles, i, "solver")),
+                seed: None,
+                count: 1,
+                weight: 1.0,
+            };
+            members.extend(loader.agents(&spec)?.into_iter().map(Member::Agent));
+        }
+        Ok(Ensemble {
+            name: format!("{} agents", q.agents),
+            strategy: q.strategy,
+            answer: q.answer,
+            weight_by: WeightBy::default(),
+            max_tokens: q.max_tokens,
+            token_budget: None,
+            rounds: default_rounds(),
+            judge: None,
+            members,
+        })
+    }
+
+    /// Every agent in the tree, nested ones included.
+    pub fn agents(&self) -> Vec<&Agent> {
+        let mut out = Vec::new();
+        for m in &self.members {
+            match m {
+                Member::Agent(a) => out.push(a),
+                Member::Ensemble(e) => out.extend(e.agents()),
+            }
+        }
+        out
+    }
+}
+
+impl Loader {
+    fn new() -> Result<Self> {
+        let roles: HashMap<String, Role> = toml::from_str(ROLES).context("configs/roles.toml")?;
+        let roles = roles
+            .into_iter()
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    Role {
+                        name,
+                        system: r.system,
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            roles,
+            stack: Vec::new(),
+            next_agent: 0,
+            base_seed: 0,
+            max_depth: default_max_depth(),
+        })
+    }
+
+    fn load(&mut self, spec: &str, base_dir: &Path) -> Result<Ensemble> {
+        // `conclave/vote8`, `vote8`, `judged.toml` and `configs/vote8.toml` all name presets
+        // when no such file exists.
+        let preset_name = Path::new(spec.strip_prefix("conclave/").unwrap_or(spec))
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = base_dir.join(spec);
+        let (key, text, dir) = if path.is_file() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read ensemble config {}", path.display()))?;
+            let key = path
+                .canonicalize()
+                .unwrap_or(path.clone())
+                .display()
+                .to_string();
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            (key, text, dir)
+        } else if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == preset_name) {
+            (
+                format!("preset {preset_name}"),
+                text.to_string(),
+                PathBuf::new(),
+            )
+        } else {
+            let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+            bail!(
+                "no ensemble config `{spec}`: not a file, nor a preset ({})",
+                names.join(", ")
+            );
+        };
+        if self.stack.contains(&key) {
+            let chain: Vec<&str> = self.stack.iter().map(String::as_str).collect();
+            bail!("cyclic ensemble config: {} → {key}", chain.join(" → "));
+        }
+        if self.stack.len() > self.max_depth {
+            bail!(
+                "ensemble nesting is deeper than the limit of {} levels at {key}",
+                self.max_depth
+            );
+        }
+        self.stack.push(key.clone());
+        let ens = self
+            .parse(&text, &dir)
+            .with_context(|| format!("in {key}"))?;
+        self.stack.pop();
+        Ok(ens)
+    }
+
+    fn parse(&mut self, text: &str, dir: &Path) -> Result<Ensemble> {
+        let spec: EnsembleSpec = toml::from_str(text)?;
+        if self.stack.len() <= 1 {
+            // The outermost file sets the seed and depth limit for the whole tree.
+            self.base_seed = spec.seed;
+            self.max_depth = spec.max_depth;
+        }
+        let saved = self.roles.clone();
+        for (name, r) in spec.roles {
+            self.roles.insert(
+                name.clone(),
+                Role {
+                    name,
+                    system: r.system,
+                },
+            );
+        }
+        let mut members = Vec::new();
+        for m in &spec.members {
+            match (&m.model, &m.ensemble) {
+                (Some(_), None) => members.extend(self.agents(m)?.into_iter().map(Member::Agent)),
+                (None, Some(e)) => {
+                    for _ in 0..m.count {
+                        members.push(Member::Ensemble(Box::new(self.load(e, dir)?)));
+                    }
+                }
+                _ => bail!("each [[member]] needs exactly one of `model` or `ensemble`"),
+            }
+        }
+        if members.is_empty() {
+            bail!("an ensemble needs at least one [[member]]");
+        }
+        let judge = match &spec.judge {
+            Some(j) if j.model.is_some() => Some(self.agents(j)?.remove(0)),
+            Some(_) => bail!("[judge] needs a `model`"),
+            None => None,
+        };
+        self.roles = saved;
+        Ok(Ensemble {
+            name: spec.name.unwrap_or_else(|| "ensemble".into()),
+            strategy: spec.strategy,
+            answer: spec.answer.unwrap_or(AnswerKind::Text),
+            weight_by: spec.weight_by,
+            max_tokens: spec.max_tokens,
+            token_budget: spec.token_budget,
+            rounds: spec.rounds.max(1),
+            judge,
+            members,
+        })
+    }
+
+    /// The `count` agents of one member, each with a seed of its own.
+    fn agents(&mut self, m: &MemberSpec) -> Result<Vec<Agent>> {
+        let role_name = m.role.clone().unwrap_or_else(|| "assistant".into());
+        let role = self.roles.get(&role_name).cloned().with_context(|| {
+            let mut known: Vec<&String> = self.roles.keys().collect();
+            known.sort();
+            format!(
+                "unknown role `{role_name}` (known: {known:?}; add it under [roles.{role_name}])"
+            )
+        })?;
+        let model = m.model.clone().context("member without a model")?;
+        let base = SamplingParams::default();
+        Ok((0..m.count)
+            .map(|i| {
+                self.next_agent += 1;
+                let seed = match m.seed {
+                    Some(s) => s.wrapping_add(i as u64),
+                    None => mix(self.base_seed ^ mix(self.next_agent)),
+                };
+                Agent {
+                    model: model.clone(),
+                    role: role.clone(),
+                    sampling: SamplingParams {
+                        temperature: m.temperature,
+                        top_p: m.top_p.unwrap_or(base.top_p),
+                        top_k: m.top_k.unwrap_or(base.top_k),
+                        min_p: m.min_p.unwrap_or(base.min_p),
+                        seed,
+                        ..base.clone()
+                    },
+                    weight: m.weight,
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn every_preset_loads() {
+        for (name, _) in PRESETS {
+            let e = Ensemble::load(name).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(!e.agents().is_empty());
+        }
+        let e = Ensemble::load("conclave/vote8").unwrap();
+        assert_eq!(
+            (e.members.len(), e.strategy, e.answer),
+            (8, Strategy::Vote, AnswerKind::Number)
+        );
+        let temps: Vec<f32> = e.agents().iter().map(|a| a.sampling.temperature).collect();
+        assert_eq!((temps[0], temps[7]), (0.3, 1.1));
+    }
+
+    #[test]
+    fn seeds_are_distinct_and_follow_the_ensemble_seed() {
+        let text =
+            "seed = 1\n[[member]]\nmodel = \"m\"\ncount = 5\n[[member]]\nmodel = \"m\"\ncount = 3";
+        let a = Ensemble::from_toml(text, Path::new(".")).unwrap();
+        let seeds: std::collections::HashSet<u64> =
+            a.agents().iter().map(|a| a.sampling.seed).collect();
+        assert_eq!(seeds.len(), 8);
+        let b = Ensemble::from_toml(&text.replace("seed = 1", "seed = 2"), Path::new(".")).unwrap();
+        assert_ne!(a.agents()[0].sampling.seed, b.agents()[0].sampling.seed);
+    }
+
+    #[test]
+    fn cycles_and_over_deep_nesting_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "a.toml", "[[member]]\nensemble = \"b.toml\"");
+        write(d, "b.toml", "[[member]]\nensemble = \"a.toml\"");
+        let err = format!(
+            "{:#}",
+            Ensemble::load(d.join("a.toml").to_str().unwrap()).unwrap_err()
+        );
+        assert!(
+            err.contains("cyclic ensemble config") && err.contains("a.toml"),
+            "{err}"
+        );
+
+        write(
+            d,
+            "top.toml",
+            "max_depth = 2\n[[member]]\nensemble = \"l1.toml\"",
+        );
+        write(d, "l1.toml", "[[member]]\nensemble = \"l2.toml\"");
+        write(d, "l2.toml", "[[member]]\nensemble = \"l3.toml\"");
+        write(d, "l3.toml", "[[member]]\nmodel = \"m\"");
+        let err = format!(
+            "{:#}",
+            Ensemble::load(d.join("top.toml").to_str().unwrap()).unwrap_err()
+        );
+        assert!(err.contains("deeper than the limit of 2"), "{err}");
+        write(
+            d,
+            "top.toml",
+            "max_depth = 3\n[[member]]\nensemble = \"l1.toml\"",
+        );
+        assert!(Ensemble::load(d.join("top.toml").to_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn bad_members_and_roles_say_what_is_wrong() {
+        let bad = |t: &str| format!("{:#}", Ensemble::from_toml(t, Path::new(".")).unwrap_err());
+        assert!(
+            bad("[[member]]\nmodel = \"m\"\nrole = \"pirate\"").contains("unknown role `pirate`")
+        );
+        assert!(
+            bad("[[member]]\ntemperature = 1.0").contains("exactly one of `model` or `ensemble`")
+        );
+        assert!(bad("strategy = \"vote\"").contains("at least one [[member]]"));
+        assert!(bad("strategy = \"shout\"\n[[member]]\nmodel = \"m\"").contains("shout"));
+        assert!(bad("[[member]]\nensemble = \"nope\"").contains("no ensemble config `nope`"));
+        // A role defined in the file itself is fine.
+        let ok = "[roles.pirate]\nsystem = \"Arr.\"\n[[member]]\nmodel = \"m\"\nrole = \"pirate\"";
+        assert_eq!(
+            Ensemble::from_toml(ok, Path::new(".")).unwrap().agents()[0]
+                .role
+                .system,
+            "Arr."
+        );
+    }
+}

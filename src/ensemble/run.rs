@@ -1,0 +1,470 @@
+//! Running an ensemble: agents answer (batched per model and role), then the strategy decides.
+use super::aggregate::{self, Candidate, Decision, Weighting};
+use super::config::{Agent, Ensemble, Member, Strategy, WeightBy};
+use super::extract::extract;
+use super::prompts;
+use crate::engine::{Engine, Finish, Job, Message, Prompt, SamplingParams};
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// One agent's part in a decision: enough to recompute the decision from the trace alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentTrace {
+    pub model: String,
+    pub role: String,
+    pub temperature: f32,
+    pub seed: u64,
+    pub text: String,
+    pub extracted: Option<String>,
+    pub logprob_mean: f32,
+    pub weight: f32,
+    pub tokens: usize,
+    /// Wall time of the batch this agent decoded in (agents of one batch share it).
+    pub seconds: f64,
+    pub finish: Option<Finish>,
+    /// For a member that is itself an ensemble: its whole trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<Box<Trace>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    /// Prompt tokens prefilled: once per batch, however many samples share it.
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// A model's part in a `judge` or `fuse` decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCall {
+    pub model: String,
+    pub prompt: String,
+    pub text: String,
+    /// The judge's pick (0-based), if its reply could be read.
+    pub pick: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub name: String,
+    pub strategy: Strategy,
+    /// The winning extracted answer (for `fuse`, extracted from the synthesis).
+    pub answer: Option<String>,
+    /// The full text behind the answer: the winner's, or the synthesis.
+    pub text: String,
+    pub agreement: f64,
+    pub votes: BTreeMap<String, f64>,
+    pub winner: Option<usize>,
+    pub tie_break: Option<String>,
+    pub agents: Vec<AgentTrace>,
+    /// Earlier debate rounds; `agents` holds the last.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<Vec<AgentTrace>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<ModelCall>,
+    pub usage: Usage,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
+
+/// Runs ensembles on an engine, within one shared token budget.
+pub struct Runner {
+    engine: Engine,
+    budget: Option<usize>,
+    spent: AtomicUsize,
+    done: AtomicUsize,
+    total: AtomicUsize,
+    progress: Option<Progress>,
+}
+
+impl Runner {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            budget: None,
+            spent: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
+            progress: None,
+        }
+    }
+
+    /// Called with (agents finished, agents in all) as batches finish.
+    pub fn on_progress(mut self, f: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Box::new(f));
+        self
+    }
+
+    pub async fn run(&mut self, ens: &Ensemble, question: &str) -> Result<Trace> {
+        self.budget = ens.token_budget;
+        self.spent.store(0, Ordering::SeqCst);
+        self.done.store(0, Ordering::SeqCst);
+        let calls = if ens.strategy == Strategy::Debate {
+            ens.rounds
+        } else {
+            1
+        };
+        self.total
+            .store(ens.agents().len() * calls, Ordering::SeqCst);
+        self.run_inner(ens, question).await
+    }
+
+    fn run_inner<'a>(
+        &'a self,
+        ens: &'a Ensemble,
+        question: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Trace>> + Send + 'a>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let mut usage = Usage::default();
+            let mut notes = Vec::new();
+            let mut agents = Vec::new();
+            let flat: Vec<&Agent> = ens
+                .members
+                .iter()
+                .filter_map(|m| match m {
+                    Member::Agent(a) => Some(a),
+                    Member::Ensemble(_) => None,
+                })
+                .collect();
+            let mut answers = self
+                .answer(ens, &flat, question, &mut usage, &mut notes)
+                .await?;
+            for m in &ens.members {
+                match m {
+                    Member::Agent(_) => agents.push(answers.remove(0)),
+                    Member::Ensemble(sub) => {
+                        let t = self.run_inner(sub, question).await?;
+                        usage.prompt_tokens += t.usage.prompt_tokens;
+                        usage.completion_tokens += t.usage.completion_tokens;
+                        agents.push(nested(sub, t));
+                    }
+                }
+            }
+            let mut rounds = Vec::new();
+            if ens.strategy == Strategy::Debate {
+                for _ in 1..ens.rounds {
+                    let previous: Vec<&str> = agents.iter().map(|a| a.text.as_str()).collect();
+                    let prompt = prompts::debate(question, &previous);
+                    let mut revised = self
+                        .answer(ens, &flat, &prompt, &mut usage, &mut notes)
+                        .await?;
+                    let next: Vec<AgentTrace> = agents
+                        .iter()
+                        .map(|a| {
+                            if a.ensemble.is_some() {
+                                a.clone()
+                            } else {
+                                revised.remove(0)
+                            }
+                        })
+                        .collect();
+                    rounds.push(std::mem::replace(&mut agents, next));
+                }
+            }
+            let cands: Vec<Candidate> = agents
+                .iter()
+                .map(|a| Candidate {
+                    text: a.text.clone(),
+                    extracted: a.extracted.clone(),
+                    logprob_mean: a.logprob_mean,
+                    weight: a.weight,
+                })
+                .collect();
+            let (decision, text, judge) = self
+                .decide(ens, &flat, question, &cands, &mut usage, &mut notes)
+                .await?;
+            Ok(Trace {
+                name: ens.name.clone(),
+                strategy: ens.strategy,
+                answer: decision.answer.clone(),
+                text,
+                agreement: decision.agreement,
+                votes: decision.votes,
+                winner: decision.winner,
+                tie_break: decision.tie_break,
+                agents,
+                rounds,
+                judge,
+                usage,
+                seconds: start.elapsed().as_secs_f64(),
+                notes,
+            })
+        })
+    }
+
+    /// Every agent answers `user`: one engine job per (model, role), so agents that share a
+    /// prompt share its prefill and decode as one batch.
+    async fn answer(
+        &self,
+        ens: &Ensemble,
+        agents: &[&Agent],
+        user: &str,
+        usage: &mut Usage,
+        notes: &mut Vec<String>,
+    ) -> Result<Vec<AgentTrace>> {
+        let mut out: Vec<Option<AgentTrace>> = vec![None; agents.len()];
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, a) in agents.iter().enumerate() {
+            let key = agents
+                .iter()
+                .position(|b| b.model == a.model && b.role.name == a.role.name)
+                .unwrap();
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+        for (key, members) in groups {
+            let lead = agents[key];
+            let max_tokens = self.grant(ens.max_tokens, members.len());
+            if max_tokens == 0 {
+                notes.push(format!(
+                    "token budget spent: {} agent(s) of {} / {} did not run",
+                    members.len(),
+                    lead.model,
+                    lead.role.name
+                ));
+                for &i in &members {
+                    out[i] = Some(skipped(agents[i]));
+                }
+                continue;
+            }
+            let job = Job {
+                model: lead.model.clone(),
+                prompt: Prompt::Chat(vec![
+                    Message::new("system", &lead.role.system),
+                    Message::new("user", user),
+                ]),
+                max_tokens,
+                stop: Vec::new(),
+                samples: members
+                    .iter()
+                    .map(|&i| agents[i].sampling.clone())
+                    .collect(),
+                ignore_eos: false,
+            };
+            let output = self.engine.generate(job).await?;
+            let seconds = output.prefill_seconds + output.decode_seconds;
+            usage.prompt_tokens += output.prompt_tokens;
+            usage.completion_tokens += output.completion_tokens();
+            self.spent
+                .fetch_add(output.completion_tokens(), Ordering::SeqCst);
+            for (&i, c) in members.iter().zip(output.completions) {
+                let a = agents[i];
+                out[i] = Some(AgentTrace {
+                    model: a.model.clone(),
+                    role: a.role.name.clone(),
+                    temperature: a.sampling.temperature,
+                    seed: a.sampling.seed,
+                    extracted: extract(ens.answer, &c.text),
+                    logprob_mean: c.logprob_mean(),
+                    weight: a.weight,
+                    tokens: c.tokens.len(),
+                    seconds,
+                    finish: Some(c.finish),
+                    text: c.text,
+                    ensemble: None,
+                });
+            }
+            let done = self.done.fetch_add(members.len(), Ordering::SeqCst) + members.len();
+            if let Some(p) = &self.progress {
+                p(done, self.total.load(Ordering::SeqCst));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|a| a.expect("every agent answered"))
+            .collect())
+    }
+
+    /// Tokens each of `n` samples may generate now, within the shared budget.
+    fn grant(&self, max_tokens: usize, n: usize) -> usize {
+        match self.budget {
+            None => max_tokens,
+            Some(b) => {
+                let left = b.saturating_sub(self.spent.load(Ordering::SeqCst));
+                max_tokens.min(left / n.max(1))
+            }
+        }
+    }
+
+    async fn decide(
+        &self,
+        ens: &Ensemble,
+        flat: &[&Agent],
+        question: &str,
+        cands: &[Candidate],
+        usage: &mut Usage,
+        notes: &mut Vec<String>,
+    ) -> Result<(Decision, String, Option<ModelCall>)> {
+        let winner_text =
+            |d: &Decision| d.winner.map(|w| cands[w].text.clone()).unwrap_or_default();
+        let by = match ens.weight_by {
+            WeightBy::Logprob => Weighting::LogProb,
+            WeightBy::Weight => Weighting::Weight,
+        };
+        let d = match ens.strategy {
+            Strategy::Vote | Strategy::Debate => aggregate::vote(cands),
+            Strategy::Weighted => aggregate::weighted(cands, by),
+            Strategy::Medoid => aggregate::medoid(cands),
+            Strategy::Judge | Strategy::Fuse => {
+                let texts: Vec<&str> = cands.iter().map(|c| c.text.as_str()).collect();
+                let fuse = ens.strategy == Strategy::Fuse;
+                let prompt = if fuse {
+                    prompts::fuse(question, &texts)
+                } else {
+                    prompts::judge(question, &texts)
+                };
+                let Some(call) = self.call_judge(ens, flat, &prompt, usage, notes).await? else {
+                    let d = aggregate::vote(cands);
+                    let t = winner_text(&d);
+                    return Ok((d, t, None));
+                };
+                let base = aggregate::vote(cands);
+                if fuse {
+                    let answer = extract(ens.answer, &call.text)
+                        .or_else(|| Some(call.text.trim().to_string()));
+                    let d = Decision {
+                        winner: None,
+                        answer,
+                        agreement: base.agreement,
+                        votes: base.votes,
+                        tie_break: None,
+                    };
+                    let text = call.text.clone();
+                    return Ok((d, text, Some(call)));
+                }
+                let pick = aggregate::parse_pick(&call.text, cands.len());
+                let call = ModelCall { pick, ..call };
+                let Some(i) = pick else {
+                    notes.push(
+                        "the judge's reply named no candidate: decided by vote instead".into(),
+                    );
+                    let t = winner_text(&base);
+                    return Ok((base, t, Some(call)));
+                };
+                let answer = cands[i]
+                    .extracted
+                    .clone()
+                    .or_else(|| Some(cands[i].text.trim().to_string()));
+                let total: f64 = base.votes.values().sum();
+                let agreement = match &cands[i].extracted {
+                    Some(a) if total > 0.0 => base.votes.get(a).copied().unwrap_or(0.0) / total,
+                    _ => 0.0,
+                };
+                let d = Decision {
+                    winner: Some(i),
+                    answer,
+                    agreement,
+                    votes: base.votes,
+                    tie_break: None,
+                };
+                return Ok((d, cands[i].text.clone(), Some(call)));
+            }
+        };
+        let t = winner_text(&d);
+        Ok((d, t, None))
+    }
+
+    /// One greedy answer from the judge (or synthesizer) model; None if the budget is spent.
+    async fn call_judge(
+        &self,
+        ens: &Ensemble,
+        flat: &[&Agent],
+        prompt: &str,
+        usage: &mut Usage,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<ModelCall>> {
+        let (model, system) = match (&ens.judge, flat.first()) {
+            (Some(j), _) => (j.model.clone(), j.role.system.clone()),
+            (None, Some(a)) => (a.model.clone(), "You are a careful judge.".to_string()),
+            (None, None) => (crate::engine::DEFAULT_MODEL.to_string(), String::new()),
+        };
+        let max_tokens = self.grant(ens.max_tokens, 1);
+        if max_tokens == 0 {
+            notes.push("token budget spent before the judge could run: decided by vote".into());
+            return Ok(None);
+        }
+        let sampling = SamplingParams {
+            temperature: 0.0,
+            ..ens
+                .judge
+                .as_ref()
+                .map(|j| j.sampling.clone())
+                .unwrap_or_default()
+        };
+        let job = Job {
+            model: model.clone(),
+            prompt: Prompt::Chat(vec![
+                Message::new("system", &system),
+                Message::new("user", prompt),
+            ]),
+            max_tokens,
+            stop: Vec::new(),
+            samples: vec![sampling],
+            ignore_eos: false,
+        };
+        let out = self.engine.generate(job).await?;
+        usage.prompt_tokens += out.prompt_tokens;
+        usage.completion_tokens += out.completion_tokens();
+        self.spent
+            .fetch_add(out.completion_tokens(), Ordering::SeqCst);
+        let text = out
+            .completions
+            .into_iter()
+            .next()
+            .map(|c| c.text)
+            .unwrap_or_default();
+        Ok(Some(ModelCall {
+            model,
+            prompt: prompt.to_string(),
+            text,
+            pick: None,
+        }))
+    }
+}
+
+fn skipped(a: &Agent) -> AgentTrace {
+    AgentTrace {
+        model: a.model.clone(),
+        role: a.role.name.clone(),
+        temperature: a.sampling.temperature,
+        seed: a.sampling.seed,
+        text: String::new(),
+        extracted: None,
+        logprob_mean: 0.0,
+        weight: a.weight,
+        tokens: 0,
+        seconds: 0.0,
+        finish: None,
+        ensemble: None,
+    }
+}
+
+/// A nested ensemble as one member of its parent: its decision is its answer.
+fn nested(sub: &Ensemble, t: Trace) -> AgentTrace {
+    let n = t.agents.len().max(1) as f32;
+    AgentTrace {
+        model: format!("ensemble:{}", sub.name),
+        role: sub.strategy.to_string(),
+        temperature: 0.0,
+        seed: 0,
+        text: t.text.clone(),
+        extracted: t.answer.clone(),
+        logprob_mean: t.agents.iter().map(|a| a.logprob_mean).sum::<f32>() / n,
+        weight: 1.0,
+        tokens: t.usage.completion_tokens,
+        seconds: t.seconds,
+        finish: None,
+        ensemble: Some(Box::new(t)),
+    }
+}

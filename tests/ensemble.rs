@@ -1,0 +1,161 @@
+//! Ensembles on a real model (smollm2-135m): every strategy runs, and every decision can be
+//! recomputed from its trace.
+mod common;
+use conclave::engine::Engine;
+use conclave::ensemble::aggregate::{self, Candidate};
+use conclave::ensemble::{AnswerKind, Ensemble, Runner, Strategy, Trace};
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// One engine (and so one loaded copy of each model) for every test in this file.
+fn engine() -> Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    common::model_path("smollm2-135m");
+    ENGINE.get_or_init(Engine::start).clone()
+}
+
+fn run(ens: &Ensemble, question: &str) -> Trace {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { Runner::new(engine()).run(ens, question).await.unwrap() })
+}
+
+fn toml(text: &str) -> Ensemble {
+    Ensemble::from_toml(text, Path::new(".")).unwrap()
+}
+
+fn candidates(t: &Trace) -> Vec<Candidate> {
+    t.agents
+        .iter()
+        .map(|a| Candidate {
+            text: a.text.clone(),
+            extracted: a.extracted.clone(),
+            logprob_mean: a.logprob_mean,
+            weight: a.weight,
+        })
+        .collect()
+}
+
+const AGENTS4: &str = r#"
+[[member]]
+model = "smollm2-135m"
+role = "solver"
+temperature = 0.9
+count = 4
+"#;
+
+#[test]
+fn vote_preset_runs_and_the_trace_recomputes_the_winner() {
+    let mut ens = Ensemble::load("vote8").unwrap();
+    ens.max_tokens = 48;
+    let t = run(&ens, "What is 12 + 30?");
+    assert_eq!(t.agents.len(), 8);
+    let seeds: std::collections::HashSet<u64> = t.agents.iter().map(|a| a.seed).collect();
+    assert_eq!(seeds.len(), 8, "every agent has its own seed");
+    // Recompute from the JSON form, as a user of --trace would.
+    let json: serde_json::Value = serde_json::to_value(&t).unwrap();
+    let again = aggregate::vote(&candidates(&t));
+    assert_eq!(json["answer"].as_str().map(String::from), again.answer);
+    assert_eq!(t.winner, again.winner);
+    let counted: f64 = t.votes.values().sum();
+    assert_eq!(
+        counted as usize,
+        t.agents.iter().filter(|a| a.extracted.is_some()).count()
+    );
+    // One shared prefill: prompt tokens are counted once for the batch of eight.
+    assert!(t.usage.prompt_tokens < 100, "{}", t.usage.prompt_tokens);
+}
+
+#[test]
+fn weighted_and_medoid_decide_from_the_trace() {
+    let mut ens = toml(AGENTS4);
+    ens.max_tokens = 40;
+    ens.strategy = Strategy::Weighted;
+    ens.answer = AnswerKind::Number;
+    let t = run(&ens, "How many legs do 3 spiders have?");
+    let again = aggregate::weighted(&candidates(&t), aggregate::Weighting::LogProb);
+    assert_eq!((t.answer.clone(), t.winner), (again.answer, again.winner));
+
+    ens.strategy = Strategy::Medoid;
+    let t = run(&ens, "Describe the sea in one sentence.");
+    let again = aggregate::medoid(&candidates(&t));
+    assert_eq!(t.winner, again.winner);
+    assert!(t.winner.is_some() && !t.text.is_empty());
+}
+
+#[test]
+fn judge_picks_a_candidate_or_falls_back_to_the_vote() {
+    let mut ens = Ensemble::load("judged").unwrap();
+    ens.max_tokens = 40;
+    let t = run(&ens, "What is the capital of France?");
+    let judge = t.judge.as_ref().expect("the judge ran");
+    assert!(judge.prompt.contains("Response 4:"));
+    match judge.pick {
+        Some(i) => assert_eq!(t.winner, Some(i)),
+        None => {
+            assert!(t.notes.iter().any(|n| n.contains("vote")));
+            assert_eq!(t.winner, aggregate::vote(&candidates(&t)).winner);
+        }
+    }
+}
+
+#[test]
+fn fuse_synthesizes_and_debate_keeps_every_round() {
+    let mut ens = toml(AGENTS4);
+    ens.max_tokens = 32;
+    ens.strategy = Strategy::Fuse;
+    let t = run(&ens, "Name a primary colour.");
+    let call = t.judge.as_ref().expect("the synthesizer ran");
+    assert_eq!(t.text, call.text);
+    assert!(!t.text.is_empty());
+
+    ens.strategy = Strategy::Debate;
+    ens.rounds = 2;
+    ens.answer = AnswerKind::Number;
+    let t = run(&ens, "What is 7 times 6?");
+    assert_eq!(
+        t.rounds.len(),
+        1,
+        "round one is kept, round two is `agents`"
+    );
+    assert_eq!(t.rounds[0].len(), 4);
+    assert_ne!(
+        t.rounds[0][0].text, t.agents[0].text,
+        "agents revised after reading the others"
+    );
+    assert_eq!(t.winner, aggregate::vote(&candidates(&t)).winner);
+}
+
+#[test]
+fn nested_ensemble_runs_within_the_shared_token_budget() {
+    let ens = toml(
+        r#"
+        strategy = "vote"
+        answer = "number"
+        max_tokens = 64
+        token_budget = 120
+
+        [[member]]
+        ensemble = "judged"
+
+        [[member]]
+        model = "smollm2-135m"
+        role = "concise"
+        count = 2
+        "#,
+    );
+    let t = run(&ens, "What is 2 + 2?");
+    assert_eq!(t.agents.len(), 3);
+    let inner = t.agents[0]
+        .ensemble
+        .as_ref()
+        .expect("the nested trace is kept");
+    assert_eq!(inner.agents.len(), 4);
+    assert!(
+        t.usage.completion_tokens <= 120,
+        "budget exceeded: {}",
+        t.usage.completion_tokens
+    );
+}
