@@ -9,6 +9,7 @@ use std::io::Write;
 #[derive(Debug, clap::Args)]
 pub struct EnsembleArgs {
     /// Ensemble config: a TOML file or a preset (vote8, mixed, council, judged, debate).
+    /// `--seed` replaces the file's seed.
     #[arg(long, help_heading = "Ensemble")]
     pub config: Option<String>,
     /// Run N agents instead of one (with --models, --roles, --temperatures).
@@ -43,7 +44,7 @@ impl EnsembleArgs {
 pub fn run(args: &AskArgs) -> Result<()> {
     let e = &args.ensemble;
     let mut ens = match &e.config {
-        Some(c) => Ensemble::load(c)?,
+        Some(c) => Ensemble::load_seeded(c, args.seed)?,
         None => {
             let models = if e.models.is_empty() {
                 vec![args.model.clone()]

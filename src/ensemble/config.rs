@@ -185,13 +185,20 @@ struct Loader {
     stack: Vec<String>,
     next_agent: u64,
     base_seed: u64,
+    seed_override: Option<u64>,
     max_depth: usize,
 }
 
 impl Ensemble {
     /// Loads a file, or a preset by name (`vote8` or `conclave/vote8`).
     pub fn load(spec: &str) -> Result<Self> {
+        Self::load_seeded(spec, None)
+    }
+
+    /// Like `load`, with `seed` in place of the file's own `seed` (agents' seeds derive from it).
+    pub fn load_seeded(spec: &str, seed: Option<u64>) -> Result<Self> {
         let mut loader = Loader::new()?;
+        loader.seed_override = seed;
         loader.load(spec, Path::new("."))
     }
 
@@ -276,6 +283,7 @@ impl Loader {
             stack: Vec::new(),
             next_agent: 0,
             base_seed: 0,
+            seed_override: None,
             max_depth: default_max_depth(),
         })
     }
@@ -333,7 +341,7 @@ impl Loader {
         let spec: EnsembleSpec = toml::from_str(text)?;
         if self.stack.len() <= 1 {
             // The outermost file sets the seed and depth limit for the whole tree.
-            self.base_seed = spec.seed;
+            self.base_seed = self.seed_override.unwrap_or(spec.seed);
             self.max_depth = spec.max_depth;
         }
         let saved = self.roles.clone();
@@ -450,6 +458,17 @@ mod tests {
         assert_eq!(seeds.len(), 8);
         let b = Ensemble::from_toml(&text.replace("seed = 1", "seed = 2"), Path::new(".")).unwrap();
         assert_ne!(a.agents()[0].sampling.seed, b.agents()[0].sampling.seed);
+    }
+
+    #[test]
+    fn a_given_seed_replaces_the_files_seed() {
+        let seeds = |s| -> Vec<u64> {
+            let e = Ensemble::load_seeded("vote8", s).unwrap();
+            e.agents().iter().map(|a| a.sampling.seed).collect()
+        };
+        assert_eq!(seeds(None), seeds(Some(0)), "vote8's own seed is 0");
+        assert_ne!(seeds(Some(5)), seeds(Some(6)));
+        assert_eq!(seeds(Some(5)), seeds(Some(5)));
     }
 
     #[test]
