@@ -1,6 +1,6 @@
 //! Generation: one prefill of the prompt, then N samples decoded together as one batch.
 use super::sampler::{Sampler, SamplingParams};
-use crate::model::Model;
+use crate::model::{KvCache, Model};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -8,7 +8,7 @@ use std::time::Instant;
 /// Prompts longer than this are prefilled in pieces, bounding the attention scratch memory.
 const PREFILL_CHUNK: usize = 512;
 
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Request {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
@@ -88,98 +88,152 @@ struct Row {
     finish: Option<Finish>,
 }
 
+/// Runs `req` to completion: one prefill, then batched decode steps until every sample ends.
 pub fn generate(model: &Model, req: &Request, on_text: OnText) -> Result<Output> {
-    let n = req.samples.len();
-    if n == 0 {
-        bail!("no samples requested");
+    let mut g = Generation::start(model, req.clone(), on_text)?;
+    while !g.is_done() {
+        g.step(model, on_text)?;
     }
-    if req.prompt.is_empty() {
-        bail!("the prompt is empty");
-    }
-    let ctx = model.ctx_len();
-    if req.prompt.len() >= ctx {
-        bail!(
-            "the prompt is {} tokens but {} has a context of {ctx} tokens; shorten the prompt",
-            req.prompt.len(),
-            model.name
-        );
-    }
-    let max_tokens = req.max_tokens.min(ctx - req.prompt.len());
+    Ok(g.finish())
+}
 
-    let start = Instant::now();
-    let mut cache = model.new_cache(1, req.prompt.len() + max_tokens)?;
-    let mut logits = Vec::new();
-    for chunk in req.prompt.chunks(PREFILL_CHUNK) {
-        logits = model.step(&[chunk.to_vec()], &mut cache)?;
-    }
-    if n > 1 {
-        cache = cache.fork(n)?;
-    }
-    let prefill_seconds = start.elapsed().as_secs_f64();
+/// One request in flight: its batch's KV cache and the state of each of its samples. The
+/// engine thread keeps several and steps them in turn, so no request waits for another to end.
+pub struct Generation {
+    req: Request,
+    cache: KvCache,
+    rows: Vec<Row>,
+    /// Samples whose rows the cache holds, in row order.
+    in_cache: Vec<usize>,
+    max_tokens: usize,
+    prefill_seconds: f64,
+    decode_seconds: f64,
+    decode_tokens: usize,
+}
 
-    let mut rows: Vec<Row> = req
-        .samples
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Row {
-            sample: i,
-            sampler: Sampler::new(p.clone()),
-            tokens: Vec::new(),
-            text: String::new(),
-            emitted: 0,
-            logprob_sum: 0.0,
-            finish: None,
-        })
-        .collect();
-    let first = &logits[0];
-    for row in rows.iter_mut() {
-        advance(model, req, row, first, max_tokens, on_text)?;
+impl Generation {
+    /// Checks the request, prefills its prompt once and samples every sample's first token
+    /// from that one prefill.
+    pub fn start(model: &Model, req: Request, on_text: OnText) -> Result<Self> {
+        let n = req.samples.len();
+        if n == 0 {
+            bail!("no samples requested");
+        }
+        if req.prompt.is_empty() {
+            bail!("the prompt is empty");
+        }
+        let ctx = model.ctx_len();
+        if req.prompt.len() >= ctx {
+            bail!(
+                "the prompt is {} tokens but {} has a context of {ctx} tokens; shorten the prompt",
+                req.prompt.len(),
+                model.name
+            );
+        }
+        let max_tokens = req.max_tokens.min(ctx - req.prompt.len());
+
+        let start = Instant::now();
+        let mut cache = model.new_cache(1, req.prompt.len() + max_tokens)?;
+        let mut logits = Vec::new();
+        for chunk in req.prompt.chunks(PREFILL_CHUNK) {
+            logits = model.step(&[chunk.to_vec()], &mut cache)?;
+        }
+        if n > 1 {
+            cache = cache.fork(n)?;
+        }
+        let prefill_seconds = start.elapsed().as_secs_f64();
+
+        let rows = req
+            .samples
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Row {
+                sample: i,
+                sampler: Sampler::new(p.clone()),
+                tokens: Vec::new(),
+                text: String::new(),
+                emitted: 0,
+                logprob_sum: 0.0,
+                finish: None,
+            })
+            .collect();
+        let mut g = Self {
+            req,
+            cache,
+            rows,
+            in_cache: (0..n).collect(),
+            max_tokens,
+            prefill_seconds,
+            decode_seconds: 0.0,
+            decode_tokens: 0,
+        };
+        for row in g.rows.iter_mut() {
+            advance(model, &g.req, row, &logits[0], max_tokens, on_text)?;
+        }
+        Ok(g)
     }
 
-    let start = Instant::now();
-    let mut decode_tokens = 0;
-    // Samples whose rows the cache holds, in row order.
-    let mut in_cache: Vec<usize> = (0..n).collect();
-    let mut active: Vec<usize> = (0..n).filter(|&i| rows[i].finish.is_none()).collect();
-    while !active.is_empty() {
-        if active.len() < in_cache.len() {
+    pub fn is_done(&self) -> bool {
+        self.rows.iter().all(|r| r.finish.is_some())
+    }
+
+    /// One forward pass for all unfinished samples together, and one token for each.
+    pub fn step(&mut self, model: &Model, on_text: OnText) -> Result<()> {
+        let start = Instant::now();
+        let active: Vec<usize> = (0..self.rows.len())
+            .filter(|&i| self.rows[i].finish.is_none())
+            .collect();
+        if active.is_empty() {
+            return Ok(());
+        }
+        if active.len() < self.in_cache.len() {
             // Finished samples leave the batch.
             let keep: Vec<usize> = active
                 .iter()
-                .map(|s| in_cache.iter().position(|c| c == s).unwrap())
+                .map(|s| self.in_cache.iter().position(|c| c == s).unwrap())
                 .collect();
-            cache.retain(&keep)?;
-            in_cache = active.clone();
+            self.cache.retain(&keep)?;
+            self.in_cache = active.clone();
         }
         let input: Vec<Vec<u32>> = active
             .iter()
-            .map(|&i| vec![*rows[i].tokens.last().unwrap()])
+            .map(|&i| vec![*self.rows[i].tokens.last().unwrap()])
             .collect();
-        let logits = model.step(&input, &mut cache)?;
-        decode_tokens += active.len();
+        let logits = model.step(&input, &mut self.cache)?;
+        self.decode_tokens += active.len();
         for (&i, l) in active.iter().zip(&logits) {
-            advance(model, req, &mut rows[i], l, max_tokens, on_text)?;
+            advance(
+                model,
+                &self.req,
+                &mut self.rows[i],
+                l,
+                self.max_tokens,
+                on_text,
+            )?;
         }
-        active.retain(|&i| rows[i].finish.is_none());
+        self.decode_seconds += start.elapsed().as_secs_f64();
+        Ok(())
     }
-    let decode_seconds = start.elapsed().as_secs_f64();
 
-    let completions = rows
-        .into_iter()
-        .map(|r| Completion {
-            text: r.text,
-            tokens: r.tokens,
-            finish: r.finish.unwrap_or(Finish::Length),
-            logprob_sum: r.logprob_sum,
-        })
-        .collect();
-    Ok(Output {
-        completions,
-        prompt_tokens: req.prompt.len(),
-        prefill_seconds,
-        decode_seconds,
-        decode_tokens,
-    })
+    pub fn finish(self) -> Output {
+        let completions = self
+            .rows
+            .into_iter()
+            .map(|r| Completion {
+                text: r.text,
+                tokens: r.tokens,
+                finish: r.finish.unwrap_or(Finish::Length),
+                logprob_sum: r.logprob_sum,
+            })
+            .collect();
+        Output {
+            completions,
+            prompt_tokens: self.req.prompt.len(),
+            prefill_seconds: self.prefill_seconds,
+            decode_seconds: self.decode_seconds,
+            decode_tokens: self.decode_tokens,
+        }
+    }
 }
 
 /// Samples one token for `row` from `logits`, updates its text and streams what is final.

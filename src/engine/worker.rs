@@ -2,8 +2,10 @@
 //!
 //! candle's CPU thread pool spin-waits, so two threads running models at once on two cores
 //! collapse to a fraction of one. Every front end therefore sends jobs over a channel to a
-//! single thread that owns the loaded models and runs them one batch at a time.
-use super::generate::{generate, Output, Request};
+//! single thread that owns the loaded models. Each job is prefilled once when it arrives; then
+//! the thread takes one batched decode step of every job in flight in turn, whatever its
+//! model, so a short job never waits for a long one to end.
+use super::generate::{Generation, Output, Request};
 use super::load::load;
 use super::sampler::SamplingParams;
 use crate::model::chat::Message;
@@ -30,6 +32,8 @@ pub struct Job {
     pub stop: Vec<String>,
     pub samples: Vec<SamplingParams>,
     pub ignore_eos: bool,
+    /// Receives `(sample, text)` pieces as they are decoded.
+    pub stream: Option<tokio::sync::mpsc::UnboundedSender<(usize, String)>>,
 }
 
 struct Envelope {
@@ -49,12 +53,7 @@ impl Engine {
         let (tx, rx) = mpsc::channel::<Envelope>();
         std::thread::Builder::new()
             .name("conclave-engine".into())
-            .spawn(move || {
-                let mut models: HashMap<String, Model> = HashMap::new();
-                for Envelope { job, reply } in rx {
-                    let _ = reply.send(run(&mut models, &job));
-                }
-            })
+            .spawn(move || serve(rx))
             .expect("spawning the engine thread");
         Self { tx }
     }
@@ -70,7 +69,63 @@ impl Engine {
     }
 }
 
-fn run(models: &mut HashMap<String, Model>, job: &Job) -> Result<Output> {
+/// A job between its prefill and its last token.
+struct InFlight {
+    model: String,
+    generation: Generation,
+    stream: Option<tokio::sync::mpsc::UnboundedSender<(usize, String)>>,
+    reply: oneshot::Sender<Result<Output>>,
+}
+
+fn serve(rx: mpsc::Receiver<Envelope>) {
+    let mut models: HashMap<String, Model> = HashMap::new();
+    let mut flight: Vec<InFlight> = Vec::new();
+    loop {
+        // Idle: wait for work. Busy: take whatever has arrived, without waiting.
+        let mut arrived: Vec<Envelope> = Vec::new();
+        if flight.is_empty() {
+            match rx.recv() {
+                Ok(e) => arrived.push(e),
+                Err(_) => return, // every handle is gone
+            }
+        }
+        arrived.extend(rx.try_iter());
+        for Envelope { job, reply } in arrived {
+            match start(&mut models, &job) {
+                Ok(generation) => flight.push(InFlight {
+                    model: job.model,
+                    generation,
+                    stream: job.stream,
+                    reply,
+                }),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        // One step of every job in flight, then hand back the ones that ended.
+        let mut i = 0;
+        while i < flight.len() {
+            let f = &mut flight[i];
+            let stream = f.stream.clone();
+            let mut on_text = |sample: usize, piece: &str| {
+                if let Some(s) = &stream {
+                    let _ = s.send((sample, piece.to_string()));
+                }
+            };
+            let result = f.generation.step(&models[&f.model], &mut on_text);
+            if result.is_err() || f.generation.is_done() {
+                let f = flight.swap_remove(i);
+                let _ = f.reply.send(result.map(|_| f.generation.finish()));
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Loads the model if needed, renders the prompt and prefills it.
+fn start(models: &mut HashMap<String, Model>, job: &Job) -> Result<Generation> {
     if !models.contains_key(&job.model) {
         let model = load(&job.model)?;
         models.insert(job.model.clone(), model);
@@ -89,5 +144,10 @@ fn run(models: &mut HashMap<String, Model>, job: &Job) -> Result<Output> {
         samples: job.samples.clone(),
         ignore_eos: job.ignore_eos,
     };
-    generate(model, &req, &mut |_, _| {})
+    let stream = job.stream.clone();
+    Generation::start(model, req, &mut |sample, piece| {
+        if let Some(s) = &stream {
+            let _ = s.send((sample, piece.to_string()));
+        }
+    })
 }

@@ -24,7 +24,7 @@ pub struct AgentTrace {
     pub logprob_mean: f32,
     pub weight: f32,
     pub tokens: usize,
-    /// Wall time of the batch this agent decoded in (agents of one batch share it).
+    /// Prefill plus decode time of the batch this agent decoded in (agents of one batch share it).
     pub seconds: f64,
     pub finish: Option<Finish>,
     /// For a member that is itself an ensemble: its whole trace.
@@ -223,6 +223,9 @@ impl Runner {
                 None => groups.push((key, vec![i])),
             }
         }
+        // Submit every group at once: the engine steps them in turn, each as one batch.
+        // Their tokens are reserved from the budget up front and settled when they end.
+        let mut launched = Vec::new();
         for (key, members) in groups {
             let lead = agents[key];
             let max_tokens = self.grant(ens.max_tokens, members.len());
@@ -238,6 +241,8 @@ impl Runner {
                 }
                 continue;
             }
+            let reserved = max_tokens * members.len();
+            self.spent.fetch_add(reserved, Ordering::SeqCst);
             let job = Job {
                 model: lead.model.clone(),
                 prompt: Prompt::Chat(vec![
@@ -251,13 +256,19 @@ impl Runner {
                     .map(|&i| agents[i].sampling.clone())
                     .collect(),
                 ignore_eos: false,
+                stream: None,
             };
-            let output = self.engine.generate(job).await?;
+            let engine = self.engine.clone();
+            let handle = tokio::spawn(async move { engine.generate(job).await });
+            launched.push((members, reserved, handle));
+        }
+        for (members, reserved, handle) in launched {
+            let output = handle.await??;
             let seconds = output.prefill_seconds + output.decode_seconds;
             usage.prompt_tokens += output.prompt_tokens;
             usage.completion_tokens += output.completion_tokens();
             self.spent
-                .fetch_add(output.completion_tokens(), Ordering::SeqCst);
+                .fetch_sub(reserved - output.completion_tokens(), Ordering::SeqCst);
             for (&i, c) in members.iter().zip(output.completions) {
                 let a = agents[i];
                 out[i] = Some(AgentTrace {
@@ -412,6 +423,7 @@ impl Runner {
             stop: Vec::new(),
             samples: vec![sampling],
             ignore_eos: false,
+            stream: None,
         };
         let out = self.engine.generate(job).await?;
         usage.prompt_tokens += out.prompt_tokens;

@@ -1,0 +1,93 @@
+//! The engine thread: concurrent jobs interleave, and a bad job fails alone.
+mod common;
+use conclave::engine::{Engine, Job, Message, Prompt, SamplingParams};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn job(max_tokens: usize, text: &str) -> Job {
+    Job {
+        model: "smollm2-135m".into(),
+        prompt: Prompt::Chat(vec![Message::new("user", text)]),
+        max_tokens,
+        stop: vec![],
+        samples: vec![SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }],
+        ignore_eos: true,
+        stream: None,
+    }
+}
+
+#[test]
+fn a_short_job_is_not_held_behind_a_long_one() {
+    common::model_path("smollm2-135m");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let engine = Engine::start();
+        // Load the model first so both jobs below start from the same state.
+        engine.generate(job(1, "hi")).await.unwrap();
+        // Which job ends first, not how long it takes: with jobs run one after another the
+        // short one, submitted second, would end second.
+        let finished = std::sync::Arc::new(AtomicUsize::new(0));
+        let (e1, e2, f1, f2) = (
+            engine.clone(),
+            engine.clone(),
+            finished.clone(),
+            finished.clone(),
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let long_job = Job {
+            stream: Some(tx),
+            ..job(120, "Tell a story.")
+        };
+        let long = tokio::spawn(async move {
+            let out = e1.generate(long_job).await;
+            (out, f1.fetch_add(1, Ordering::SeqCst))
+        });
+        // The long job is decoding before the short one is sent.
+        rx.recv().await.expect("the long job streams text");
+        let short = tokio::spawn(async move {
+            let out = e2.generate(job(4, "Say hi.")).await;
+            (out, f2.fetch_add(1, Ordering::SeqCst))
+        });
+        let (long_out, long_rank) = long.await.unwrap();
+        let (short_out, short_rank) = short.await.unwrap();
+        assert_eq!(long_out.unwrap().completions[0].tokens.len(), 120);
+        assert_eq!(short_out.unwrap().completions[0].tokens.len(), 4);
+        assert_eq!(
+            (short_rank, long_rank),
+            (0, 1),
+            "the short job waited for the long one"
+        );
+    });
+}
+
+#[test]
+fn a_failing_job_does_not_stop_the_engine_and_text_streams() {
+    common::model_path("smollm2-135m");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let engine = Engine::start();
+        let bad = Job {
+            model: "/nonexistent/model.gguf".into(),
+            ..job(4, "hi")
+        };
+        let err = format!("{:#}", engine.generate(bad).await.unwrap_err());
+        assert!(err.contains("/nonexistent/model.gguf"), "{err}");
+
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let out = engine
+            .generate(Job {
+                stream: Some(tx),
+                ..job(8, "Count to three.")
+            })
+            .await
+            .unwrap();
+        let mut streamed = String::new();
+        while let Ok((sample, piece)) = rx.try_recv() {
+            assert_eq!(sample, 0);
+            streamed.push_str(&piece);
+        }
+        assert_eq!(streamed, out.completions[0].text);
+    });
+}
