@@ -2,7 +2,7 @@
 //! recomputed from its trace.
 mod common;
 use conclave::engine::Engine;
-use conclave::ensemble::aggregate::{self, Candidate};
+use conclave::ensemble::aggregate;
 use conclave::ensemble::{AnswerKind, Ensemble, Runner, Strategy, Trace};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -26,18 +26,6 @@ fn toml(text: &str) -> Ensemble {
     Ensemble::from_toml(text, Path::new(".")).unwrap()
 }
 
-fn candidates(t: &Trace) -> Vec<Candidate> {
-    t.agents
-        .iter()
-        .map(|a| Candidate {
-            text: a.text.clone(),
-            extracted: a.extracted.clone(),
-            logprob_mean: a.logprob_mean,
-            weight: a.weight,
-        })
-        .collect()
-}
-
 const AGENTS4: &str = r#"
 [[member]]
 model = "smollm2-135m"
@@ -56,7 +44,7 @@ fn vote_preset_runs_and_the_trace_recomputes_the_winner() {
     assert_eq!(seeds.len(), 8, "every agent has its own seed");
     // Recompute from the JSON form, as a user of --trace would.
     let json: serde_json::Value = serde_json::to_value(&t).unwrap();
-    let again = aggregate::vote(&candidates(&t));
+    let again = aggregate::vote(&t.candidates());
     assert_eq!(json["answer"].as_str().map(String::from), again.answer);
     assert_eq!(t.winner, again.winner);
     let counted: f64 = t.votes.values().sum();
@@ -75,12 +63,12 @@ fn weighted_and_medoid_decide_from_the_trace() {
     ens.strategy = Strategy::Weighted;
     ens.answer = AnswerKind::Number;
     let t = run(&ens, "How many legs do 3 spiders have?");
-    let again = aggregate::weighted(&candidates(&t), aggregate::Weighting::LogProb);
+    let again = aggregate::weighted(&t.candidates(), aggregate::Weighting::LogProb);
     assert_eq!((t.answer.clone(), t.winner), (again.answer, again.winner));
 
     ens.strategy = Strategy::Medoid;
     let t = run(&ens, "Describe the sea in one sentence.");
-    let again = aggregate::medoid(&candidates(&t));
+    let again = aggregate::medoid(&t.candidates());
     assert_eq!(t.winner, again.winner);
     assert!(t.winner.is_some() && !t.text.is_empty());
 }
@@ -96,7 +84,7 @@ fn judge_picks_a_candidate_or_falls_back_to_the_vote() {
         Some(i) => assert_eq!(t.winner, Some(i)),
         None => {
             assert!(t.notes.iter().any(|n| n.contains("vote")));
-            assert_eq!(t.winner, aggregate::vote(&candidates(&t)).winner);
+            assert_eq!(t.winner, aggregate::vote(&t.candidates()).winner);
         }
     }
 }
@@ -125,7 +113,7 @@ fn fuse_synthesizes_and_debate_keeps_every_round() {
         t.rounds[0][0].text, t.agents[0].text,
         "agents revised after reading the others"
     );
-    assert_eq!(t.winner, aggregate::vote(&candidates(&t)).winner);
+    assert_eq!(t.winner, aggregate::vote(&t.candidates()).winner);
 }
 
 #[test]

@@ -7,6 +7,8 @@ pub mod worker;
 pub use crate::model::catalog::DEFAULT_MODEL;
 pub use crate::model::chat::Message;
 pub use crate::model::Model;
+/// The model catalog and its download logic, for front ends that manage models.
+pub use crate::model::{catalog, fetch};
 pub use generate::{generate, Completion, Finish, Output, Request};
 pub use load::{load, load_tokenizer};
 pub use sampler::{Sampler, SamplingParams};

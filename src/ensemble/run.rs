@@ -73,6 +73,25 @@ pub struct Trace {
     pub notes: Vec<String>,
 }
 
+impl Trace {
+    /// The candidates the decision was made from, as the aggregators take them.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        candidates(&self.agents)
+    }
+}
+
+fn candidates(agents: &[AgentTrace]) -> Vec<Candidate> {
+    agents
+        .iter()
+        .map(|a| Candidate {
+            text: a.text.clone(),
+            extracted: a.extracted.clone(),
+            logprob_mean: a.logprob_mean,
+            weight: a.weight,
+        })
+        .collect()
+}
+
 type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
 
 /// Runs ensembles on an engine, within one shared token budget.
@@ -170,15 +189,7 @@ impl Runner {
                     rounds.push(std::mem::replace(&mut agents, next));
                 }
             }
-            let cands: Vec<Candidate> = agents
-                .iter()
-                .map(|a| Candidate {
-                    text: a.text.clone(),
-                    extracted: a.extracted.clone(),
-                    logprob_mean: a.logprob_mean,
-                    weight: a.weight,
-                })
-                .collect();
+            let cands = candidates(&agents);
             let (decision, text, judge) = self
                 .decide(ens, &flat, question, &cands, &mut usage, &mut notes)
                 .await?;
