@@ -33,8 +33,11 @@ pub struct Job {
     pub samples: Vec<SamplingParams>,
     pub ignore_eos: bool,
     /// Receives `(sample, text)` pieces as they are decoded.
-    pub stream: Option<tokio::sync::mpsc::UnboundedSender<(usize, String)>>,
+    pub stream: Stream,
 }
+
+/// Where a job's text goes while it is decoded.
+pub type Stream = Option<tokio::sync::mpsc::UnboundedSender<(usize, String)>>;
 
 struct Envelope {
     job: Job,
@@ -73,7 +76,7 @@ impl Engine {
 struct InFlight {
     model: String,
     generation: Generation,
-    stream: Option<tokio::sync::mpsc::UnboundedSender<(usize, String)>>,
+    stream: Stream,
     reply: oneshot::Sender<Result<Output>>,
 }
 
@@ -107,13 +110,9 @@ fn serve(rx: mpsc::Receiver<Envelope>) {
         let mut i = 0;
         while i < flight.len() {
             let f = &mut flight[i];
-            let stream = f.stream.clone();
-            let mut on_text = |sample: usize, piece: &str| {
-                if let Some(s) = &stream {
-                    let _ = s.send((sample, piece.to_string()));
-                }
-            };
-            let result = f.generation.step(&models[&f.model], &mut on_text);
+            let result = f
+                .generation
+                .step(&models[&f.model], &mut forward(&f.stream));
             if result.is_err() || f.generation.is_done() {
                 let f = flight.swap_remove(i);
                 let _ = f.reply.send(result.map(|_| f.generation.finish()));
@@ -144,10 +143,15 @@ fn start(models: &mut HashMap<String, Model>, job: &Job) -> Result<Generation> {
         samples: job.samples.clone(),
         ignore_eos: job.ignore_eos,
     };
-    let stream = job.stream.clone();
-    Generation::start(model, req, &mut |sample, piece| {
-        if let Some(s) = &stream {
+    Generation::start(model, req, &mut forward(&job.stream))
+}
+
+/// A text callback that forwards pieces to the job's stream, if it has one. A receiver that
+/// has gone away is not an error: the job still completes for its reply.
+fn forward(stream: &Stream) -> impl FnMut(usize, &str) + '_ {
+    move |sample, piece| {
+        if let Some(s) = stream {
             let _ = s.send((sample, piece.to_string()));
         }
-    })
+    }
 }
