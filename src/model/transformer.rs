@@ -17,6 +17,14 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// Applies `norm` when the architecture has it (gemma's q/k and post norms).
+    fn maybe(norm: &Option<RmsNorm>, x: Tensor) -> Result<Tensor> {
+        match norm {
+            Some(n) => n.forward(&x),
+            None => Ok(x),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(
             &x.contiguous()?,
@@ -149,14 +157,8 @@ impl Attention {
         let q = self.q.forward(x)?.reshape((b, t, h, d))?;
         let k = self.k.forward(x)?.reshape((b, t, kvh, d))?;
         let v = self.v.forward(x)?.reshape((b, t, kvh, d))?;
-        let q = match &self.q_norm {
-            Some(n) => n.forward(&q)?,
-            None => q,
-        };
-        let k = match &self.k_norm {
-            Some(n) => n.forward(&k)?,
-            None => k,
-        };
+        let q = RmsNorm::maybe(&self.q_norm, q)?;
+        let k = RmsNorm::maybe(&self.k_norm, k)?;
         let q = rope.apply(&q.transpose(1, 2)?.contiguous()?)?; // [B, H, T, D]
         let k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?; // [B, KVH, T, D]
         let v = v.transpose(1, 2)?.contiguous()?;
@@ -222,16 +224,10 @@ impl Block {
         let h = self
             .attn
             .forward(&self.attn_norm.forward(x)?, rope, mask, cache, layer)?;
-        let h = match &self.post_attn_norm {
-            Some(n) => n.forward(&h)?,
-            None => h,
-        };
+        let h = RmsNorm::maybe(&self.post_attn_norm, h)?;
         let x = (x + h)?;
         let h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
-        let h = match &self.post_ffn_norm {
-            Some(n) => n.forward(&h)?,
-            None => h,
-        };
+        let h = RmsNorm::maybe(&self.post_ffn_norm, h)?;
         Ok((x + h)?)
     }
 }
