@@ -245,8 +245,15 @@ fn advance(
     max_tokens: usize,
     on_text: OnText,
 ) -> Result<()> {
-    let history: Vec<u32> = req.prompt.iter().chain(&row.tokens).copied().collect();
-    let pick = row.sampler.sample(logits, &history);
+    // The penalty looks back `repeat_last_n` tokens at most: copy only that window.
+    let n = row.sampler.params().repeat_last_n;
+    let from_prompt = n.saturating_sub(row.tokens.len()).min(req.prompt.len());
+    let recent: Vec<u32> = req.prompt[req.prompt.len() - from_prompt..]
+        .iter()
+        .chain(&row.tokens[row.tokens.len().saturating_sub(n)..])
+        .copied()
+        .collect();
+    let pick = row.sampler.sample(logits, &recent);
     if !req.ignore_eos && model.tokenizer.stop_ids.contains(&pick.token) {
         row.finish = Some(Finish::Eos);
     } else {

@@ -63,29 +63,35 @@ impl Sampler {
 
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Pick {
         let p = &self.params;
-        let mut logits = logits.to_vec();
-        if p.repeat_penalty != 1.0 {
+        // The row is copied only when the penalty changes it (262k floats for gemma).
+        let penalized;
+        let logits = if p.repeat_penalty != 1.0 {
+            let mut l = logits.to_vec();
             let start = history.len().saturating_sub(p.repeat_last_n);
             let mut seen = history[start..].to_vec();
             seen.sort_unstable();
             seen.dedup();
             for &t in &seen {
-                let l = &mut logits[t as usize];
-                *l = if *l > 0.0 {
-                    *l / p.repeat_penalty
+                let x = &mut l[t as usize];
+                *x = if *x > 0.0 {
+                    *x / p.repeat_penalty
                 } else {
-                    *l * p.repeat_penalty
+                    *x * p.repeat_penalty
                 };
             }
-        }
-        let token = if p.temperature <= 0.0 {
-            argmax(&logits)
+            penalized = l;
+            &penalized[..]
         } else {
-            self.draw(&logits)
+            logits
+        };
+        let token = if p.temperature <= 0.0 {
+            argmax(logits)
+        } else {
+            self.draw(logits)
         };
         Pick {
             token,
-            logprob: log_softmax_at(&logits, token as usize),
+            logprob: log_softmax_at(logits, token as usize),
         }
     }
 
