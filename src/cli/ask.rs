@@ -1,5 +1,5 @@
 //! `conclave ask`: one model answers one prompt.
-use crate::engine::{self, Message, Request, SamplingParams, DEFAULT_MODEL};
+use crate::engine::{self, Message, Prompt, Request, SamplingParams, DEFAULT_MODEL};
 use anyhow::Result;
 use serde_json::json;
 use std::io::Write;
@@ -58,15 +58,16 @@ pub fn run(args: AskArgs) -> Result<()> {
     }
     let model = engine::load(&args.model)?;
     let prompt = if args.raw {
-        model.encode_text(&args.prompt)?
+        Prompt::Text(args.prompt.clone())
     } else {
         let mut messages = Vec::new();
         if !args.system.is_empty() {
             messages.push(Message::new("system", &args.system));
         }
         messages.push(Message::new("user", &args.prompt));
-        model.encode_chat(&messages)?
+        Prompt::Chat(messages)
     };
+    let (prompt, mut stop) = prompt.encode(&model)?;
     tracing::debug!("prompt tokens: {prompt:?}");
     let seed = args.seed.unwrap_or_else(random_seed);
     let sampling = SamplingParams {
@@ -78,8 +79,7 @@ pub fn run(args: AskArgs) -> Result<()> {
         seed,
         ..Default::default()
     };
-    let mut stop = args.stop.clone();
-    stop.extend(model.default_stops());
+    stop.extend(args.stop.iter().cloned());
     let req = Request {
         prompt,
         max_tokens: args.max_tokens.unwrap_or(512),

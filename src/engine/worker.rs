@@ -22,6 +22,17 @@ pub enum Prompt {
     Text(String),
 }
 
+impl Prompt {
+    /// The prompt's tokens, and the stop strings its format implies (the plain chat format's
+    /// next-turn marker; raw text implies none).
+    pub fn encode(&self, model: &Model) -> Result<(Vec<u32>, Vec<String>)> {
+        Ok(match self {
+            Prompt::Chat(messages) => (model.encode_chat(messages)?, model.default_stops()),
+            Prompt::Text(text) => (model.encode_text(text)?, Vec::new()),
+        })
+    }
+}
+
 /// A request to the engine: N samples of one prompt on one model, sharing one prefill.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -130,12 +141,8 @@ fn start(models: &mut HashMap<String, Model>, job: &Job) -> Result<Generation> {
         models.insert(job.model.clone(), model);
     }
     let model = &models[&job.model];
-    let (prompt, extra_stops) = match &job.prompt {
-        Prompt::Chat(messages) => (model.encode_chat(messages)?, model.default_stops()),
-        Prompt::Text(text) => (model.encode_text(text)?, Vec::new()),
-    };
-    let mut stop = job.stop.clone();
-    stop.extend(extra_stops);
+    let (prompt, mut stop) = job.prompt.encode(model)?;
+    stop.extend(job.stop.iter().cloned());
     let req = Request {
         prompt,
         max_tokens: job.max_tokens,
