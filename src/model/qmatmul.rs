@@ -192,7 +192,7 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0F);
         let q4 = dtype == GgmlDType::Q4_1;
-        let bb = if q4 { 20 } else { 34 };
+        let bb = super::block_bytes(dtype);
         let mut start = 0;
         while start < m {
             let rows = TILE.min(m - start);
