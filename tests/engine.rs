@@ -1,4 +1,4 @@
-//! The engine thread: concurrent jobs interleave, and a bad job fails alone.
+//! The engine thread: concurrent jobs decode together, and a bad job fails alone.
 mod common;
 use conclave::engine::{Engine, Job, Message, Prompt, SamplingParams};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -89,5 +89,44 @@ fn a_failing_job_does_not_stop_the_engine_and_text_streams() {
             streamed.push_str(&piece);
         }
         assert_eq!(streamed, out.completions[0].text);
+    });
+}
+
+/// Concurrent jobs with different prompts on one model share decode steps (continuous
+/// batching) and still produce exactly what each produces alone.
+#[test]
+fn concurrent_jobs_share_decode_steps_and_answer_as_alone() {
+    common::model_path("smollm2-135m");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let engine = Engine::start();
+        let prompts = [
+            "Name a colour.",
+            "What is two plus two?",
+            "Say hello in French.",
+        ];
+        let mut alone = Vec::new();
+        for p in prompts {
+            let out = engine.generate(job(12, p)).await.unwrap();
+            assert_eq!(out.peak_batch, 1);
+            alone.push(out.completions[0].text.clone());
+        }
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let e = engine.clone();
+                let j = job(12, p);
+                tokio::spawn(async move { e.generate(j).await })
+            })
+            .collect();
+        for (h, want) in handles.into_iter().zip(&alone) {
+            let out = h.await.unwrap().unwrap();
+            assert_eq!(&out.completions[0].text, want, "batched text differs");
+            assert!(
+                out.peak_batch >= 2,
+                "jobs did not share a step: {}",
+                out.peak_batch
+            );
+        }
     });
 }

@@ -123,3 +123,43 @@ fn forked_rows_match_the_single_row() {
         assert!(diff < 1e-3, "batched row differs by {diff}");
     }
 }
+
+/// Rows of different lengths (two requests sharing a batch) decode as each would alone.
+#[test]
+fn rows_of_different_lengths_decode_as_if_alone() {
+    let model = common::smollm2();
+    let prompts = [
+        model.encode_text("One, two, three,").unwrap(),
+        model
+            .encode_text("The capital of France is a city called")
+            .unwrap(),
+    ];
+    assert_ne!(prompts[0].len(), prompts[1].len());
+    let mut caches = Vec::new();
+    let mut alone = Vec::new();
+    let mut next = Vec::new();
+    for p in &prompts {
+        let mut cache = model.new_cache(1, p.len() + 2).unwrap();
+        let logits = model.step(std::slice::from_ref(p), &mut cache).unwrap();
+        let token = argmax(&logits[0]);
+        let mut copy = cache.fork(1).unwrap();
+        alone.push(model.step(&[vec![token]], &mut copy).unwrap().remove(0));
+        next.push(token);
+        caches.push(cache);
+    }
+    let mut batch = caches.remove(0);
+    batch.join(caches.remove(0)).unwrap();
+    assert_eq!(batch.lens(), [prompts[0].len(), prompts[1].len()]);
+    let both = model
+        .step(&[vec![next[0]], vec![next[1]]], &mut batch)
+        .unwrap();
+    for (row, single) in both.iter().zip(&alone) {
+        let diff = row
+            .iter()
+            .zip(single)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-3, "a row of the joined batch differs by {diff}");
+    }
+    assert_eq!(batch.lens(), [prompts[0].len() + 1, prompts[1].len() + 1]);
+}

@@ -58,6 +58,9 @@ pub struct Output {
     pub decode_seconds: f64,
     /// Tokens produced by decode steps (all samples together).
     pub decode_tokens: usize,
+    /// The most rows of one decode step this request took part in, its own and other
+    /// requests' on the same model together.
+    pub peak_batch: usize,
 }
 
 impl Output {
@@ -90,31 +93,40 @@ struct Row {
 
 /// Runs `req` to completion: one prefill, then batched decode steps until every sample ends.
 pub fn generate(model: &Model, req: &Request, on_text: OnText) -> Result<Output> {
-    let mut g = Generation::start(model, req.clone(), on_text)?;
-    while !g.is_done() {
-        g.step(model, on_text)?;
+    let (mut g, cache) = Generation::start(model, req.clone(), on_text)?;
+    let mut batch = Batch::default();
+    if let Some(cache) = cache {
+        batch.join(0, g.active(), cache)?;
+    }
+    while !batch.is_empty() {
+        let t = Instant::now();
+        let logits = batch.step(model, |_, s| g.last_token(s))?;
+        for ((_, s), l) in batch.rows().to_vec().into_iter().zip(&logits) {
+            g.advance(model, s, l, on_text)?;
+        }
+        g.add_decode_step(t.elapsed().as_secs_f64(), logits.len(), logits.len());
+        batch.retain(|_, s| !g.is_finished(s))?;
     }
     Ok(g.finish())
 }
 
-/// One request in flight: its batch's KV cache and the state of each of its samples. The
-/// engine thread keeps several and steps them in turn, so no request waits for another to end.
+/// One request's samples from prefill to their last token. Their KV rows live in a [`Batch`],
+/// which the engine thread shares between requests for the same model.
 pub struct Generation {
     req: Request,
-    cache: KvCache,
     rows: Vec<Row>,
-    /// Samples whose rows the cache holds, in row order.
-    in_cache: Vec<usize>,
     max_tokens: usize,
     prefill_seconds: f64,
     decode_seconds: f64,
     decode_tokens: usize,
+    peak_batch: usize,
 }
 
 impl Generation {
     /// Checks the request, prefills its prompt once and samples every sample's first token
-    /// from that one prefill.
-    pub fn start(model: &Model, req: Request, on_text: OnText) -> Result<Self> {
+    /// from that one prefill. The cache holds one row per sample still going, in the order of
+    /// [`Generation::active`]; None when every sample ended at its first token.
+    pub fn start(model: &Model, req: Request, on_text: OnText) -> Result<(Self, Option<KvCache>)> {
         let n = req.samples.len();
         if n == 0 {
             bail!("no samples requested");
@@ -138,11 +150,6 @@ impl Generation {
         for chunk in req.prompt.chunks(PREFILL_CHUNK) {
             logits = model.step(&[chunk.to_vec()], &mut cache)?;
         }
-        if n > 1 {
-            cache = cache.fork(n)?;
-        }
-        let prefill_seconds = start.elapsed().as_secs_f64();
-
         let rows = req
             .samples
             .iter()
@@ -159,60 +166,78 @@ impl Generation {
             .collect();
         let mut g = Self {
             req,
-            cache,
             rows,
-            in_cache: (0..n).collect(),
             max_tokens,
-            prefill_seconds,
+            prefill_seconds: 0.0,
             decode_seconds: 0.0,
             decode_tokens: 0,
+            peak_batch: 0,
         };
-        for row in g.rows.iter_mut() {
-            advance(model, &g.req, row, &logits[0], max_tokens, on_text)?;
+        for s in 0..n {
+            g.advance(model, s, &logits[0], on_text)?;
         }
-        Ok(g)
+        let cache = match g.active().len() {
+            0 => None,
+            1 => Some(cache),
+            going => Some(cache.fork(going)?),
+        };
+        g.prefill_seconds = start.elapsed().as_secs_f64();
+        Ok((g, cache))
+    }
+
+    /// Samples still decoding, in order.
+    pub fn active(&self) -> Vec<usize> {
+        (0..self.rows.len())
+            .filter(|&s| self.rows[s].finish.is_none())
+            .collect()
+    }
+
+    pub fn is_finished(&self, sample: usize) -> bool {
+        self.rows[sample].finish.is_some()
     }
 
     pub fn is_done(&self) -> bool {
         self.rows.iter().all(|r| r.finish.is_some())
     }
 
-    /// One forward pass for all unfinished samples together, and one token for each.
-    pub fn step(&mut self, model: &Model, on_text: OnText) -> Result<()> {
-        let start = Instant::now();
-        let active: Vec<usize> = (0..self.rows.len())
-            .filter(|&i| self.rows[i].finish.is_none())
-            .collect();
-        if active.is_empty() {
-            return Ok(());
+    /// The token `sample` decodes next from.
+    pub fn last_token(&self, sample: usize) -> u32 {
+        *self.rows[sample]
+            .tokens
+            .last()
+            .expect("a decoding sample has a token")
+    }
+
+    /// Samples one token for `sample` from the logits of its last token.
+    pub fn advance(
+        &mut self,
+        model: &Model,
+        sample: usize,
+        logits: &[f32],
+        on_text: OnText,
+    ) -> Result<()> {
+        advance(
+            model,
+            &self.req,
+            &mut self.rows[sample],
+            logits,
+            self.max_tokens,
+            on_text,
+        )
+    }
+
+    /// Ends every sample still going (the client went away).
+    pub fn cancel(&mut self) {
+        for r in self.rows.iter_mut().filter(|r| r.finish.is_none()) {
+            r.finish = Some(Finish::Length);
         }
-        if active.len() < self.in_cache.len() {
-            // Finished samples leave the batch.
-            let keep: Vec<usize> = active
-                .iter()
-                .map(|s| self.in_cache.iter().position(|c| c == s).unwrap())
-                .collect();
-            self.cache.retain(&keep)?;
-            self.in_cache = active.clone();
-        }
-        let input: Vec<Vec<u32>> = active
-            .iter()
-            .map(|&i| vec![*self.rows[i].tokens.last().unwrap()])
-            .collect();
-        let logits = model.step(&input, &mut self.cache)?;
-        self.decode_tokens += active.len();
-        for (&i, l) in active.iter().zip(&logits) {
-            advance(
-                model,
-                &self.req,
-                &mut self.rows[i],
-                l,
-                self.max_tokens,
-                on_text,
-            )?;
-        }
-        self.decode_seconds += start.elapsed().as_secs_f64();
-        Ok(())
+    }
+
+    /// Counts a decode step this request took part in with `tokens` of the step's `rows`.
+    pub fn add_decode_step(&mut self, seconds: f64, tokens: usize, rows: usize) {
+        self.decode_seconds += seconds;
+        self.decode_tokens += tokens;
+        self.peak_batch = self.peak_batch.max(rows);
     }
 
     pub fn finish(self) -> Output {
@@ -232,7 +257,76 @@ impl Generation {
             prefill_seconds: self.prefill_seconds,
             decode_seconds: self.decode_seconds,
             decode_tokens: self.decode_tokens,
+            peak_batch: self.peak_batch,
         }
+    }
+}
+
+/// The rows of every request decoding on one model, stepped by one forward pass together
+/// (continuous batching): requests join after their prefill and rows leave as they finish.
+/// A row is named by `(request key, sample)`.
+#[derive(Default)]
+pub struct Batch {
+    cache: Option<KvCache>,
+    rows: Vec<(u64, usize)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Rows in batch order.
+    pub fn rows(&self) -> &[(u64, usize)] {
+        &self.rows
+    }
+
+    /// Adds a request's rows (`samples`, in the order of the rows of `cache`).
+    pub fn join(&mut self, key: u64, samples: Vec<usize>, cache: KvCache) -> Result<()> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        match &mut self.cache {
+            Some(c) => c.join(cache)?,
+            None => self.cache = Some(cache),
+        }
+        self.rows.extend(samples.into_iter().map(|s| (key, s)));
+        Ok(())
+    }
+
+    /// One forward pass over every row; `last_token(key, sample)` gives each row's input.
+    /// Returns the logits of each row, in the order of [`Batch::rows`].
+    pub fn step(
+        &mut self,
+        model: &Model,
+        last_token: impl Fn(u64, usize) -> u32,
+    ) -> Result<Vec<Vec<f32>>> {
+        let Some(cache) = &mut self.cache else {
+            return Ok(Vec::new());
+        };
+        let input: Vec<Vec<u32>> = self
+            .rows
+            .iter()
+            .map(|&(k, s)| vec![last_token(k, s)])
+            .collect();
+        model.step(&input, cache)
+    }
+
+    /// Keeps the rows for which `keep(key, sample)` holds.
+    pub fn retain(&mut self, keep: impl Fn(u64, usize) -> bool) -> Result<()> {
+        let kept: Vec<usize> = (0..self.rows.len())
+            .filter(|&i| keep(self.rows[i].0, self.rows[i].1))
+            .collect();
+        if kept.len() == self.rows.len() {
+            return Ok(());
+        }
+        self.rows = kept.iter().map(|&i| self.rows[i]).collect();
+        if kept.is_empty() {
+            self.cache = None;
+        } else if let Some(c) = &mut self.cache {
+            c.retain(&kept)?;
+        }
+        Ok(())
     }
 }
 

@@ -2,17 +2,19 @@
 //!
 //! candle's CPU thread pool spin-waits, so two threads running models at once on two cores
 //! collapse to a fraction of one. Every front end therefore sends jobs over a channel to a
-//! single thread that owns the loaded models. Each job is prefilled once when it arrives; then
-//! the thread takes one batched decode step of every job in flight in turn, whatever its
-//! model, so a short job never waits for a long one to end.
-use super::generate::{Generation, Output, Request};
+//! single thread that owns the loaded models. Each job is prefilled once when it arrives and
+//! its samples then join that model's batch: every decode step is one forward pass over the
+//! rows of all jobs in flight on the model (continuous batching), so concurrent requests share
+//! the weight reads, and a short job never waits for a long one to end.
+use super::generate::{Batch, Generation, Output, Request};
 use super::load::load;
 use super::sampler::SamplingParams;
 use crate::model::chat::Message;
-use crate::model::Model;
+use crate::model::{KvCache, Model};
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
 use std::sync::mpsc;
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// What to generate: a conversation (rendered with the model's chat template) or raw text.
@@ -93,7 +95,9 @@ struct InFlight {
 
 fn serve(rx: mpsc::Receiver<Envelope>) {
     let mut models: HashMap<String, Model> = HashMap::new();
-    let mut flight: Vec<InFlight> = Vec::new();
+    let mut batches: HashMap<String, Batch> = HashMap::new();
+    let mut flight: HashMap<u64, InFlight> = HashMap::new();
+    let mut next_key = 0u64;
     loop {
         // Idle: wait for work. Busy: take whatever has arrived, without waiting.
         let mut arrived: Vec<Envelope> = Vec::new();
@@ -105,37 +109,84 @@ fn serve(rx: mpsc::Receiver<Envelope>) {
         }
         arrived.extend(rx.try_iter());
         for Envelope { job, reply } in arrived {
-            match start(&mut models, &job) {
-                Ok(generation) => flight.push(InFlight {
-                    model: job.model,
-                    generation,
-                    stream: job.stream,
-                    reply,
-                }),
+            let key = next_key;
+            next_key += 1;
+            let joined = start(&mut models, &job).and_then(|(generation, cache)| {
+                if let Some(cache) = cache {
+                    let batch = batches.entry(job.model.clone()).or_default();
+                    batch.join(key, generation.active(), cache)?;
+                }
+                Ok(generation)
+            });
+            match joined {
+                Ok(generation) => {
+                    flight.insert(
+                        key,
+                        InFlight {
+                            model: job.model,
+                            generation,
+                            stream: job.stream,
+                            reply,
+                        },
+                    );
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             }
         }
-        // One step of every job in flight, then hand back the ones that ended.
-        let mut i = 0;
-        while i < flight.len() {
-            let f = &mut flight[i];
-            let result = f
-                .generation
-                .step(&models[&f.model], &mut forward(&f.stream));
-            if result.is_err() || f.generation.is_done() {
-                let f = flight.swap_remove(i);
-                let _ = f.reply.send(result.map(|_| f.generation.finish()));
-            } else {
-                i += 1;
+        // One decode step of every model's batch.
+        for (name, batch) in batches.iter_mut() {
+            if let Err(e) = step(&models[name], batch, &mut flight) {
+                // A failed step fails every job in it; the batch starts over empty.
+                let keys: Vec<u64> = batch.rows().iter().map(|r| r.0).collect();
+                for k in keys {
+                    if let Some(f) = flight.remove(&k) {
+                        let _ = f.reply.send(Err(anyhow!("{e:#}")));
+                    }
+                }
+                *batch = Batch::default();
             }
+        }
+        // Hand back the jobs that ended.
+        let done: Vec<u64> = flight
+            .iter()
+            .filter(|(_, f)| f.generation.is_done())
+            .map(|(&k, _)| k)
+            .collect();
+        for k in done {
+            let f = flight.remove(&k).expect("a finished job is in flight");
+            debug_assert!(!batches[&f.model].rows().iter().any(|r| r.0 == k));
+            let _ = f.reply.send(Ok(f.generation.finish()));
         }
     }
 }
 
+/// One forward pass over a model's batch, then a token for each of its rows.
+fn step(model: &Model, batch: &mut Batch, flight: &mut HashMap<u64, InFlight>) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let t = Instant::now();
+    let logits = batch.step(model, |k, s| flight[&k].generation.last_token(s))?;
+    let mut rows_of: HashMap<u64, usize> = HashMap::new();
+    for (&(k, s), l) in batch.rows().iter().zip(&logits) {
+        let f = flight
+            .get_mut(&k)
+            .expect("a batch row belongs to a job in flight");
+        f.generation.advance(model, s, l, &mut forward(&f.stream))?;
+        *rows_of.entry(k).or_default() += 1;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    for (k, rows) in rows_of {
+        let g = &mut flight.get_mut(&k).unwrap().generation;
+        g.add_decode_step(seconds, rows, logits.len());
+    }
+    batch.retain(|k, s| !flight[&k].generation.is_finished(s))
+}
+
 /// Loads the model if needed, renders the prompt and prefills it.
-fn start(models: &mut HashMap<String, Model>, job: &Job) -> Result<Generation> {
+fn start(models: &mut HashMap<String, Model>, job: &Job) -> Result<(Generation, Option<KvCache>)> {
     if !models.contains_key(&job.model) {
         let model = load(&job.model)?;
         models.insert(job.model.clone(), model);

@@ -1,8 +1,11 @@
-//! A preallocated key/value cache for a batch of sequences that advance together.
+//! A preallocated key/value cache for a batch of sequences decoded together.
 //!
 //! Every layer holds K and V as `[batch, kv_heads, capacity, head_dim]`. New entries are written
-//! in place (`slice_set`) and attention reads a view up to the current length, so a decode step
+//! in place (`slice_set`) and attention reads a view up to the longest row, so a decode step
 //! copies nothing but the new token's keys and values. Capacity grows in chunks, not per step.
+//!
+//! Rows may hold different lengths: samples of different requests share one batch (continuous
+//! batching). Each row writes at its own length; attention masks what lies past it.
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -14,7 +17,8 @@ pub struct KvCache {
     batch: usize,
     kv_heads: usize,
     head_dim: usize,
-    len: usize,
+    /// Positions cached, per row.
+    lens: Vec<usize>,
     capacity: usize,
     max_len: usize,
     device: Device,
@@ -34,7 +38,7 @@ impl KvCache {
             batch,
             kv_heads,
             head_dim,
-            len: 0,
+            lens: vec![0; batch],
             capacity: 0,
             max_len,
             device: device.clone(),
@@ -50,13 +54,23 @@ impl KvCache {
         Ok(Tensor::zeros(shape, DType::F32, &self.device)?)
     }
 
-    /// Positions already cached (the same for every row of the batch).
+    /// Positions cached in the longest row.
     pub fn len(&self) -> usize {
-        self.len
+        self.lens.iter().copied().max().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// Positions cached, per row: where each row's next token goes.
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+
+    /// Whether every row holds the same number of positions.
+    pub fn is_uniform(&self) -> bool {
+        self.lens.windows(2).all(|w| w[0] == w[1])
     }
 
     pub fn batch(&self) -> usize {
@@ -69,7 +83,7 @@ impl KvCache {
 
     /// Makes room for `extra` more positions.
     pub fn reserve(&mut self, extra: usize) -> Result<()> {
-        let need = self.len + extra;
+        let need = self.len() + extra;
         if need > self.max_len {
             bail!(
                 "context is full: {need} tokens needed but the model's context is {}",
@@ -93,39 +107,93 @@ impl KvCache {
         Ok(())
     }
 
-    /// Writes `k`, `v` (`[batch, kv_heads, t, head_dim]`, contiguous) at the current length of
-    /// `layer` and returns views of everything cached for it, new entries included.
+    /// Writes `k`, `v` (`[batch, kv_heads, t, head_dim]`, contiguous) after each row's cached
+    /// positions in `layer` and returns views up to the longest row, new entries included.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dim(2)?;
         let (kc, vc) = &self.layers[layer];
-        kc.slice_set(k, 2, self.len)?;
-        vc.slice_set(v, 2, self.len)?;
-        Ok((
-            kc.narrow(2, 0, self.len + t)?,
-            vc.narrow(2, 0, self.len + t)?,
-        ))
+        if self.is_uniform() {
+            kc.slice_set(k, 2, self.lens[0])?;
+            vc.slice_set(v, 2, self.lens[0])?;
+        } else {
+            // A row of a contiguous tensor is a contiguous view of the same storage, so each
+            // row is written in place at its own length.
+            for (r, &at) in self.lens.iter().enumerate() {
+                kc.narrow(0, r, 1)?.slice_set(&k.narrow(0, r, 1)?, 2, at)?;
+                vc.narrow(0, r, 1)?.slice_set(&v.narrow(0, r, 1)?, 2, at)?;
+            }
+        }
+        let l = self.len() + t;
+        Ok((kc.narrow(2, 0, l)?, vc.narrow(2, 0, l)?))
     }
 
-    /// Marks `t` positions written by every layer.
+    /// Marks `t` positions written by every layer, in every row.
     pub fn advance(&mut self, t: usize) {
-        self.len += t;
+        for l in self.lens.iter_mut() {
+            *l += t;
+        }
+    }
+
+    /// Appends the rows of `other` after this cache's rows: a request joins a running batch.
+    pub fn join(&mut self, other: KvCache) -> Result<()> {
+        if self.batch == 0 {
+            *self = other;
+            return Ok(());
+        }
+        self.max_len = self.max_len.max(other.max_len);
+        let cap = self.capacity.max(other.capacity);
+        let (mut a, mut b) = (std::mem::take(&mut self.layers), other.layers);
+        for (layers, from) in [(&mut a, self.capacity), (&mut b, other.capacity)] {
+            if from < cap {
+                for (k, v) in layers.iter_mut() {
+                    *k = self.grown(k, cap)?;
+                    *v = self.grown(v, cap)?;
+                }
+            }
+        }
+        self.layers = a
+            .into_iter()
+            .zip(b)
+            .map(|((ka, va), (kb, vb))| {
+                Ok((Tensor::cat(&[ka, kb], 0)?, Tensor::cat(&[va, vb], 0)?))
+            })
+            .collect::<Result<_>>()?;
+        self.batch += other.batch;
+        self.lens.extend(other.lens);
+        self.capacity = cap;
+        Ok(())
+    }
+
+    /// `t` (`[rows, kv_heads, cap, head_dim]`) copied into a larger capacity.
+    fn grown(&self, t: &Tensor, cap: usize) -> Result<Tensor> {
+        let rows = t.dim(0)?;
+        let out = Tensor::zeros(
+            (rows, self.kv_heads, cap, self.head_dim),
+            DType::F32,
+            &self.device,
+        )?;
+        if t.dim(2)? > 0 {
+            out.slice_set(t, 2, 0)?;
+        }
+        Ok(out)
     }
 
     /// A cache of `n` rows, each a copy of row 0: one prompt prefilled once, sampled `n` ways.
     pub fn fork(&self, n: usize) -> Result<Self> {
         let rows = Tensor::from_vec(vec![0u32; n], n, &self.device)?;
-        self.select(&rows, n)
+        self.select(&rows, vec![self.lens[0]; n])
     }
 
     /// Keeps only the given rows, in that order (sequences that finished leave the batch).
     pub fn retain(&mut self, rows: &[usize]) -> Result<()> {
         let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let lens = rows.iter().map(|&r| self.lens[r]).collect();
         let ids = Tensor::from_vec(ids, rows.len(), &self.device)?;
-        *self = self.select(&ids, rows.len())?;
+        *self = self.select(&ids, lens)?;
         Ok(())
     }
 
-    fn select(&self, rows: &Tensor, n: usize) -> Result<Self> {
+    fn select(&self, rows: &Tensor, lens: Vec<usize>) -> Result<Self> {
         let layers = self
             .layers
             .iter()
@@ -133,21 +201,13 @@ impl KvCache {
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
-            batch: n,
-            ..self.clone_empty()
-        })
-    }
-
-    fn clone_empty(&self) -> Self {
-        Self {
-            layers: Vec::new(),
-            batch: self.batch,
+            batch: lens.len(),
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
-            len: self.len,
+            lens,
             capacity: self.capacity,
             max_len: self.max_len,
             device: self.device.clone(),
-        }
+        })
     }
 }

@@ -91,7 +91,8 @@ impl Linear {
     }
 }
 
-/// cos/sin tables for the positions of one step, one pair per RoPE base.
+/// cos/sin tables for the positions of one step, one pair per RoPE base: `[T, D/2]` when every
+/// row starts at the same position, else `[B, T, D/2]`.
 struct Rope {
     cos: Tensor,
     sin: Tensor,
@@ -99,23 +100,39 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(base: f32, cfg: &Config, start: usize, t: usize, device: &Device) -> Result<Self> {
+    fn new(base: f32, cfg: &Config, starts: &[usize], t: usize, device: &Device) -> Result<Self> {
         let half = cfg.head_dim / 2;
         let inv: Vec<f32> = (0..half)
             .map(|i| 1.0 / base.powf(2.0 * i as f32 / cfg.head_dim as f32))
             .collect();
-        let mut cos = Vec::with_capacity(t * half);
-        let mut sin = Vec::with_capacity(t * half);
-        for p in start..start + t {
-            for f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+        let uniform = starts.windows(2).all(|w| w[0] == w[1]);
+        let rows = if uniform { &starts[..1] } else { starts };
+        let mut cos = Vec::with_capacity(rows.len() * t * half);
+        let mut sin = Vec::with_capacity(rows.len() * t * half);
+        for &start in rows {
+            for p in start..start + t {
+                for f in &inv {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
             }
         }
+        let (cos, sin) = if uniform {
+            (
+                Tensor::from_vec(cos, (t, half), device)?,
+                Tensor::from_vec(sin, (t, half), device)?,
+            )
+        } else {
+            let shape = (rows.len(), t, half);
+            (
+                Tensor::from_vec(cos, shape, device)?,
+                Tensor::from_vec(sin, shape, device)?,
+            )
+        };
         Ok(Self {
-            cos: Tensor::from_vec(cos, (t, half), device)?,
-            sin: Tensor::from_vec(sin, (t, half), device)?,
+            cos,
+            sin,
             style: cfg.rope_style,
         })
     }
@@ -143,7 +160,8 @@ struct Attention {
 }
 
 impl Attention {
-    /// x: [B, T, E] → [B, T, E]. `mask`: additive, [n_rep·T, L], or None when nothing is hidden.
+    /// x: [B, T, E] → [B, T, E]. `mask`: additive, [n_rep·T, L] or per row [B, 1, n_rep·T, L],
+    /// or None when nothing is hidden.
     fn forward(
         &self,
         x: &Tensor,
@@ -339,25 +357,25 @@ impl Transformer {
             cache.batch()
         );
         cache.reserve(t)?;
-        let start = cache.len();
+        let starts = cache.lens().to_vec();
         let mut x = self.embed.embedding(tokens)?; // [B, T, E]
         if let Some(s) = self.cfg.embed_scale {
             x = (x * s as f64)?;
         }
-        let global = Rope::new(self.cfg.rope_base, &self.cfg, start, t, &self.device)?;
+        let global = Rope::new(self.cfg.rope_base, &self.cfg, &starts, t, &self.device)?;
         let local = match self.cfg.sliding_window {
             Some(_) => Some(Rope::new(
                 self.cfg.rope_base_local,
                 &self.cfg,
-                start,
+                &starts,
                 t,
                 &self.device,
             )?),
             None => None,
         };
         let n_rep = self.cfg.n_head / self.cfg.n_kv_head;
-        let global_mask = self.mask(start, t, None, n_rep)?;
-        let local_mask = self.mask(start, t, self.cfg.sliding_window, n_rep)?;
+        let global_mask = self.mask(&starts, t, None, n_rep)?;
+        let local_mask = self.mask(&starts, t, self.cfg.sliding_window, n_rep)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let (rope, mask) = match (&local, block.local) {
                 (Some(r), true) => (r, local_mask.as_ref()),
@@ -373,35 +391,46 @@ impl Transformer {
         mul_weight(&self.output, &x)
     }
 
-    /// Additive mask [n_rep·T, L] hiding future positions and, with a window, positions at
-    /// distance ≥ window (llama.cpp's standard SWA rule). None when it would hide nothing.
+    /// Additive mask hiding future positions, positions past a row's own length (rows of
+    /// different requests share the batch) and, with a window, positions at distance ≥ window
+    /// (llama.cpp's standard SWA rule). `[n_rep·T, L]` when every row starts at the same
+    /// position, else `[B, 1, n_rep·T, L]`; None when it would hide nothing.
     fn mask(
         &self,
-        start: usize,
+        starts: &[usize],
         t: usize,
         window: Option<usize>,
         n_rep: usize,
     ) -> Result<Option<Tensor>> {
-        let l = start + t;
-        let hides_nothing = t == 1 && window.is_none_or(|w| l <= w);
+        let l = starts.iter().max().copied().unwrap_or(0) + t;
+        let uniform = starts.windows(2).all(|w| w[0] == w[1]);
+        let hides_nothing = uniform && t == 1 && window.is_none_or(|w| l <= w);
         if hides_nothing {
             return Ok(None);
         }
-        let mut m = Vec::with_capacity(n_rep * t * l);
-        for _ in 0..n_rep {
-            for i in 0..t {
-                let q = start + i;
-                m.extend((0..l).map(|k| {
-                    let visible = k <= q && window.is_none_or(|w| q - k < w);
-                    if visible {
-                        0f32
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                }));
+        let rows = if uniform { &starts[..1] } else { starts };
+        let mut m = Vec::with_capacity(rows.len() * n_rep * t * l);
+        for &start in rows {
+            for _ in 0..n_rep {
+                for i in 0..t {
+                    let q = start + i;
+                    m.extend((0..l).map(|k| {
+                        let visible = k <= q && window.is_none_or(|w| q - k < w);
+                        if visible {
+                            0f32
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    }));
+                }
             }
         }
-        Ok(Some(Tensor::from_vec(m, (n_rep * t, l), &self.device)?))
+        let mask = if uniform {
+            Tensor::from_vec(m, (n_rep * t, l), &self.device)?
+        } else {
+            Tensor::from_vec(m, (rows.len(), 1, n_rep * t, l), &self.device)?
+        };
+        Ok(Some(mask))
     }
 }
 
