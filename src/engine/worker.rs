@@ -5,14 +5,18 @@
 //! single thread that owns the loaded models. Each job is prefilled once when it arrives; then
 //! the thread takes one batched decode step of every job in flight in turn, whatever its
 //! model, so a short job never waits for a long one to end.
-use super::generate::{Generation, Output, Request};
+//!
+//! A job whose caller has gone (its reply future or its stream receiver dropped, e.g. an HTTP
+//! client that disconnected) is dropped before its next step, freeing its KV cache.
+use super::generate::{Generation, JobError, Output, Request};
 use super::load::load;
 use super::sampler::SamplingParams;
 use crate::model::chat::Message;
 use crate::model::Model;
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
 
 /// What to generate: a conversation (rendered with the model's chat template) or raw text.
@@ -59,22 +63,41 @@ struct Envelope {
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Envelope>,
+    stats: Arc<Stats>,
+}
+
+/// Counters the engine thread keeps, readable from any thread (the server's queue metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Jobs sent and not yet taken up by the engine thread.
+    pub queued: AtomicUsize,
+    /// Jobs between their prefill and their last token.
+    pub running: AtomicUsize,
+    /// Jobs dropped because their caller went away.
+    pub cancelled: AtomicU64,
 }
 
 impl Engine {
     /// Starts the engine thread. It ends when the last handle is dropped.
     pub fn start() -> Self {
         let (tx, rx) = mpsc::channel::<Envelope>();
+        let stats = Arc::new(Stats::default());
+        let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("conclave-engine".into())
-            .spawn(move || serve(rx))
+            .spawn(move || serve(rx, &thread_stats))
             .expect("spawning the engine thread");
-        Self { tx }
+        Self { tx, stats }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Runs `job` on the engine thread and waits for it without blocking the async runtime.
     pub async fn generate(&self, job: Job) -> Result<Output> {
         let (reply, rx) = oneshot::channel();
+        self.stats.queued.fetch_add(1, Ordering::SeqCst);
         self.tx
             .send(Envelope { job, reply })
             .map_err(|_| anyhow!("the engine thread has stopped"))?;
@@ -91,7 +114,18 @@ struct InFlight {
     reply: oneshot::Sender<Result<Output>>,
 }
 
-fn serve(rx: mpsc::Receiver<Envelope>) {
+impl InFlight {
+    fn abandoned(&self) -> bool {
+        abandoned(&self.reply, &self.stream)
+    }
+}
+
+/// True when nobody will read the job's result: its reply or its stream receiver is gone.
+fn abandoned(reply: &oneshot::Sender<Result<Output>>, stream: &Stream) -> bool {
+    reply.is_closed() || stream.as_ref().is_some_and(|s| s.is_closed())
+}
+
+fn serve(rx: mpsc::Receiver<Envelope>, stats: &Stats) {
     let mut models: HashMap<String, Model> = HashMap::new();
     let mut flight: Vec<InFlight> = Vec::new();
     loop {
@@ -104,7 +138,13 @@ fn serve(rx: mpsc::Receiver<Envelope>) {
             }
         }
         arrived.extend(rx.try_iter());
+        stats.queued.fetch_sub(arrived.len(), Ordering::SeqCst);
         for Envelope { job, reply } in arrived {
+            if abandoned(&reply, &job.stream) {
+                stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                let _ = reply.send(Err(JobError::Cancelled.into()));
+                continue;
+            }
             match start(&mut models, &job) {
                 Ok(generation) => flight.push(InFlight {
                     model: job.model,
@@ -120,6 +160,12 @@ fn serve(rx: mpsc::Receiver<Envelope>) {
         // One step of every job in flight, then hand back the ones that ended.
         let mut i = 0;
         while i < flight.len() {
+            if flight[i].abandoned() {
+                let f = flight.swap_remove(i);
+                stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                let _ = f.reply.send(Err(JobError::Cancelled.into()));
+                continue;
+            }
             let f = &mut flight[i];
             let result = f
                 .generation
@@ -131,6 +177,7 @@ fn serve(rx: mpsc::Receiver<Envelope>) {
                 i += 1;
             }
         }
+        stats.running.store(flight.len(), Ordering::SeqCst);
     }
 }
 
