@@ -2,9 +2,10 @@
 //!
 //! Data flows one way: `model` (GGUF, tokenizer, chat template, forward pass) → `engine`
 //! (sampling, batched generation, KV cache) → `ensemble` (agents, roles, aggregation) →
-//! front ends (`cli`, `bench`).
+//! front ends (`cli`, `server`, `bench`).
 pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod ensemble;
 pub mod model;
+pub mod server;

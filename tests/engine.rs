@@ -130,3 +130,33 @@ fn concurrent_jobs_share_decode_steps_and_answer_as_alone() {
         }
     });
 }
+
+#[test]
+fn a_job_whose_stream_receiver_is_dropped_is_cancelled() {
+    common::model_path("smollm2-135m");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let engine = Engine::start();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let e = engine.clone();
+        let long = tokio::spawn(async move {
+            e.generate(Job {
+                stream: Some(tx),
+                ..job(2000, "Tell a story.")
+            })
+            .await
+        });
+        rx.recv().await.expect("the job streams text");
+        drop(rx);
+        let err = long.await.unwrap().unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<conclave::engine::JobError>(),
+            Some(&conclave::engine::JobError::Cancelled),
+            "{err:#}"
+        );
+        assert_eq!(engine.stats().cancelled.load(Ordering::SeqCst), 1);
+        // The engine goes on serving.
+        let out = engine.generate(job(3, "hi")).await.unwrap();
+        assert_eq!(out.completions[0].tokens.len(), 3);
+    });
+}

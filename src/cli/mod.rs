@@ -3,6 +3,7 @@ pub mod ask;
 pub mod bench_speed;
 pub mod ensemble;
 pub mod models;
+pub mod serve;
 pub mod tokenize;
 
 use anyhow::Result;
@@ -30,6 +31,8 @@ pub enum Command {
     /// List, pull and locate catalog models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Serve an OpenAI-compatible API whose models may be ensembles (`conclave/vote8`).
+    Serve(Box<serve::ServeArgs>),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -38,5 +41,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenize(args) => tokenize::run(args),
         Command::BenchSpeed(args) => bench_speed::run(args),
         Command::Models(cmd) => models::run(cmd),
+        Command::Serve(args) => serve::run(*args),
     }
 }

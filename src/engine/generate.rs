@@ -20,6 +20,21 @@ pub struct Request {
     pub ignore_eos: bool,
 }
 
+/// Why a job ended without an output, for callers that answer differently per cause (the
+/// server maps `PromptTooLong` to HTTP 400). Other failures stay plain `anyhow` errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error("the prompt is {prompt} tokens but {model} has a context of {ctx} tokens; shorten the prompt")]
+    PromptTooLong {
+        prompt: usize,
+        ctx: usize,
+        model: String,
+    },
+    /// Nobody waits for the job any more: its reply or its stream receiver was dropped.
+    #[error("the job was cancelled: its caller went away")]
+    Cancelled,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Finish {
@@ -136,11 +151,12 @@ impl Generation {
         }
         let ctx = model.ctx_len();
         if req.prompt.len() >= ctx {
-            bail!(
-                "the prompt is {} tokens but {} has a context of {ctx} tokens; shorten the prompt",
-                req.prompt.len(),
-                model.name
-            );
+            return Err(JobError::PromptTooLong {
+                prompt: req.prompt.len(),
+                ctx,
+                model: model.name.clone(),
+            }
+            .into());
         }
         let max_tokens = req.max_tokens.min(ctx - req.prompt.len());
 
@@ -224,13 +240,6 @@ impl Generation {
             self.max_tokens,
             on_text,
         )
-    }
-
-    /// Ends every sample still going (the client went away).
-    pub fn cancel(&mut self) {
-        for r in self.rows.iter_mut().filter(|r| r.finish.is_none()) {
-            r.finish = Some(Finish::Length);
-        }
     }
 
     /// Counts a decode step this request took part in with `tokens` of the step's `rows`.

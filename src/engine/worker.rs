@@ -6,14 +6,18 @@
 //! its samples then join that model's batch: every decode step is one forward pass over the
 //! rows of all jobs in flight on the model (continuous batching), so concurrent requests share
 //! the weight reads, and a short job never waits for a long one to end.
-use super::generate::{Batch, Generation, Output, Request};
+//!
+//! A job whose caller has gone (its reply future or its stream receiver dropped, e.g. an HTTP
+//! client that disconnected) is dropped before its next step, freeing its rows of the batch.
+use super::generate::{Batch, Generation, JobError, Output, Request};
 use super::load::load;
 use super::sampler::SamplingParams;
 use crate::model::chat::Message;
 use crate::model::{KvCache, Model};
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -61,22 +65,41 @@ struct Envelope {
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Envelope>,
+    stats: Arc<Stats>,
+}
+
+/// Counters the engine thread keeps, readable from any thread (the server's queue metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Jobs sent and not yet taken up by the engine thread.
+    pub queued: AtomicUsize,
+    /// Jobs between their prefill and their last token.
+    pub running: AtomicUsize,
+    /// Jobs dropped because their caller went away.
+    pub cancelled: AtomicU64,
 }
 
 impl Engine {
     /// Starts the engine thread. It ends when the last handle is dropped.
     pub fn start() -> Self {
         let (tx, rx) = mpsc::channel::<Envelope>();
+        let stats = Arc::new(Stats::default());
+        let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("conclave-engine".into())
-            .spawn(move || serve(rx))
+            .spawn(move || serve(rx, &thread_stats))
             .expect("spawning the engine thread");
-        Self { tx }
+        Self { tx, stats }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Runs `job` on the engine thread and waits for it without blocking the async runtime.
     pub async fn generate(&self, job: Job) -> Result<Output> {
         let (reply, rx) = oneshot::channel();
+        self.stats.queued.fetch_add(1, Ordering::SeqCst);
         self.tx
             .send(Envelope { job, reply })
             .map_err(|_| anyhow!("the engine thread has stopped"))?;
@@ -93,7 +116,18 @@ struct InFlight {
     reply: oneshot::Sender<Result<Output>>,
 }
 
-fn serve(rx: mpsc::Receiver<Envelope>) {
+impl InFlight {
+    fn abandoned(&self) -> bool {
+        abandoned(&self.reply, &self.stream)
+    }
+}
+
+/// True when nobody will read the job's result: its reply or its stream receiver is gone.
+fn abandoned(reply: &oneshot::Sender<Result<Output>>, stream: &Stream) -> bool {
+    reply.is_closed() || stream.as_ref().is_some_and(|s| s.is_closed())
+}
+
+fn serve(rx: mpsc::Receiver<Envelope>, stats: &Stats) {
     let mut models: HashMap<String, Model> = HashMap::new();
     let mut batches: HashMap<String, Batch> = HashMap::new();
     let mut flight: HashMap<u64, InFlight> = HashMap::new();
@@ -108,7 +142,12 @@ fn serve(rx: mpsc::Receiver<Envelope>) {
             }
         }
         arrived.extend(rx.try_iter());
+        stats.queued.fetch_sub(arrived.len(), Ordering::SeqCst);
         for Envelope { job, reply } in arrived {
+            if abandoned(&reply, &job.stream) {
+                stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
             let key = next_key;
             next_key += 1;
             let joined = start(&mut models, &job).and_then(|(generation, cache)| {
@@ -135,6 +174,22 @@ fn serve(rx: mpsc::Receiver<Envelope>) {
                 }
             }
         }
+        // Jobs nobody waits for leave their batch before the next step.
+        let gone: Vec<u64> = flight
+            .iter()
+            .filter(|(_, f)| f.abandoned())
+            .map(|(&k, _)| k)
+            .collect();
+        for k in gone {
+            let f = flight.remove(&k).expect("an abandoned job is in flight");
+            if let Some(batch) = batches.get_mut(&f.model) {
+                if let Err(e) = batch.retain(|key, _| key != k) {
+                    tracing::warn!("dropping a cancelled job's rows: {e:#}");
+                }
+            }
+            stats.cancelled.fetch_add(1, Ordering::SeqCst);
+            let _ = f.reply.send(Err(JobError::Cancelled.into()));
+        }
         // One decode step of every model's batch.
         for (name, batch) in batches.iter_mut() {
             if let Err(e) = step(&models[name], batch, &mut flight) {
@@ -159,6 +214,7 @@ fn serve(rx: mpsc::Receiver<Envelope>) {
             debug_assert!(!batches[&f.model].rows().iter().any(|r| r.0 == k));
             let _ = f.reply.send(Ok(f.generation.finish()));
         }
+        stats.running.store(flight.len(), Ordering::SeqCst);
     }
 }
 

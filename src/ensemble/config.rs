@@ -68,6 +68,28 @@ pub struct Agent {
     pub role: Role,
     pub sampling: SamplingParams,
     pub weight: f32,
+    /// Set when another OpenAI-compatible server runs this agent (`model` is its name there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<Remote>,
+}
+
+/// `remote = { url, model, api_key_env }`: an agent answered by any OpenAI-compatible chat
+/// endpoint (another `conclave serve`, llama.cpp's llama-server, vLLM, Ollama).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remote {
+    /// The API base, as OpenAI clients take it: `http://host:port/v1`.
+    pub url: String,
+    /// The model name that server knows.
+    pub model: String,
+    /// Environment variable holding the server's API key, sent as a bearer token.
+    pub api_key_env: Option<String>,
+    /// Seconds one attempt may take.
+    #[serde(default = "default_remote_timeout")]
+    pub timeout_s: f64,
+    /// Further attempts after a failed one (connection error, timeout, 429 or 5xx).
+    #[serde(default = "default_remote_retries")]
+    pub retries: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -125,16 +147,19 @@ struct EnsembleSpec {
     judge: Option<MemberSpec>,
     #[serde(default)]
     roles: HashMap<String, Role>,
-    #[serde(rename = "member", default)]
+    // `members` reads better in the JSON of a server request; TOML files say `[[member]]`.
+    #[serde(rename = "member", alias = "members", default)]
     members: Vec<MemberSpec>,
 }
 
-/// One `[[member]]`: an agent (`model`) or a nested ensemble (`ensemble`, a path or preset).
+/// One `[[member]]`: an agent (`model`, or `remote`) or a nested ensemble (`ensemble`, a path
+/// or preset).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberSpec {
     pub model: Option<String>,
     pub ensemble: Option<String>,
+    pub remote: Option<Remote>,
     #[serde(default = "default_temperature")]
     pub temperature: f32,
     pub top_p: Option<f32>,
@@ -158,6 +183,12 @@ fn default_max_depth() -> usize {
     3
 }
 fn default_rounds() -> usize {
+    2
+}
+fn default_remote_timeout() -> f64 {
+    120.0
+}
+fn default_remote_retries() -> usize {
     2
 }
 fn default_temperature() -> f32 {
@@ -187,6 +218,15 @@ struct Loader {
     base_seed: u64,
     seed_override: Option<u64>,
     max_depth: usize,
+    /// For specs from outside (a server request): nested ensembles resolve to compiled-in
+    /// presets only, and remote members are refused, so a request can neither read the
+    /// server's files nor make it call arbitrary URLs.
+    untrusted: bool,
+}
+
+/// Names of the compiled-in presets.
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|(n, _)| *n).collect()
 }
 
 impl Ensemble {
@@ -209,6 +249,17 @@ impl Ensemble {
         loader.parse(text, base_dir)
     }
 
+    /// An ensemble from an API request (the same keys as a TOML file, as JSON). Nested
+    /// ensembles may name compiled-in presets only; remote members are refused.
+    pub fn from_untrusted_json(v: &serde_json::Value, seed: Option<u64>) -> Result<Self> {
+        let spec: EnsembleSpec = serde_json::from_value(v.clone())?;
+        let mut loader = Loader::new()?;
+        loader.untrusted = true;
+        loader.seed_override = seed;
+        loader.stack.push("<request>".into());
+        loader.build(spec, Path::new(""))
+    }
+
     /// A flat ensemble from command-line flags: agents cycling through the given models,
     /// roles and temperatures.
     pub fn quick(q: &Quick) -> Result<Self> {
@@ -222,6 +273,7 @@ impl Ensemble {
             let spec = MemberSpec {
                 model: Some(cycle(&q.models, i, crate::engine::DEFAULT_MODEL)),
                 ensemble: None,
+                remote: None,
                 temperature: q
                     .temperatures
                     .get(i % q.temperatures.len().max(1))
@@ -285,6 +337,7 @@ impl Loader {
             base_seed: 0,
             seed_override: None,
             max_depth: default_max_depth(),
+            untrusted: false,
         })
     }
 
@@ -296,7 +349,7 @@ impl Loader {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let path = base_dir.join(spec);
-        let (key, text, dir) = if path.is_file() {
+        let (key, text, dir) = if path.is_file() && !self.untrusted {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read ensemble config {}", path.display()))?;
             let key = path
@@ -339,6 +392,10 @@ impl Loader {
 
     fn parse(&mut self, text: &str, dir: &Path) -> Result<Ensemble> {
         let spec: EnsembleSpec = toml::from_str(text)?;
+        self.build(spec, dir)
+    }
+
+    fn build(&mut self, spec: EnsembleSpec, dir: &Path) -> Result<Ensemble> {
         if self.stack.len() <= 1 {
             // The outermost file sets the seed and depth limit for the whole tree.
             self.base_seed = self.seed_override.unwrap_or(spec.seed);
@@ -356,22 +413,32 @@ impl Loader {
         }
         let mut members = Vec::new();
         for m in &spec.members {
-            match (&m.model, &m.ensemble) {
-                (Some(_), None) => members.extend(self.agents(m)?.into_iter().map(Member::Agent)),
-                (None, Some(e)) => {
+            match (&m.model, &m.ensemble, &m.remote) {
+                (Some(_), None, None) => {
+                    members.extend(self.agents(m)?.into_iter().map(Member::Agent))
+                }
+                (None, None, Some(_)) if self.untrusted => {
+                    bail!("remote members are allowed only in the server's own config files")
+                }
+                (None, None, Some(_)) => {
+                    members.extend(self.agents(m)?.into_iter().map(Member::Agent))
+                }
+                (None, Some(e), None) => {
                     for _ in 0..m.count {
                         members.push(Member::Ensemble(Box::new(self.load(e, dir)?)));
                     }
                 }
-                _ => bail!("each [[member]] needs exactly one of `model` or `ensemble`"),
+                _ => bail!(
+                    "each [[member]] needs exactly one of `model` or `ensemble`, or a `remote`"
+                ),
             }
         }
         if members.is_empty() {
             bail!("an ensemble needs at least one [[member]]");
         }
         let judge = match &spec.judge {
-            Some(j) if j.model.is_some() => Some(self.agents(j)?.remove(0)),
-            Some(_) => bail!("[judge] needs a `model`"),
+            Some(j) if j.model.is_some() && j.remote.is_none() => Some(self.agents(j)?.remove(0)),
+            Some(_) => bail!("[judge] needs a `model` (a local one: the judge cannot be remote)"),
             None => None,
         };
         self.roles = saved;
@@ -398,7 +465,11 @@ impl Loader {
                 "unknown role `{role_name}` (known: {known:?}; add it under [roles.{role_name}])"
             )
         })?;
-        let model = m.model.clone().context("member without a model")?;
+        let model = m
+            .model
+            .clone()
+            .or_else(|| m.remote.as_ref().map(|r| r.model.clone()))
+            .context("member without a model")?;
         let base = SamplingParams::default();
         Ok((0..m.count)
             .map(|i| {
@@ -419,6 +490,7 @@ impl Loader {
                         ..base.clone()
                     },
                     weight: m.weight,
+                    remote: m.remote.clone(),
                 }
             })
             .collect())
@@ -505,6 +577,44 @@ mod tests {
             "max_depth = 3\n[[member]]\nensemble = \"l1.toml\"",
         );
         assert!(Ensemble::load(d.join("top.toml").to_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn remote_members_parse_and_requests_cannot_use_them() {
+        let text = r#"
+[[member]]
+remote = { url = "http://127.0.0.1:8081/v1", model = "m", api_key_env = "K", retries = 1 }
+role = "solver"
+count = 2
+"#;
+        let e = Ensemble::from_toml(text, Path::new(".")).unwrap();
+        let agents = e.agents();
+        let r = agents[0].remote.as_ref().unwrap();
+        assert_eq!((agents.len(), agents[0].model.as_str()), (2, "m"));
+        assert_eq!(
+            (r.retries, r.timeout_s, r.api_key_env.as_deref()),
+            (1, 120.0, Some("K"))
+        );
+        assert_ne!(agents[0].sampling.seed, agents[1].sampling.seed);
+        let bad = "[[member]]\nmodel = \"m\"\nremote = { url = \"http://x\", model = \"m\" }";
+        let err = format!(
+            "{:#}",
+            Ensemble::from_toml(bad, Path::new(".")).unwrap_err()
+        );
+        assert!(err.contains("exactly one of"), "{err}");
+        // From a request (JSON), remote members and files are refused.
+        let v = serde_json::json!({"members": [{"remote": {"url": "http://x", "model": "m"}}]});
+        let err = format!("{:#}", Ensemble::from_untrusted_json(&v, None).unwrap_err());
+        assert!(
+            err.contains("only in the server's own config files"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "x.toml", "[[member]]\nmodel = \"m\"");
+        let path = dir.path().join("x.toml").display().to_string();
+        let v = serde_json::json!({"members": [{"ensemble": path}]});
+        assert!(Ensemble::from_untrusted_json(&v, None).is_err());
+        assert!(Ensemble::load(&path).is_ok());
     }
 
     #[test]

@@ -3,7 +3,8 @@ use super::aggregate::{self, Candidate, Decision, Weighting};
 use super::config::{Agent, Ensemble, Member, Strategy, WeightBy};
 use super::extract::extract;
 use super::prompts;
-use crate::engine::{Engine, Finish, Job, Message, Prompt, SamplingParams};
+use super::remote;
+use crate::engine::{Engine, Finish, Job, Message, Output, Prompt, SamplingParams};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -30,6 +31,53 @@ pub struct AgentTrace {
     /// For a member that is itself an ensemble: its whole trace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<Box<Trace>>,
+    /// The API base of the server that ran a remote agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Why the agent gave no answer (a remote member that failed); it took no part in the vote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What one engine job, or one remote member's calls, gave: one reply per agent, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// A failed agent's entry is why it failed.
+    pub replies: Vec<std::result::Result<Reply, String>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub text: String,
+    pub tokens: usize,
+    pub finish: Option<Finish>,
+    pub logprob_mean: f32,
+    pub seconds: f64,
+}
+
+impl From<Output> for Batch {
+    fn from(output: Output) -> Self {
+        let seconds = output.prefill_seconds + output.decode_seconds;
+        Batch {
+            prompt_tokens: output.prompt_tokens,
+            completion_tokens: output.completion_tokens(),
+            replies: output
+                .completions
+                .into_iter()
+                .map(|c| {
+                    Ok(Reply {
+                        logprob_mean: c.logprob_mean(),
+                        tokens: c.tokens.len(),
+                        finish: Some(c.finish),
+                        text: c.text,
+                        seconds,
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -213,7 +261,8 @@ impl Runner {
     }
 
     /// Every agent answers `user`: one engine job per (model, role), so agents that share a
-    /// prompt share its prefill and decode as one batch.
+    /// prompt share its prefill and decode as one batch. Remote agents are asked over HTTP;
+    /// one that fails is kept in the trace with its error and left out of the vote.
     async fn answer(
         &self,
         ens: &Ensemble,
@@ -227,7 +276,9 @@ impl Runner {
         for (i, a) in agents.iter().enumerate() {
             let key = agents
                 .iter()
-                .position(|b| b.model == a.model && b.role.name == a.role.name)
+                .position(|b| {
+                    b.model == a.model && b.role.name == a.role.name && b.remote == a.remote
+                })
                 .unwrap();
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, members)) => members.push(i),
@@ -254,47 +305,75 @@ impl Runner {
             }
             let reserved = max_tokens * members.len();
             self.spent.fetch_add(reserved, Ordering::SeqCst);
-            let job = Job {
-                model: lead.model.clone(),
-                prompt: Prompt::Chat(vec![
-                    Message::new("system", &lead.role.system),
-                    Message::new("user", user),
-                ]),
-                max_tokens,
-                stop: Vec::new(),
-                samples: members
-                    .iter()
-                    .map(|&i| agents[i].sampling.clone())
-                    .collect(),
-                ignore_eos: false,
-                stream: None,
+            let messages = vec![
+                Message::new("system", &lead.role.system),
+                Message::new("user", user),
+            ];
+            let samples: Vec<SamplingParams> = members
+                .iter()
+                .map(|&i| agents[i].sampling.clone())
+                .collect();
+            let handle = match lead.remote.clone() {
+                Some(r) => tokio::spawn(async move {
+                    Ok(remote::answer_all(&r, &samples, &messages, max_tokens).await)
+                }),
+                None => {
+                    let job = Job {
+                        model: lead.model.clone(),
+                        prompt: Prompt::Chat(messages),
+                        max_tokens,
+                        stop: Vec::new(),
+                        samples,
+                        ignore_eos: false,
+                        stream: None,
+                    };
+                    let engine = self.engine.clone();
+                    tokio::spawn(async move { engine.generate(job).await.map(Batch::from) })
+                }
             };
-            let engine = self.engine.clone();
-            let handle = tokio::spawn(async move { engine.generate(job).await });
             launched.push((members, reserved, handle));
         }
         for (members, reserved, handle) in launched {
-            let output = handle.await??;
-            let seconds = output.prefill_seconds + output.decode_seconds;
-            usage.prompt_tokens += output.prompt_tokens;
-            usage.completion_tokens += output.completion_tokens();
+            let batch: Batch = handle.await??;
+            usage.prompt_tokens += batch.prompt_tokens;
+            usage.completion_tokens += batch.completion_tokens;
+            // Settle the reservation (a remote server may overshoot `max_tokens`).
             self.spent
-                .fetch_sub(reserved - output.completion_tokens(), Ordering::SeqCst);
-            for (&i, c) in members.iter().zip(output.completions) {
+                .fetch_add(batch.completion_tokens, Ordering::SeqCst);
+            self.spent.fetch_sub(reserved, Ordering::SeqCst);
+            for (&i, reply) in members.iter().zip(batch.replies) {
                 let a = agents[i];
-                out[i] = Some(AgentTrace {
-                    model: a.model.clone(),
-                    role: a.role.name.clone(),
-                    temperature: a.sampling.temperature,
-                    seed: a.sampling.seed,
-                    extracted: extract(ens.answer, &c.text),
-                    logprob_mean: c.logprob_mean(),
-                    weight: a.weight,
-                    tokens: c.tokens.len(),
-                    seconds,
-                    finish: Some(c.finish),
-                    text: c.text,
-                    ensemble: None,
+                let remote = a.remote.as_ref().map(|r| r.url.clone());
+                out[i] = Some(match reply {
+                    Ok(r) => AgentTrace {
+                        model: a.model.clone(),
+                        role: a.role.name.clone(),
+                        temperature: a.sampling.temperature,
+                        seed: a.sampling.seed,
+                        extracted: extract(ens.answer, &r.text),
+                        logprob_mean: r.logprob_mean,
+                        weight: a.weight,
+                        tokens: r.tokens,
+                        seconds: r.seconds,
+                        finish: r.finish,
+                        text: r.text,
+                        ensemble: None,
+                        remote,
+                        error: None,
+                    },
+                    Err(e) => {
+                        notes.push(format!(
+                            "agent {} ({} / {}) failed and was left out of the vote: {e}",
+                            i + 1,
+                            a.model,
+                            a.role.name
+                        ));
+                        AgentTrace {
+                            remote,
+                            error: Some(e),
+                            ..skipped(a)
+                        }
+                    }
                 });
             }
             let done = self.done.fetch_add(members.len(), Ordering::SeqCst) + members.len();
@@ -470,6 +549,8 @@ fn skipped(a: &Agent) -> AgentTrace {
         seconds: 0.0,
         finish: None,
         ensemble: None,
+        remote: None,
+        error: None,
     }
 }
 
@@ -489,5 +570,7 @@ fn nested(sub: &Ensemble, t: Trace) -> AgentTrace {
         seconds: t.seconds,
         finish: None,
         ensemble: Some(Box::new(t)),
+        remote: None,
+        error: None,
     }
 }

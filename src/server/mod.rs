@@ -1,0 +1,209 @@
+//! `conclave serve`: an OpenAI-compatible HTTP API whose models may be ensembles.
+//!
+//! Requests become engine jobs (one per request; `n` choices share one prefill) or ensemble
+//! runs. Admission is bounded: past `--max-queue` requests queued or running, the server
+//! answers 429 with `Retry-After` rather than queueing without end.
+mod errors;
+mod metrics;
+mod openai;
+mod routes;
+mod served;
+mod sse;
+
+pub use errors::ApiError;
+
+use crate::engine::{Engine, Job, Prompt, SamplingParams};
+use anyhow::{bail, Context, Result};
+use metrics::Metrics;
+use served::Served;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How a server is set up (the `conclave serve` flags).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub host: String,
+    pub port: u16,
+    pub api_key: Option<String>,
+    /// Listen on a non-loopback address without a key.
+    pub insecure: bool,
+    /// Requests queued or running at once; more get 429.
+    pub max_queue: usize,
+    /// Longest a request may take; None for no limit.
+    pub request_timeout: Option<Duration>,
+    /// Largest request body, in bytes; larger get 413.
+    pub body_limit: usize,
+    /// Models to serve; empty for every catalog model already pulled.
+    pub models: Vec<String>,
+    /// Ensemble files, served as `conclave/<file stem>`.
+    pub configs: Vec<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key: None,
+            insecure: false,
+            max_queue: 64,
+            request_timeout: Some(Duration::from_secs(600)),
+            body_limit: 1 << 20,
+            models: Vec::new(),
+            configs: Vec::new(),
+        }
+    }
+}
+
+impl Options {
+    /// The address to listen on, refusing a non-loopback one without a key unless
+    /// `insecure`: anyone who can reach the port could otherwise use the machine's CPU.
+    pub fn addr(&self) -> Result<SocketAddr> {
+        let ip: IpAddr = if self.host == "localhost" {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            self.host
+                .parse()
+                .with_context(|| format!("--host {}: not an IP address", self.host))?
+        };
+        if !ip.is_loopback() && self.api_key.is_none() && !self.insecure {
+            bail!(
+                "refusing to listen on {ip} without an API key: anyone who can reach it could \
+                 use this machine; set --api-key (or --api-key-file), or pass --insecure"
+            );
+        }
+        if self.max_queue == 0 {
+            bail!("--max-queue must be at least 1");
+        }
+        Ok(SocketAddr::new(ip, self.port))
+    }
+}
+
+/// The state every handler shares.
+#[derive(Clone)]
+pub struct App(Arc<Inner>);
+
+struct Inner {
+    engine: Engine,
+    served: Served,
+    opts: Options,
+    slots: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+impl App {
+    /// Checks the models and ensembles to serve and loads every model once, so the first
+    /// request does not wait for a load and a bad file fails here rather than later.
+    pub async fn new(opts: Options, engine: Engine) -> Result<Self> {
+        opts.addr()?;
+        let served = Served::new(&opts.models, &opts.configs)?;
+        for model in &served.models {
+            engine
+                .generate(warm_up(model))
+                .await
+                .with_context(|| format!("loading {model}"))?;
+        }
+        let slots = Arc::new(Semaphore::new(opts.max_queue));
+        let metrics = Metrics::new(engine.clone(), slots.clone(), opts.max_queue);
+        Ok(Self(Arc::new(Inner {
+            engine,
+            served,
+            opts,
+            slots,
+            metrics,
+        })))
+    }
+
+    /// A place in the bounded queue, held until the response (or its stream) ends.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.0
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::busy(self.0.opts.max_queue, 1))
+    }
+
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.clone())
+    }
+}
+
+/// A one-token job that makes the engine load `model`.
+fn warm_up(model: &str) -> Job {
+    Job {
+        model: model.to_string(),
+        prompt: Prompt::Text("Hello".into()),
+        max_tokens: 1,
+        stop: Vec::new(),
+        samples: vec![SamplingParams::default()],
+        ignore_eos: true,
+        stream: None,
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and lets the
+/// requests in flight finish (streams included) before returning.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, app.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("conclave serve: shutting down; finishing the requests in flight");
+}
+
+/// `conclave serve`: loads, listens, and serves until SIGINT or SIGTERM.
+pub fn run(opts: Options) -> Result<()> {
+    let addr = opts.addr()?;
+    // The engine thread does the model work; two workers are plenty for the HTTP side.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let app = App::new(opts, Engine::start()).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        // Tests and scripts read the port from this line (with --port 0 the OS picks it).
+        eprintln!("conclave serve: listening on http://{local}");
+        eprintln!(
+            "conclave serve: models: {}; ensembles: {}",
+            app.0.served.models.join(", "),
+            app.0.served.ensemble_ids().join(", ")
+        );
+        serve(listener, app, signal()).await
+    })?;
+    eprintln!("conclave serve: stopped");
+    Ok(())
+}

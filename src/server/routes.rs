@@ -1,0 +1,276 @@
+//! The endpoints: `/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/health`,
+//! `/metrics`, behind the API key check and the request metrics.
+use super::errors::ApiError;
+use super::openai::{self, ChatRequest, Common, CompletionRequest, Meta, Params, Shape};
+use super::served::ENSEMBLE_PREFIX;
+use super::{metrics, sse, App};
+use crate::engine::{Job, JobError, Message, Prompt};
+use crate::ensemble::{Runner, Trace};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+pub fn router(app: App) -> Router {
+    let limit = app.0.opts.body_limit;
+    let protected = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
+        .route("/metrics", get(metrics_text))
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth));
+    Router::new()
+        .merge(protected)
+        .route("/health", get(health))
+        .fallback(|| async { ApiError::not_found("no such endpoint: see /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics") })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(app.clone(), record))
+        .with_state(app)
+}
+
+/// 401 unless the request carries the server's key (when it has one).
+async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    if let Some(key) = &app.0.opts.api_key {
+        let sent = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(sent.trim().as_bytes(), key.as_bytes()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares in time that depends on the lengths only, not on where the bytes first differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts every answered request by endpoint and status, and times it to its response head.
+async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let endpoint = match req.uri().path() {
+        p if p.starts_with("/v1/models") => "/v1/models".to_string(),
+        p @ ("/v1/chat/completions" | "/v1/completions" | "/health" | "/metrics") => p.into(),
+        _ => "other".into(),
+    };
+    let resp = next.run(req).await;
+    app.0.metrics.request(
+        &endpoint,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+async fn health(State(app): State<App>) -> Json<Value> {
+    Json(json!({"status": "ok", "models": app.0.served.models}))
+}
+
+async fn metrics_text(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        app.0.metrics.encode(),
+    )
+        .into_response()
+}
+
+fn model_object(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "conclave"})
+}
+
+async fn models(State(app): State<App>) -> Json<Value> {
+    let served = &app.0.served;
+    let data: Vec<Value> = served
+        .models
+        .iter()
+        .cloned()
+        .chain(served.ensemble_ids())
+        .map(|id| model_object(&id))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn model(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let served = &app.0.served;
+    if served.models.contains(&id) || served.ensemble_ids().contains(&id) {
+        Ok(Json(model_object(&id)))
+    } else {
+        Err(ApiError::model_not_found(
+            &id,
+            "GET /v1/models lists what is served",
+        ))
+    }
+}
+
+/// The body, or 413 past the size limit.
+fn body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(app.0.opts.body_limit)
+        } else {
+            ApiError::invalid(None, r.body_text())
+        }
+    })
+}
+
+async fn chat(
+    State(app): State<App>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = openai::parse(&body(&app, raw)?)?;
+    let params = req.common.params()?;
+    let messages = req.messages()?;
+    if let Some(name) = req.common.model.strip_prefix(ENSEMBLE_PREFIX) {
+        return ensemble(app, name, &req.common, &params, &messages).await;
+    }
+    if req.common.ensemble.is_some() {
+        return Err(ApiError::invalid(
+            Some("ensemble"),
+            "`ensemble` goes with an ensemble model (`conclave/<preset>`)",
+        ));
+    }
+    let model = app.0.served.model(&req.common.model)?;
+    generate(app, &model, Prompt::Chat(messages), params, Shape::Chat).await
+}
+
+async fn completions(
+    State(app): State<App>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = openai::parse(&body(&app, raw)?)?;
+    let params = req.common.params()?;
+    let prompt = req.prompt()?;
+    let model = app.0.served.model(&req.common.model)?;
+    generate(app, &model, Prompt::Text(prompt), params, Shape::Text).await
+}
+
+/// One engine job: `n` choices from one prefill, whole or streamed.
+async fn generate(
+    app: App,
+    model: &str,
+    prompt: Prompt,
+    params: Params,
+    shape: Shape,
+) -> Result<Response, ApiError> {
+    let permit = app.admit()?;
+    let meta = Meta::new(model, shape);
+    let job = Job {
+        model: model.to_string(),
+        prompt,
+        max_tokens: params.max_tokens,
+        stop: params.stop.clone(),
+        samples: params.samples.clone(),
+        ignore_eos: false,
+        stream: None,
+    };
+    if params.stream {
+        return sse::generate(app, job, meta, params.include_usage, permit).await;
+    }
+    let output = within(&app, app.0.engine.generate(job))
+        .await?
+        .map_err(|e| engine_error(&e))?;
+    drop(permit);
+    app.0.metrics.generation(model, &output);
+    let body = meta.response(openai::choices(&output), openai::output_usage(&output));
+    Ok(Json(body).into_response())
+}
+
+/// Runs `fut` within the server's request timeout.
+pub(super) async fn within<T>(
+    app: &App,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, ApiError> {
+    match app.0.opts.request_timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| ApiError::timeout(t.as_secs_f64())),
+        None => Ok(fut.await),
+    }
+}
+
+/// An engine failure as an HTTP error: a prompt over the context is the client's fault.
+pub(super) fn engine_error(e: &anyhow::Error) -> ApiError {
+    match e.downcast_ref::<JobError>() {
+        Some(JobError::PromptTooLong { .. }) => ApiError::context_exceeded(e.to_string()),
+        _ => ApiError::internal(e),
+    }
+}
+
+/// An ensemble answers: the aggregated answer is `choices[0]`, the trace is `conclave`.
+async fn ensemble(
+    app: App,
+    name: &str,
+    common: &Common,
+    params: &Params,
+    messages: &[Message],
+) -> Result<Response, ApiError> {
+    if params.samples.len() > 1 {
+        return Err(ApiError::invalid(
+            Some("n"),
+            "an ensemble gives one answer: n must be 1",
+        ));
+    }
+    // Agents bring their own system prompts (their roles): the question is the last user turn.
+    let question = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.content.clone())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                Some("messages"),
+                "an ensemble needs a user message to answer",
+            )
+        })?;
+    let mut ens = app
+        .0
+        .served
+        .ensemble(name, params.seed, common.ensemble.as_ref())?;
+    if params.max_tokens_given {
+        ens.max_tokens = params.max_tokens;
+    }
+    let permit = app.admit()?;
+    let meta = Meta::new(&common.model, Shape::Chat);
+    let engine = app.0.engine.clone();
+    let trace: Trace = within(&app, async move {
+        Runner::new(engine).run(&ens, &question).await
+    })
+    .await?
+    .map_err(|e| engine_error(&e))?;
+    drop(permit);
+    app.0.metrics.tokens(
+        &common.model,
+        trace.usage.prompt_tokens,
+        trace.usage.completion_tokens,
+    );
+    let text = if trace.text.is_empty() {
+        trace.answer.clone().unwrap_or_default()
+    } else {
+        trace.text.clone()
+    };
+    let usage = openai::usage(trace.usage.prompt_tokens, trace.usage.completion_tokens);
+    let conclave = serde_json::to_value(&trace).map_err(|e| ApiError::internal(&e.into()))?;
+    if params.stream {
+        return Ok(sse::whole(
+            meta,
+            text,
+            usage,
+            conclave,
+            params.include_usage,
+        ));
+    }
+    let mut body = meta.response(vec![(text, None)], usage);
+    body["conclave"] = conclave;
+    Ok(Json(body).into_response())
+}

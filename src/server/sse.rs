@@ -1,0 +1,171 @@
+//! Streaming as OpenAI does it: Server-Sent Events of `data: {chunk}\n\n`, a first chunk per
+//! choice with the role, text deltas with the choice's `index`, a last chunk per choice with
+//! its `finish_reason`, a usage chunk when `stream_options.include_usage`, then
+//! `data: [DONE]`.
+//!
+//! A task pumps the engine's text pieces into the response. When the client goes away the
+//! response body is dropped, the task sees it and drops its engine job, which the engine
+//! then cancels before its next step.
+use super::errors::ApiError;
+use super::openai::{self, Meta};
+use super::routes::engine_error;
+use super::App;
+use crate::engine::{Finish, Job};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::convert::Infallible;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+/// Events buffered for a slow client before the pump waits for it.
+const BUFFER: usize = 64;
+
+fn data(v: &Value) -> Event {
+    Event::default().data(v.to_string())
+}
+
+fn done() -> Event {
+    Event::default().data("[DONE]")
+}
+
+/// Streams one engine job. Answers a plain HTTP error instead when the job fails before its
+/// first token (a prompt over the context is still a 400, as without streaming).
+pub async fn generate(
+    app: App,
+    mut job: Job,
+    meta: Meta,
+    include_usage: bool,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response, ApiError> {
+    let (piece_tx, pieces) = mpsc::unbounded_channel();
+    job.stream = Some(piece_tx);
+    let (tx, mut rx) = mpsc::channel::<Result<Event, ApiError>>(BUFFER);
+    let n = job.samples.len();
+    tokio::spawn(pump(app, job, meta, n, include_usage, pieces, tx, permit));
+    match rx.recv().await {
+        Some(Ok(first)) => {
+            let head = futures_util::stream::once(async move { Ok::<_, Infallible>(first) });
+            // Dropping the body (a client that left) drops `rx`, which the pump notices.
+            let tail = futures_util::stream::unfold(rx, |mut rx| async move {
+                match rx.recv().await {
+                    Some(Ok(e)) => Some((Ok(e), rx)),
+                    _ => None,
+                }
+            });
+            Ok(Sse::new(head.chain(tail)).into_response())
+        }
+        Some(Err(e)) => Err(e),
+        None => Err(ApiError::internal(&anyhow::anyhow!(
+            "the stream ended before it began"
+        ))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    app: App,
+    job: Job,
+    meta: Meta,
+    n: usize,
+    include_usage: bool,
+    mut pieces: mpsc::UnboundedReceiver<(usize, String)>,
+    tx: mpsc::Sender<Result<Event, ApiError>>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let model = job.model.clone();
+    let engine = app.0.engine.clone();
+    let generation = engine.generate(job);
+    tokio::pin!(generation);
+    let deadline = app.0.opts.request_timeout;
+    let timer = tokio::time::sleep(deadline.unwrap_or(std::time::Duration::MAX / 4));
+    tokio::pin!(timer);
+    let send = |e: Event| {
+        let tx = tx.clone();
+        async move { tx.send(Ok(e)).await.is_ok() }
+    };
+    let mut started = false;
+    // Role chunks go out once the prefill has worked (before it, an error is still a status).
+    let start = |started: &mut bool| -> Vec<Event> {
+        if *started || meta.shape != openai::Shape::Chat {
+            *started = true;
+            return Vec::new();
+        }
+        *started = true;
+        (0..n)
+            .map(|i| data(&meta.chunk(i, true, "", None)))
+            .collect()
+    };
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = tx.closed() => return, // the client left: dropping the job cancels it
+            Some((i, text)) = pieces.recv() => {
+                for e in start(&mut started) {
+                    if !send(e).await { return; }
+                }
+                if !send(data(&meta.chunk(i, false, &text, None))).await { return; }
+            }
+            r = &mut generation => break r,
+            _ = &mut timer => {
+                let secs = deadline.map(|d| d.as_secs_f64()).unwrap_or_default();
+                let _ = tx.send(if started {
+                    Ok(data(&ApiError::timeout(secs).body()))
+                } else {
+                    Err(ApiError::timeout(secs))
+                }).await;
+                return;
+            }
+        }
+    };
+    let output = match result {
+        Ok(o) => o,
+        Err(e) if !started => {
+            let _ = tx.send(Err(engine_error(&e))).await;
+            return;
+        }
+        Err(e) => {
+            // Mid-stream there is no status left to set: OpenAI sends the error as an event.
+            let _ = tx.send(Ok(data(&engine_error(&e).body()))).await;
+            return;
+        }
+    };
+    let mut events = start(&mut started);
+    // Pieces decoded in the step that ended the job are already queued.
+    while let Ok((i, text)) = pieces.try_recv() {
+        events.push(data(&meta.chunk(i, false, &text, None)));
+    }
+    for (i, c) in output.completions.iter().enumerate() {
+        events.push(data(&meta.chunk(i, false, "", Some(c.finish))));
+    }
+    if include_usage {
+        events.push(data(&meta.usage_chunk(openai::output_usage(&output))));
+    }
+    events.push(done());
+    app.0.metrics.generation(&model, &output);
+    for e in events {
+        if !send(e).await {
+            return;
+        }
+    }
+}
+
+/// A finished answer (an ensemble's) sent as a stream: role and text, finish (with the
+/// trace in `conclave`), usage if asked, `[DONE]`.
+pub fn whole(
+    meta: Meta,
+    text: String,
+    usage: Value,
+    conclave: Value,
+    include_usage: bool,
+) -> Response {
+    let mut last = meta.chunk(0, false, "", Some(Finish::Stop));
+    last["conclave"] = conclave;
+    let mut events = vec![data(&meta.chunk(0, true, &text, None)), data(&last)];
+    if include_usage {
+        events.push(data(&meta.usage_chunk(usage)));
+    }
+    events.push(done());
+    let stream = futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
+    Sse::new(stream).into_response()
+}
