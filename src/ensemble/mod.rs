@@ -3,8 +3,11 @@ pub mod aggregate;
 pub mod config;
 pub mod extract;
 pub mod prompts;
+mod refine;
 pub mod run;
+pub mod verify;
 
 pub use config::{Agent, Ensemble, Member, Strategy};
 pub use extract::AnswerKind;
 pub use run::{AgentTrace, Runner, Trace};
+pub use verify::{Verdict, Verifier};

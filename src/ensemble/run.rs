@@ -3,6 +3,7 @@ use super::aggregate::{self, Candidate, Decision, Weighting};
 use super::config::{Agent, Ensemble, Member, Strategy, WeightBy};
 use super::extract::extract;
 use super::prompts;
+use super::verify::{Verdict, Verifier};
 use crate::engine::{Engine, Finish, Job, Message, Prompt, SamplingParams};
 use anyhow::Result;
 use serde::Serialize;
@@ -30,6 +31,9 @@ pub struct AgentTrace {
     /// For a member that is itself an ensemble: its whole trace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<Box<Trace>>,
+    /// The verifier's result (`exec-vote`, `refine`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -62,9 +66,12 @@ pub struct Trace {
     pub winner: Option<usize>,
     pub tie_break: Option<String>,
     pub agents: Vec<AgentTrace>,
-    /// Earlier debate rounds; `agents` holds the last.
+    /// Earlier debate or refine rounds; `agents` holds the last.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rounds: Vec<Vec<AgentTrace>>,
+    /// `refine` and `exec-vote`: the user prompt of each round, verifier feedback included.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge: Option<ModelCall>,
     pub usage: Usage,
@@ -80,7 +87,7 @@ impl Trace {
     }
 }
 
-fn candidates(agents: &[AgentTrace]) -> Vec<Candidate> {
+pub(super) fn candidates(agents: &[AgentTrace]) -> Vec<Candidate> {
     agents
         .iter()
         .map(|a| Candidate {
@@ -123,25 +130,44 @@ impl Runner {
     }
 
     pub async fn run(&mut self, ens: &Ensemble, question: &str) -> Result<Trace> {
+        self.reset(ens);
+        self.run_inner(ens, question, None).await
+    }
+
+    /// Like `run`, with `verifier` checking candidates for `exec-vote` and `refine` (which
+    /// without one can check only arithmetic, for `answer = "number"`).
+    pub async fn run_verified(
+        &mut self,
+        ens: &Ensemble,
+        question: &str,
+        verifier: &Verifier,
+    ) -> Result<Trace> {
+        self.reset(ens);
+        self.run_inner(ens, question, Some(verifier)).await
+    }
+
+    fn reset(&mut self, ens: &Ensemble) {
         self.budget = ens.token_budget;
         self.spent.store(0, Ordering::SeqCst);
         self.done.store(0, Ordering::SeqCst);
-        let calls = if ens.strategy == Strategy::Debate {
-            ens.rounds
-        } else {
-            1
+        let calls = match ens.strategy {
+            Strategy::Debate | Strategy::Refine => ens.rounds,
+            _ => 1,
         };
         self.total
             .store(ens.agents().len() * calls, Ordering::SeqCst);
-        self.run_inner(ens, question).await
     }
 
     fn run_inner<'a>(
         &'a self,
         ens: &'a Ensemble,
         question: &'a str,
+        verifier: Option<&'a Verifier>,
     ) -> Pin<Box<dyn Future<Output = Result<Trace>> + Send + 'a>> {
         Box::pin(async move {
+            if matches!(ens.strategy, Strategy::ExecVote | Strategy::Refine) {
+                return self.run_checked(ens, question, verifier).await;
+            }
             let start = Instant::now();
             let mut usage = Usage::default();
             let mut notes = Vec::new();
@@ -161,7 +187,7 @@ impl Runner {
                 match m {
                     Member::Agent(_) => agents.push(answers.remove(0)),
                     Member::Ensemble(sub) => {
-                        let t = self.run_inner(sub, question).await?;
+                        let t = self.run_inner(sub, question, verifier).await?;
                         usage.prompt_tokens += t.usage.prompt_tokens;
                         usage.completion_tokens += t.usage.completion_tokens;
                         agents.push(nested(sub, t));
@@ -204,6 +230,7 @@ impl Runner {
                 tie_break: decision.tie_break,
                 agents,
                 rounds,
+                prompts: Vec::new(),
                 judge,
                 usage,
                 seconds: start.elapsed().as_secs_f64(),
@@ -214,7 +241,7 @@ impl Runner {
 
     /// Every agent answers `user`: one engine job per (model, role), so agents that share a
     /// prompt share its prefill and decode as one batch.
-    async fn answer(
+    pub(super) async fn answer(
         &self,
         ens: &Ensemble,
         agents: &[&Agent],
@@ -295,6 +322,7 @@ impl Runner {
                     finish: Some(c.finish),
                     text: c.text,
                     ensemble: None,
+                    verdict: None,
                 });
             }
             let done = self.done.fetch_add(members.len(), Ordering::SeqCst) + members.len();
@@ -335,7 +363,10 @@ impl Runner {
             WeightBy::Weight => Weighting::Weight,
         };
         let d = match ens.strategy {
-            Strategy::Vote | Strategy::Debate => aggregate::vote(cands),
+            // exec-vote and refine decide in `run_checked` and never come here.
+            Strategy::Vote | Strategy::Debate | Strategy::ExecVote | Strategy::Refine => {
+                aggregate::vote(cands)
+            }
             Strategy::Weighted => aggregate::weighted(cands, by),
             Strategy::Medoid => aggregate::medoid(cands),
             Strategy::Judge | Strategy::Fuse => {
@@ -470,6 +501,7 @@ fn skipped(a: &Agent) -> AgentTrace {
         seconds: 0.0,
         finish: None,
         ensemble: None,
+        verdict: None,
     }
 }
 
@@ -489,5 +521,6 @@ fn nested(sub: &Ensemble, t: Trace) -> AgentTrace {
         seconds: t.seconds,
         finish: None,
         ensemble: Some(Box::new(t)),
+        verdict: None,
     }
 }
