@@ -2,10 +2,12 @@
 //!
 //! Data flows one way: `model` (GGUF, tokenizer, chat template, forward pass) → `engine`
 //! (sampling, batched generation, KV cache) → `ensemble` (agents, roles, aggregation) →
-//! front ends (`cli`, `server`, `bench`).
+//! front ends (`cli`, `server`, `bench`). `tools` (sandboxed Python, calculator) serves
+//! `ensemble` and the front ends.
 pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod ensemble;
 pub mod model;
 pub mod server;
+pub mod tools;

@@ -8,7 +8,7 @@ use std::io::Write;
 
 #[derive(Debug, clap::Args)]
 pub struct EnsembleArgs {
-    /// Ensemble config: a TOML file or a preset (vote8, mixed, council, judged, debate).
+    /// Ensemble config: a TOML file or a preset (vote8, mixed, council, judged, debate, refine).
     /// `--seed` replaces the file's seed.
     #[arg(long, help_heading = "Ensemble")]
     pub config: Option<String>,
@@ -24,12 +24,15 @@ pub struct EnsembleArgs {
     /// Comma-separated roles from configs/roles.toml, cycled over the agents.
     #[arg(long, value_delimiter = ',', help_heading = "Ensemble")]
     pub roles: Vec<String>,
-    /// How answers are combined: vote, weighted, medoid, judge, fuse, debate.
+    /// How answers are combined: vote, weighted, medoid, judge, fuse, debate, exec-vote, refine.
     #[arg(long, help_heading = "Ensemble")]
     pub strategy: Option<Strategy>,
     /// What an answer is, for voting: number, choice, text, code.
     #[arg(long, help_heading = "Ensemble")]
     pub answer: Option<AnswerKind>,
+    /// Comma-separated tools every agent may use (python, calculator), on top of the config's.
+    #[arg(long, value_delimiter = ',', help_heading = "Ensemble")]
+    pub tools: Vec<crate::tools::Tool>,
     /// Write the full JSON trace (every agent's text, answer, votes) to this file.
     #[arg(long, help_heading = "Ensemble")]
     pub trace: Option<std::path::PathBuf>,
@@ -76,6 +79,9 @@ pub fn run(args: &AskArgs) -> Result<()> {
     }
     if let Some(n) = args.max_tokens {
         ens.max_tokens = n;
+    }
+    for &t in &e.tools {
+        ens.allow_tool(t);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

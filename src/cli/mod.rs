@@ -1,7 +1,9 @@
 //! The `conclave` command line: one module per command.
 pub mod ask;
 pub mod bench_speed;
+pub mod doctor;
 pub mod ensemble;
+pub mod exec;
 pub mod models;
 pub mod serve;
 pub mod tokenize;
@@ -28,6 +30,10 @@ pub enum Command {
     BenchSpeed(bench_speed::BenchSpeedArgs),
     /// Print the token ids of a text as a JSON array (or, with --decode, the text of ids).
     Tokenize(tokenize::TokenizeArgs),
+    /// Run a Python file in the sandbox and print how it ended as JSON.
+    Exec(exec::ExecArgs),
+    /// Show what this machine offers: sandbox isolation, Python, models, CPU features.
+    Doctor(doctor::DoctorArgs),
     /// List, pull and locate catalog models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -42,5 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::BenchSpeed(args) => bench_speed::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Serve(args) => serve::run(*args),
+        Command::Exec(args) => exec::run(args),
+        Command::Doctor(args) => doctor::run(args),
     }
 }

@@ -1,6 +1,7 @@
 //! Ensembles as data: TOML files of members (agents or whole ensembles), a strategy and limits.
 use super::extract::AnswerKind;
 use crate::engine::SamplingParams;
+use crate::tools::Tool;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ const PRESETS: &[(&str, &str)] = &[
     ("council", include_str!("../../configs/council.toml")),
     ("judged", include_str!("../../configs/judged.toml")),
     ("debate", include_str!("../../configs/debate.toml")),
+    ("refine", include_str!("../../configs/refine.toml")),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +29,13 @@ pub enum Strategy {
     Judge,
     Fuse,
     Debate,
+    /// Run every candidate with the verifier; the largest cluster of passing candidates that
+    /// behave alike wins (CodeT / AlphaCode style). See `verify`.
+    #[serde(rename = "exec-vote")]
+    ExecVote,
+    /// Rounds of candidates, each round told why the last one failed verification; stops at
+    /// the first pass.
+    Refine,
 }
 
 impl std::str::FromStr for Strategy {
@@ -34,7 +43,10 @@ impl std::str::FromStr for Strategy {
     fn from_str(s: &str) -> Result<Self, String> {
         let v = serde_json::Value::String(s.trim().to_lowercase());
         serde_json::from_value(v).map_err(|_| {
-            format!("unknown strategy `{s}` (use vote, weighted, medoid, judge, fuse or debate)")
+            format!(
+                "unknown strategy `{s}` (use vote, weighted, medoid, judge, fuse, debate, \
+                 exec-vote or refine)"
+            )
         })
     }
 }
@@ -68,9 +80,12 @@ pub struct Agent {
     pub role: Role,
     pub sampling: SamplingParams,
     pub weight: f32,
+    /// Tools this agent may be used with (`tools = ["python"]`); none unless granted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
     /// Set when another OpenAI-compatible server runs this agent (`model` is its name there).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote: Option<Remote>,
+    pub remote: Option<Box<Remote>>,
 }
 
 /// `remote = { url, model, api_key_env }`: an agent answered by any OpenAI-compatible chat
@@ -171,6 +186,9 @@ pub struct MemberSpec {
     pub count: usize,
     #[serde(default = "one_f32")]
     pub weight: f32,
+    /// Tool names this member's agents may use: `python`, `calculator`.
+    #[serde(default)]
+    pub tools: Vec<String>,
 }
 
 fn default_strategy() -> Strategy {
@@ -286,6 +304,7 @@ impl Ensemble {
                 seed: None,
                 count: 1,
                 weight: 1.0,
+                tools: Vec::new(),
             };
             members.extend(loader.agents(&spec)?.into_iter().map(Member::Agent));
         }
@@ -300,6 +319,41 @@ impl Ensemble {
             judge: None,
             members,
         })
+    }
+
+    /// Lets every agent in the tree, judges included, use `tool`: for front ends that run
+    /// the agents' code by design (the bench's code task).
+    pub fn allow_tool(&mut self, tool: Tool) {
+        let grant = |a: &mut Agent| {
+            if !a.tools.contains(&tool) {
+                a.tools.push(tool);
+            }
+        };
+        self.judge.iter_mut().for_each(grant);
+        for m in &mut self.members {
+            match m {
+                Member::Agent(a) => grant(a),
+                Member::Ensemble(e) => e.allow_tool(tool),
+            }
+        }
+    }
+
+    /// Fails, saying which agent and how to fix it, unless every agent may use `tool`.
+    pub fn require_tool(&self, tool: Tool) -> Result<()> {
+        for (i, a) in self.agents().iter().enumerate() {
+            if !a.tools.contains(&tool) {
+                bail!(
+                    "strategy `{}` checks answers with the `{tool}` tool, but agent {} ({}, role \
+                     {}) is not allowed it: add `tools = [\"{tool}\"]` to its [[member]] (or \
+                     `--tools {tool}` to `conclave ask`)",
+                    self.strategy,
+                    i + 1,
+                    a.model,
+                    a.role.name
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Every agent in the tree, nested ones included.
@@ -470,6 +524,12 @@ impl Loader {
             .clone()
             .or_else(|| m.remote.as_ref().map(|r| r.model.clone()))
             .context("member without a model")?;
+        let tools = m
+            .tools
+            .iter()
+            .map(|t| t.parse::<Tool>().map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("in the tools of the [[member]] with model `{model}`"))?;
         let base = SamplingParams::default();
         Ok((0..m.count)
             .map(|i| {
@@ -490,7 +550,8 @@ impl Loader {
                         ..base.clone()
                     },
                     weight: m.weight,
-                    remote: m.remote.clone(),
+                    remote: m.remote.clone().map(Box::new),
+                    tools: tools.clone(),
                 }
             })
             .collect())
@@ -629,6 +690,12 @@ count = 2
         assert!(bad("strategy = \"vote\"").contains("at least one [[member]]"));
         assert!(bad("strategy = \"shout\"\n[[member]]\nmodel = \"m\"").contains("shout"));
         assert!(bad("[[member]]\nensemble = \"nope\"").contains("no ensemble config `nope`"));
+        let e = bad("[[member]]\nmodel = \"m\"\ntools = [\"python\", \"shell\"]");
+        assert!(
+            e.contains("unknown tool `shell` (known tools: python, calculator)")
+                && e.contains("model `m`"),
+            "{e}"
+        );
         // A role defined in the file itself is fine.
         let ok = "[roles.pirate]\nsystem = \"Arr.\"\n[[member]]\nmodel = \"m\"\nrole = \"pirate\"";
         assert_eq!(
@@ -637,5 +704,27 @@ count = 2
                 .system,
             "Arr."
         );
+    }
+
+    #[test]
+    fn tools_are_granted_per_member_and_required_by_strategy() {
+        let text = "strategy = \"refine\"\n\
+                    [[member]]\nmodel = \"a\"\ntools = [\"python\"]\n\
+                    [[member]]\nmodel = \"b\"\nrole = \"solver\"";
+        let mut e = Ensemble::from_toml(text, Path::new(".")).unwrap();
+        assert_eq!(e.strategy, Strategy::Refine);
+        assert_eq!(e.agents()[0].tools, vec![Tool::Python]);
+        assert!(e.agents()[1].tools.is_empty());
+        let err = format!("{:#}", e.require_tool(Tool::Python).unwrap_err());
+        assert!(
+            err.contains("agent 2 (b, role solver) is not allowed it")
+                && err.contains("tools = [\"python\"]"),
+            "{err}"
+        );
+        e.allow_tool(Tool::Python);
+        assert!(e.require_tool(Tool::Python).is_ok());
+        assert!(e.require_tool(Tool::Calculator).is_err());
+        assert_eq!("exec-vote".parse::<Strategy>(), Ok(Strategy::ExecVote));
+        assert_eq!(Strategy::ExecVote.to_string(), "exec-vote");
     }
 }

@@ -3,9 +3,12 @@ pub mod aggregate;
 pub mod config;
 pub mod extract;
 pub mod prompts;
+mod refine;
 pub mod remote;
 pub mod run;
+pub mod verify;
 
 pub use config::{Agent, Ensemble, Member, Remote, Strategy};
 pub use extract::AnswerKind;
 pub use run::{AgentTrace, Runner, Trace};
+pub use verify::{Verdict, Verifier};

@@ -46,6 +46,23 @@ pub fn debate(question: &str, previous: &[&str]) -> String {
     p
 }
 
+/// A refine round (after Chen et al. 2023, "Teaching Large Language Models to Self-Debug",
+/// and Madaan et al. 2023, "Self-Refine"): the question, then earlier attempts, each with what
+/// the verifier found wrong. `attempts` holds (attempt as shown, verifier feedback).
+pub fn refine(question: &str, attempts: &[(String, String)]) -> String {
+    let mut p = format!("{question}\n\nEarlier attempts failed a check:\n\n");
+    for (i, (shown, feedback)) in attempts.iter().enumerate() {
+        p.push_str(&format!(
+            "Attempt {}:\n{}\nCheck result: {}\n\n",
+            i + 1,
+            shorten(shown, 1500),
+            feedback.trim()
+        ));
+    }
+    p.push_str("Find the mistake and give a corrected, complete answer.");
+    p
+}
+
 fn shorten(text: &str, max_chars: usize) -> String {
     let t = text.trim();
     match t.char_indices().nth(max_chars) {

@@ -4,6 +4,7 @@ use super::config::{Agent, Ensemble, Member, Strategy, WeightBy};
 use super::extract::extract;
 use super::prompts;
 use super::remote;
+use super::verify::{Verdict, Verifier};
 use crate::engine::{Engine, Finish, Job, Message, Output, Prompt, SamplingParams};
 use anyhow::Result;
 use serde::Serialize;
@@ -37,6 +38,9 @@ pub struct AgentTrace {
     /// Why the agent gave no answer (a remote member that failed); it took no part in the vote.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The verifier's result (`exec-vote`, `refine`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 /// What one engine job, or one remote member's calls, gave: one reply per agent, in order.
@@ -110,9 +114,12 @@ pub struct Trace {
     pub winner: Option<usize>,
     pub tie_break: Option<String>,
     pub agents: Vec<AgentTrace>,
-    /// Earlier debate rounds; `agents` holds the last.
+    /// Earlier debate or refine rounds; `agents` holds the last.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rounds: Vec<Vec<AgentTrace>>,
+    /// `refine` and `exec-vote`: the user prompt of each round, verifier feedback included.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge: Option<ModelCall>,
     pub usage: Usage,
@@ -128,7 +135,7 @@ impl Trace {
     }
 }
 
-fn candidates(agents: &[AgentTrace]) -> Vec<Candidate> {
+pub(super) fn candidates(agents: &[AgentTrace]) -> Vec<Candidate> {
     agents
         .iter()
         .map(|a| Candidate {
@@ -171,25 +178,44 @@ impl Runner {
     }
 
     pub async fn run(&mut self, ens: &Ensemble, question: &str) -> Result<Trace> {
+        self.reset(ens);
+        self.run_inner(ens, question, None).await
+    }
+
+    /// Like `run`, with `verifier` checking candidates for `exec-vote` and `refine` (which
+    /// without one can check only arithmetic, for `answer = "number"`).
+    pub async fn run_verified(
+        &mut self,
+        ens: &Ensemble,
+        question: &str,
+        verifier: &Verifier,
+    ) -> Result<Trace> {
+        self.reset(ens);
+        self.run_inner(ens, question, Some(verifier)).await
+    }
+
+    fn reset(&mut self, ens: &Ensemble) {
         self.budget = ens.token_budget;
         self.spent.store(0, Ordering::SeqCst);
         self.done.store(0, Ordering::SeqCst);
-        let calls = if ens.strategy == Strategy::Debate {
-            ens.rounds
-        } else {
-            1
+        let calls = match ens.strategy {
+            Strategy::Debate | Strategy::Refine => ens.rounds,
+            _ => 1,
         };
         self.total
             .store(ens.agents().len() * calls, Ordering::SeqCst);
-        self.run_inner(ens, question).await
     }
 
     fn run_inner<'a>(
         &'a self,
         ens: &'a Ensemble,
         question: &'a str,
+        verifier: Option<&'a Verifier>,
     ) -> Pin<Box<dyn Future<Output = Result<Trace>> + Send + 'a>> {
         Box::pin(async move {
+            if matches!(ens.strategy, Strategy::ExecVote | Strategy::Refine) {
+                return self.run_checked(ens, question, verifier).await;
+            }
             let start = Instant::now();
             let mut usage = Usage::default();
             let mut notes = Vec::new();
@@ -209,7 +235,7 @@ impl Runner {
                 match m {
                     Member::Agent(_) => agents.push(answers.remove(0)),
                     Member::Ensemble(sub) => {
-                        let t = self.run_inner(sub, question).await?;
+                        let t = self.run_inner(sub, question, verifier).await?;
                         usage.prompt_tokens += t.usage.prompt_tokens;
                         usage.completion_tokens += t.usage.completion_tokens;
                         agents.push(nested(sub, t));
@@ -252,6 +278,7 @@ impl Runner {
                 tie_break: decision.tie_break,
                 agents,
                 rounds,
+                prompts: Vec::new(),
                 judge,
                 usage,
                 seconds: start.elapsed().as_secs_f64(),
@@ -263,7 +290,7 @@ impl Runner {
     /// Every agent answers `user`: one engine job per (model, role), so agents that share a
     /// prompt share its prefill and decode as one batch. Remote agents are asked over HTTP;
     /// one that fails is kept in the trace with its error and left out of the vote.
-    async fn answer(
+    pub(super) async fn answer(
         &self,
         ens: &Ensemble,
         agents: &[&Agent],
@@ -360,6 +387,7 @@ impl Runner {
                         ensemble: None,
                         remote,
                         error: None,
+                        verdict: None,
                     },
                     Err(e) => {
                         notes.push(format!(
@@ -414,7 +442,10 @@ impl Runner {
             WeightBy::Weight => Weighting::Weight,
         };
         let d = match ens.strategy {
-            Strategy::Vote | Strategy::Debate => aggregate::vote(cands),
+            // exec-vote and refine decide in `run_checked` and never come here.
+            Strategy::Vote | Strategy::Debate | Strategy::ExecVote | Strategy::Refine => {
+                aggregate::vote(cands)
+            }
             Strategy::Weighted => aggregate::weighted(cands, by),
             Strategy::Medoid => aggregate::medoid(cands),
             Strategy::Judge | Strategy::Fuse => {
@@ -551,6 +582,7 @@ fn skipped(a: &Agent) -> AgentTrace {
         ensemble: None,
         remote: None,
         error: None,
+        verdict: None,
     }
 }
 
@@ -572,5 +604,6 @@ fn nested(sub: &Ensemble, t: Trace) -> AgentTrace {
         ensemble: Some(Box::new(t)),
         remote: None,
         error: None,
+        verdict: None,
     }
 }
