@@ -399,6 +399,20 @@ async fn every_error_has_the_openai_shape_and_status() {
     );
     let (s, v) = chat(ask(&long, json!({"max_tokens": 2, "stream": true}))).await;
     assert_eq!(error(s, &v, 400)["code"], "context_length_exceeded");
+    // 400: tool use on a server started without --allow-tools, by strategy or by member.
+    for ensemble in [
+        json!({"strategy": "refine"}),
+        json!({"members": [{"model": MODEL, "tools": ["calculator"]}]}),
+    ] {
+        let (s, v) = chat(json!({"model": "conclave/tiny", "ensemble": ensemble,
+                                 "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+        let e = error(s, &v, 400);
+        assert!(
+            e["message"].as_str().unwrap().contains("--allow-tools"),
+            "{e}"
+        );
+    }
     // 413: a body over the limit (256 KiB here).
     let (s, v) = chat(ask(&"x".repeat(300 * 1024), json!({}))).await;
     error(s, &v, 413);

@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Listen on a non-loopback address without an API key.
     #[arg(long)]
     pub insecure: bool,
+    /// Serve ensembles that use tools (`refine`, `exec-vote`, agents with `tools = [...]`);
+    /// without it they are not listed and requests for them are refused.
+    #[arg(long)]
+    pub allow_tools: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -69,5 +73,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         body_limit: args.max_body,
         models: args.models,
         configs: args.config,
+        allow_tools: args.allow_tools,
     })
 }

@@ -357,6 +357,17 @@ impl Ensemble {
     }
 
     /// Every agent in the tree, nested ones included.
+    /// Whether running this ensemble uses a tool: a verifying strategy, or an agent or judge
+    /// (nested ones too) allowed one.
+    pub fn uses_tools(&self) -> bool {
+        matches!(self.strategy, Strategy::ExecVote | Strategy::Refine)
+            || self.judge.as_ref().is_some_and(|j| !j.tools.is_empty())
+            || self.members.iter().any(|m| match m {
+                Member::Agent(a) => !a.tools.is_empty(),
+                Member::Ensemble(e) => e.uses_tools(),
+            })
+    }
+
     pub fn agents(&self) -> Vec<&Agent> {
         let mut out = Vec::new();
         for m in &self.members {

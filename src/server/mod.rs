@@ -41,6 +41,9 @@ pub struct Options {
     pub models: Vec<String>,
     /// Ensemble files, served as `conclave/<file stem>`.
     pub configs: Vec<PathBuf>,
+    /// Serve ensembles that use tools (verifying strategies, agents allowed the calculator
+    /// or Python); off by default, so a request cannot make the server run anything.
+    pub allow_tools: bool,
 }
 
 impl Default for Options {
@@ -55,6 +58,7 @@ impl Default for Options {
             body_limit: 1 << 20,
             models: Vec::new(),
             configs: Vec::new(),
+            allow_tools: false,
         }
     }
 }
@@ -100,7 +104,7 @@ impl App {
     /// request does not wait for a load and a bad file fails here rather than later.
     pub async fn new(opts: Options, engine: Engine) -> Result<Self> {
         opts.addr()?;
-        let served = Served::new(&opts.models, &opts.configs)?;
+        let served = Served::new(&opts.models, &opts.configs, opts.allow_tools)?;
         for model in &served.models {
             engine
                 .generate(warm_up(model))

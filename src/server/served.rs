@@ -29,12 +29,14 @@ pub struct Served {
     /// Ensemble name (after `conclave/`) → where it comes from, for those whose local models
     /// are all served.
     ensembles: BTreeMap<String, Source>,
+    allow_tools: bool,
 }
 
 impl Served {
     /// `models`: empty for every catalog model already on disk. `configs`: ensemble files,
     /// served as `conclave/<file stem>` (a file named like a preset replaces it).
-    pub fn new(models: &[String], configs: &[PathBuf]) -> Result<Self> {
+    /// Without `allow_tools`, presets that use tools are left out and such a file is an error.
+    pub fn new(models: &[String], configs: &[PathBuf], allow_tools: bool) -> Result<Self> {
         let models: Vec<String> = if models.is_empty() {
             fetch::status()
                 .into_iter()
@@ -54,11 +56,14 @@ impl Served {
         let mut served = Self {
             models,
             ensembles: BTreeMap::new(),
+            allow_tools,
         };
         for name in preset_names() {
             let src = Source::Preset(name);
-            // A preset whose models this server lacks is left out, not an error.
-            if served.missing(&served.build(&src, None)?).is_none() {
+            let ens = served.build(&src, None)?;
+            // A preset whose models this server lacks, or that needs tools it may not use, is
+            // left out, not an error.
+            if served.missing(&ens).is_none() && (allow_tools || !ens.uses_tools()) {
                 served.ensembles.insert(name.to_string(), src);
             }
         }
@@ -69,6 +74,13 @@ impl Served {
                 .with_context(|| format!("--config {}: no file name", path.display()))?;
             let src = Source::File(path.clone());
             let ens = served.build(&src, None)?;
+            if ens.uses_tools() && !allow_tools {
+                bail!(
+                    "--config {}: this ensemble uses tools; start the server with --allow-tools \
+                     to serve it",
+                    path.display()
+                );
+            }
             if let Some(m) = served.missing(&ens) {
                 bail!(
                     "--config {}: its model `{m}` is not served (add it to --models)",
@@ -136,6 +148,14 @@ impl Served {
                     ),
                 ));
             }
+        }
+        if ens.uses_tools() && !self.allow_tools {
+            return Err(ApiError::invalid(
+                Some("ensemble"),
+                "this ensemble uses tools (a verifying strategy or agents with `tools`), and \
+                 this server was started without --allow-tools"
+                    .to_string(),
+            ));
         }
         Ok(ens)
     }
