@@ -251,6 +251,7 @@ mod tests {
         Served {
             models: vec!["smollm2-135m".into()],
             ensembles: [("vote8".to_string(), Source::Preset("vote8"))].into(),
+            allow_tools: false,
         }
     }
 
