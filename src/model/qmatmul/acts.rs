@@ -1,0 +1,76 @@
+//! Activations quantized to 8 bits in blocks of 32 (one f32 scale per block), as llama.cpp's
+//! `quantize_row_q8_0`/`quantize_row_q8_1` do: d = max|x|/127, q = round(x/d).
+//!
+//! The layout is block-major: the rows of one block lie next to each other, so a kernel that
+//! holds one unpacked weight block reads the activations of every row for it in one run, and
+//! loads the per-row sums of a tile as one vector.
+use super::formats::QK;
+
+/// Quantized activations of `rows` rows, `blocks` blocks of 32 each.
+#[derive(Default)]
+pub struct Acts {
+    pub rows: usize,
+    /// Rows per block in the arrays: `rows` rounded up to even, as the AVX-512 kernel reads
+    /// rows in pairs (the padding rows are zero and never written out).
+    pub stride: usize,
+    pub blocks: usize,
+    /// [block][stride][32]
+    pub qs: Vec<i8>,
+    /// [block][stride]: the scale, x ≈ d·q.
+    pub d: Vec<f32>,
+    /// [block][stride]: d·Σq, for weight formats with an offset.
+    pub s: Vec<f32>,
+    /// [block][stride]: d·Σq over the first 16 values, for Q6_K's two offsets per block.
+    pub s_lo: Vec<f32>,
+}
+
+impl Acts {
+    /// Quantizes `x`, `rows` rows of `blocks`·32 values, reusing the buffers.
+    pub fn quantize(&mut self, x: &[f32], rows: usize, blocks: usize) {
+        let stride = rows.next_multiple_of(2);
+        self.rows = rows;
+        self.stride = stride;
+        self.blocks = blocks;
+        self.qs.clear();
+        self.qs.resize(blocks * stride * QK, 0);
+        for v in [&mut self.d, &mut self.s, &mut self.s_lo] {
+            v.clear();
+            v.resize(blocks * stride, 0.0);
+        }
+        let k = blocks * QK;
+        for r in 0..rows {
+            for (b, c) in x[r * k..(r + 1) * k].chunks_exact(QK).enumerate() {
+                let at = b * stride + r;
+                let qs = &mut self.qs[at * QK..(at + 1) * QK];
+                let amax = c.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                let (mut lo, mut hi) = (0i32, 0i32);
+                for (i, (q, v)) in qs.iter_mut().zip(c).enumerate() {
+                    *q = round(v * id) as i8;
+                    if i < QK / 2 {
+                        lo += *q as i32;
+                    } else {
+                        hi += *q as i32;
+                    }
+                }
+                self.d[at] = d;
+                self.s[at] = d * (lo + hi) as f32;
+                self.s_lo[at] = d * lo as f32;
+            }
+        }
+    }
+
+    /// Index of (block, row) in `d`, `s`, `s_lo`; times 32 in `qs`.
+    pub fn at(&self, block: usize, row: usize) -> usize {
+        block * self.stride + row
+    }
+}
+
+/// Rounds to nearest (ties to even) for |v| < 2^22 by adding and removing 1.5·2^23, which
+/// pushes the fraction out of the mantissa: plain float adds that vectorize, unlike `round`,
+/// a library call on x86-64 without SSE4.1.
+fn round(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}

@@ -1,0 +1,239 @@
+//! Quantized matmul with batch reuse: each weight block is unpacked once and multiplied with
+//! every activation row, so B rows cost far less than B separate products.
+//!
+//! Activations are quantized to 8 bits in blocks of 32 (`acts`), and weight blocks are
+//! multiplied with integer dot products, as llama.cpp does (`ggml-quants.c`:
+//! `quantize_row_q8_0`, `ggml_vec_dot_q4_0_q8_0` …). Weight formats: Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0, Q4_K and Q6_K, in ggml's block layouts (`formats`).
+//!
+//! Three paths, chosen once at run time: AVX-512 VNNI, AVX2+FMA, and scalar, the reference the
+//! others are tested against. `CONCLAVE_SIMD=scalar|avx2|avx512` picks one (an error if this
+//! CPU lacks it), `CONCLAVE_NO_SIMD=1` forces the scalar one.
+mod acts;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod formats;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+use acts::Acts;
+use anyhow::{bail, Result};
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+/// Formats with a kernel here.
+pub fn supported(dtype: GgmlDType) -> bool {
+    formats::id(dtype).is_some()
+}
+
+/// An instruction set a kernel is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl Simd {
+    /// Every path this CPU can run, slowest first.
+    pub fn available() -> Vec<Simd> {
+        [Simd::Scalar, Simd::Avx2, Simd::Avx512]
+            .into_iter()
+            .filter(|s| s.runs_here())
+            .collect()
+    }
+
+    fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            match self {
+                Simd::Scalar => true,
+                Simd::Avx2 => avx2,
+                Simd::Avx512 => {
+                    avx2 && is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512dq")
+                        && is_x86_feature_detected!("avx512vl")
+                        && is_x86_feature_detected!("avx512vnni")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Simd::Scalar
+        }
+    }
+
+    /// The path asked for by `CONCLAVE_SIMD` (`scalar`, `avx2`, `avx512`) or
+    /// `CONCLAVE_NO_SIMD`, else the fastest one this CPU runs.
+    pub fn choose(simd: Option<&str>, no_simd: bool) -> Result<Simd> {
+        let asked = match simd.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") if no_simd => Simd::Scalar,
+            None | Some("") => return Ok(*Simd::available().last().unwrap()),
+            Some("scalar") => Simd::Scalar,
+            Some("avx2") => Simd::Avx2,
+            Some("avx512") => Simd::Avx512,
+            Some(other) => {
+                bail!("CONCLAVE_SIMD={other} is not a kernel path: use scalar, avx2 or avx512")
+            }
+        };
+        if !asked.runs_here() {
+            bail!(
+                "CONCLAVE_SIMD asks for {asked:?}, which this CPU cannot run: use one of {:?}",
+                Simd::available()
+            );
+        }
+        Ok(asked)
+    }
+
+    /// The path from the environment, read once.
+    pub fn from_env() -> Result<Simd> {
+        static CHOSEN: OnceLock<Result<Simd, String>> = OnceLock::new();
+        CHOSEN
+            .get_or_init(|| {
+                let simd = std::env::var("CONCLAVE_SIMD").ok();
+                let no_simd = std::env::var_os("CONCLAVE_NO_SIMD").is_some_and(|v| v != "0");
+                Simd::choose(simd.as_deref(), no_simd).map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+/// out[m][n] = x[m][k] · w[n][k]ᵀ, where `w` holds `n` rows of quantized blocks.
+pub fn matmul(
+    dtype: GgmlDType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    matmul_with(Simd::from_env()?, dtype, w, n, k, x, out)
+}
+
+/// Below this many multiply-adds (n·k·m) one thread does the whole product: splitting it
+/// costs more than it saves. Measured with `cargo bench --bench kernels -- split/` on 2 busy
+/// cores: 576×576 at B = 1 (0.33 M) took 60 µs split against 33 µs on one thread, 896×896 at
+/// B = 4 (3.2 M) gained a little from the split, 0.9 M was a toss-up.
+const SERIAL_WORK: usize = 1 << 20;
+
+/// Tasks per thread: enough that a thread slowed by other work is not waited for long.
+const TASKS_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// Quantized activations, reused from call to call on the calling thread.
+    static SCRATCH: RefCell<Acts> = RefCell::default();
+}
+
+/// `matmul` on a given path.
+pub fn matmul_with(
+    simd: Simd,
+    dtype: GgmlDType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let Some(f) = formats::id(dtype) else {
+        bail!("no quantized kernel for {dtype:?}");
+    };
+    let per_block = formats::subs(f) * formats::QK;
+    if k == 0 || !k.is_multiple_of(per_block) || !x.len().is_multiple_of(k) {
+        bail!("quantized matmul: k = {k} must be a multiple of {per_block} and divide x's length");
+    }
+    let m = x.len() / k;
+    if w.len() != n * (k / per_block) * formats::block_bytes(f) || out.len() != m * n {
+        bail!("quantized matmul: shapes do not match the data ({n}x{k} weights, {m} rows)");
+    }
+    if !simd.runs_here() {
+        bail!("this CPU cannot run the {simd:?} kernels");
+    }
+    let out = Out {
+        ptr: out.as_mut_ptr(),
+        n,
+    };
+    let run = |acts: &Acts| {
+        let threads = rayon::current_num_threads();
+        if n * k * m < SERIAL_WORK || threads == 1 {
+            run_rows(simd, f, w, 0..n, acts, out);
+        } else {
+            let chunk = n.div_ceil(threads * TASKS_PER_THREAD);
+            (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+                run_rows(simd, f, w, c * chunk..n.min((c + 1) * chunk), acts, out);
+            });
+        }
+    };
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut acts) => {
+            acts.quantize(x, m, k / formats::QK);
+            run(&acts);
+        }
+        // A nested call on this thread (a rayon worker running another product while it
+        // waits) gets buffers of its own.
+        Err(_) => {
+            let mut acts = Acts::default();
+            acts.quantize(x, m, k / formats::QK);
+            run(&acts);
+        }
+    });
+    Ok(())
+}
+
+fn run_rows(simd: Simd, f: u8, w: &[u8], rows: Range<usize>, acts: &Acts, out: Out) {
+    use formats::{Q4K, Q4_0, Q4_1, Q5_0, Q5_1, Q6K, Q8_0};
+    // Each kernel is compiled per format, so its unpacking is inlined and branch-free.
+    macro_rules! by_format {
+        ($path:ident) => {
+            match f {
+                Q4_0 => $path::rows::<Q4_0>(w, rows, acts, out),
+                Q4_1 => $path::rows::<Q4_1>(w, rows, acts, out),
+                Q5_0 => $path::rows::<Q5_0>(w, rows, acts, out),
+                Q5_1 => $path::rows::<Q5_1>(w, rows, acts, out),
+                Q8_0 => $path::rows::<Q8_0>(w, rows, acts, out),
+                Q4K => $path::rows::<Q4K>(w, rows, acts, out),
+                Q6K => $path::rows::<Q6K>(w, rows, acts, out),
+                _ => unreachable!("format ids come from formats::id"),
+            }
+        };
+    }
+    match simd {
+        Simd::Scalar => scalar::rows(f, w, rows, acts, out),
+        // SAFETY: `matmul_with` checked that this CPU runs the path, and the shapes.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { by_format!(avx2) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { by_format!(avx512) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("only the scalar path runs here"),
+    }
+}
+
+/// The output, [m][n], shared by the tasks: each writes the columns of its weight rows.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    n: usize,
+}
+
+// SAFETY: tasks write disjoint columns, and `matmul_with` outlives them.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// # Safety
+    /// `row` < m and `col` < n of the output this was made from.
+    unsafe fn write(&self, row: usize, col: usize, v: f32) {
+        *self.ptr.add(row * self.n + col) = v;
+    }
+}
