@@ -34,11 +34,12 @@ impl RmsNorm {
     }
 }
 
-/// Below this many activation rows (decode, ensemble batches), formats with a kernel of our
-/// own use it: 8-bit integer dot products that reuse each weight block across the rows.
-/// Measured on 2 cores with smollm2 (Q4_1): batch 8 decodes at 114 tok/s against 30 with
-/// the GEMM below, but a 128-token prefill runs at 151 tok/s against 290 with the GEMM.
-const KERNEL_MAX_ROWS: usize = 32;
+/// Below this many activation rows (decode, ensemble batches, short prefills), formats with a
+/// kernel of our own use it: 8-bit integer dot products that reuse each weight block across
+/// the rows. Measured with `benches/kernels.rs` (one thread, CPU time): the kernel beats
+/// dequantize + f32 GEMM 2–4× at 32 rows and 61–84 against 27–50 GFLOP/s at 64; the two are
+/// about even at 128 and the GEMM wins at 256 (the kernel has no cache blocking).
+const KERNEL_MAX_ROWS: usize = 128;
 
 /// From this many activation rows on, other quantized weights are dequantized and multiplied
 /// with candle's f32 GEMM, whose SIMD kernels beat its scalar per-row quantized dot products
