@@ -1,5 +1,6 @@
 //! The `conclave` command line: one module per command.
 pub mod ask;
+pub mod bench;
 pub mod bench_speed;
 pub mod doctor;
 pub mod ensemble;
@@ -26,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Answer a prompt with one model, streaming the answer to stdout.
     Ask(Box<ask::AskArgs>),
+    /// Accuracy and cost against ensemble size on a dataset (tables and plots in --out).
+    Bench(Box<bench::BenchArgs>),
     /// Measure N samples of one prompt against one: wall time and decode tokens/s.
     BenchSpeed(bench_speed::BenchSpeedArgs),
     /// Print the token ids of a text as a JSON array (or, with --decode, the text of ids).
@@ -45,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Ask(args) => ask::run(*args),
         Command::Tokenize(args) => tokenize::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::BenchSpeed(args) => bench_speed::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Serve(args) => serve::run(*args),

@@ -1,0 +1,302 @@
+//! Accuracy at each ensemble size from the stored samples ("sample once, sub-sample many").
+//!
+//! For a size n below the number of stored samples K, `trials` random n-subsets of each
+//! item's samples are drawn (seeded per item and size) and the ensemble's strategy decides
+//! each one; the item's accuracy is the fraction of subsets whose decision is correct. The
+//! accuracy at n is the mean over items, with a 95 % interval from the normal approximation
+//! over the items' values (mean ± 1.96·s/√m). pass@n (any of the n correct) is exact: the
+//! unbiased estimator of Chen et al. 2021 ("Evaluating Large Language Models Trained on
+//! Code", eq. 1), which is the mean over all n-subsets that the trials estimate.
+use super::store::{Record, Sample};
+use crate::ensemble::aggregate::{self, Candidate, Decision, Weighting};
+use crate::ensemble::config::WeightBy;
+use crate::ensemble::Strategy;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Serialize;
+
+/// The numbers for one size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub n: usize,
+    pub accuracy: f64,
+    /// Half-width of the 95 % interval; none with fewer than two items.
+    pub ci95: Option<f64>,
+    /// pass@n: the chance that at least one of n samples is correct.
+    pub oracle: f64,
+    /// Completion tokens per item (expected over subsets, or measured at that size).
+    pub tokens_per_item: f64,
+    /// Generation seconds per item, where a run at this size was timed.
+    pub seconds_per_item: Option<f64>,
+}
+
+/// How the strategy of a sub-sampled series decides.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub strategy: Strategy,
+    pub weight_by: WeightBy,
+}
+
+impl Rule {
+    fn decide(self, cands: &[Candidate]) -> Decision {
+        match self.strategy {
+            Strategy::Weighted => aggregate::weighted(
+                cands,
+                match self.weight_by {
+                    WeightBy::Logprob => Weighting::LogProb,
+                    WeightBy::Weight => Weighting::Weight,
+                },
+            ),
+            Strategy::Medoid => aggregate::medoid(cands),
+            _ => aggregate::vote(cands),
+        }
+    }
+
+    /// Whether the strategy's decision over these samples is correct: the winning
+    /// candidate's answer is scored (equal answers score alike).
+    pub fn correct(self, samples: &[&Sample]) -> bool {
+        let cands: Vec<Candidate> = samples.iter().map(|s| candidate(s)).collect();
+        self.decide(&cands)
+            .winner
+            .is_some_and(|w| samples[w].correct)
+    }
+}
+
+fn candidate(s: &Sample) -> Candidate {
+    Candidate {
+        text: s.text.clone(),
+        extracted: s.extracted.clone(),
+        logprob_mean: s.logprob_mean,
+        weight: s.weight,
+    }
+}
+
+/// Rows for a series whose decisions are made offline from stored samples.
+pub fn subsampled(
+    records: &[&Record],
+    rule: Rule,
+    sizes: &[usize],
+    trials: usize,
+    seed: u64,
+) -> Vec<Row> {
+    sizes
+        .iter()
+        .map(|&n| {
+            let mut acc = Vec::new();
+            let (mut oracle, mut tokens, mut seconds) = (0.0, 0.0, 0.0);
+            for r in records {
+                let k = r.samples.len();
+                let n = n.min(k);
+                let subsets: Vec<Vec<usize>> = if n == k {
+                    vec![(0..k).collect()] // every subset is the whole set
+                } else {
+                    let mut rng = StdRng::seed_from_u64(subset_seed(seed, r.index, n));
+                    (0..trials.max(1)).map(|_| subset(k, n, &mut rng)).collect()
+                };
+                let wins = subsets
+                    .iter()
+                    .filter(|s| rule.correct(&s.iter().map(|&i| &r.samples[i]).collect::<Vec<_>>()))
+                    .count();
+                acc.push(wins as f64 / subsets.len() as f64);
+                let c = r.samples.iter().filter(|s| s.correct).count();
+                oracle += pass_at(k, c, n);
+                let sample_tokens: usize = r.samples.iter().map(|s| s.tokens).sum();
+                tokens += sample_tokens as f64 * n as f64 / k.max(1) as f64;
+                seconds += r.seconds;
+            }
+            let m = records.len().max(1) as f64;
+            let full = records.iter().all(|r| n >= r.samples.len());
+            let (accuracy, ci95) = mean_ci(&acc);
+            Row {
+                n,
+                accuracy,
+                ci95,
+                oracle: oracle / m,
+                tokens_per_item: tokens / m,
+                // Only the run at the largest size was timed.
+                seconds_per_item: full.then_some(seconds / m),
+            }
+        })
+        .collect()
+}
+
+/// Rows for a series that ran the ensemble itself at each size (judge, fuse, debate).
+pub fn decided(records: &[&Record], sizes: &[usize]) -> Vec<Row> {
+    sizes
+        .iter()
+        .map(|&n| {
+            let runs: Vec<_> = records
+                .iter()
+                .filter_map(|r| r.decided.iter().find(|d| d.n == n))
+                .collect();
+            let m = runs.len().max(1) as f64;
+            let acc: Vec<f64> = runs
+                .iter()
+                .map(|d| f64::from(u8::from(d.correct)))
+                .collect();
+            let (accuracy, ci95) = mean_ci(&acc);
+            Row {
+                n,
+                accuracy,
+                ci95,
+                oracle: runs
+                    .iter()
+                    .filter(|d| d.samples.iter().any(|s| s.correct))
+                    .count() as f64
+                    / m,
+                tokens_per_item: runs.iter().map(|d| d.tokens as f64).sum::<f64>() / m,
+                seconds_per_item: Some(runs.iter().map(|d| d.seconds).sum::<f64>() / m),
+            }
+        })
+        .collect()
+}
+
+/// A uniformly random n-subset of 0..k, in ascending order (so a decision's "first seen"
+/// tie-break follows the samples' stored order, as it does for the whole set).
+pub fn subset(k: usize, n: usize, rng: &mut StdRng) -> Vec<usize> {
+    let mut s = rand::seq::index::sample(rng, k, n.min(k)).into_vec();
+    s.sort_unstable();
+    s
+}
+
+/// The subset stream of one item at one size: independent of the other items, so a run
+/// resumed or extended gives each item the same subsets.
+fn subset_seed(seed: u64, item: usize, n: usize) -> u64 {
+    // Odd multipliers from splitmix64 (Steele, Lea & Flood 2014) spread the fields apart.
+    seed ^ (item as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (n as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+/// Mean and 95 % half-width (normal approximation, sample standard deviation).
+pub fn mean_ci(values: &[f64]) -> (f64, Option<f64>) {
+    let m = values.len();
+    if m == 0 {
+        return (0.0, None);
+    }
+    let mean = values.iter().sum::<f64>() / m as f64;
+    if m < 2 {
+        return (mean, None);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (m - 1) as f64;
+    (mean, Some(1.96 * (var / m as f64).sqrt()))
+}
+
+/// pass@n from k samples of which c are correct: 1 - C(k-c, n) / C(k, n).
+pub fn pass_at(k: usize, c: usize, n: usize) -> f64 {
+    if k == 0 {
+        return 0.0;
+    }
+    if k - c < n {
+        return 1.0;
+    }
+    // The product form of the ratio avoids huge binomials (Chen et al. 2021, Fig. 3).
+    1.0 - (k - c + 1..=k)
+        .map(|i| 1.0 - n as f64 / i as f64)
+        .product::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_are_sorted_distinct_uniform_and_reproducible() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut counts = [0usize; 8];
+        for _ in 0..4000 {
+            let s = subset(8, 3, &mut rng);
+            assert_eq!(s.len(), 3);
+            assert!(s.windows(2).all(|w| w[0] < w[1]), "{s:?}");
+            for i in s {
+                counts[i] += 1;
+            }
+        }
+        // Each index is in 3/8 of the subsets: 1500 expected, sd ≈ 31.
+        assert!(
+            counts.iter().all(|&c| (1350..1650).contains(&c)),
+            "{counts:?}"
+        );
+        let draw = |seed| subset(16, 4, &mut StdRng::seed_from_u64(seed));
+        assert_eq!(draw(9), draw(9));
+        assert_ne!(subset_seed(1, 0, 2), subset_seed(1, 1, 2));
+        assert_ne!(subset_seed(1, 0, 2), subset_seed(1, 0, 4));
+        assert_eq!(subset(5, 9, &mut rng), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn ci_is_the_normal_approximation() {
+        let (m, ci) = mean_ci(&[1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(m, 0.5);
+        // s = sqrt(1/3), se = s / 2
+        assert!((ci.unwrap() - 1.96 * (1.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-12);
+        assert!(mean_ci(&[0.7, 0.7, 0.7]).1.unwrap() < 1e-12);
+        assert_eq!(mean_ci(&[0.25]), (0.25, None));
+        assert_eq!(mean_ci(&[]), (0.0, None));
+    }
+
+    #[test]
+    fn pass_at_matches_counting_subsets() {
+        assert_eq!(pass_at(4, 0, 2), 0.0);
+        assert_eq!(pass_at(4, 3, 2), 1.0);
+        assert_eq!(pass_at(4, 1, 4), 1.0);
+        // k = 4, c = 1, n = 2: 3 of the 6 pairs hold the correct one.
+        assert!((pass_at(4, 1, 2) - 0.5).abs() < 1e-12);
+        // k = 5, c = 2, n = 2: 1 - C(3,2)/C(5,2) = 1 - 3/10.
+        assert!((pass_at(5, 2, 2) - 0.7).abs() < 1e-12);
+        assert!((pass_at(10, 3, 1) - 0.3).abs() < 1e-12);
+    }
+
+    fn sample(answer: &str, correct: bool) -> Sample {
+        Sample {
+            model: "m".into(),
+            seed: 0,
+            text: answer.into(),
+            extracted: Some(answer.into()),
+            correct,
+            tokens: 10,
+            logprob_mean: -0.5,
+            weight: 1.0,
+        }
+    }
+
+    #[test]
+    fn subsampled_accuracy_uses_the_vote_and_counts_tokens() {
+        let rec = Record {
+            series: "m".into(),
+            index: 0,
+            id: "1".into(),
+            gold: Some("7".into()),
+            samples: vec![
+                sample("7", true),
+                sample("8", false),
+                sample("8", false),
+                sample("7", true),
+                sample("7", true),
+            ],
+            votes: Default::default(),
+            decided: Vec::new(),
+            prompt_tokens: 5,
+            tokens: 50,
+            seconds: 2.0,
+            run: 1,
+            written: 0.0,
+        };
+        let rule = Rule {
+            strategy: Strategy::Vote,
+            weight_by: WeightBy::Logprob,
+        };
+        let rows = subsampled(&[&rec], rule, &[1, 2, 5], 2000, 1);
+        // n = 1: a random sample is right 3/5 of the time.
+        assert!((rows[0].accuracy - 0.6).abs() < 0.05, "{rows:?}");
+        // n = 5: 7 wins 3-2.
+        assert_eq!(rows[2].accuracy, 1.0);
+        assert_eq!(rows[2].seconds_per_item, Some(2.0));
+        assert_eq!(rows[0].seconds_per_item, None);
+        assert_eq!(
+            (rows[0].tokens_per_item, rows[2].tokens_per_item),
+            (10.0, 50.0)
+        );
+        assert!((rows[1].oracle - pass_at(5, 3, 2)).abs() < 1e-12);
+        assert_eq!(rows[0].ci95, None, "one item has no interval");
+    }
+}

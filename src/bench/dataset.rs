@@ -1,0 +1,309 @@
+//! Benchmark datasets: JSONL files (optionally gzipped), one item a line.
+//!
+//! Every line must be a valid item for the task; a bad one stops the load with its file and
+//! line number, so no item is ever skipped silently. Blank lines are not items.
+use crate::ensemble::extract::extract;
+use crate::ensemble::AnswerKind;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+/// What kind of items a dataset holds, which decides the prompt and how answers are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// `{"question", "answer"}`, the gold number after `####` (the GSM8K file format).
+    Gsm8k,
+    /// `{"question", "choices": [..], "answer": "B"}`.
+    Choice,
+    /// `{"question", "answer"}`, exact match after normalisation.
+    Text,
+    /// HumanEval: `{"task_id", "prompt", "entry_point", "test"}`.
+    Code,
+}
+
+impl Task {
+    /// How a reply's answer is read and compared.
+    pub fn answer_kind(self) -> AnswerKind {
+        match self {
+            Task::Gsm8k => AnswerKind::Number,
+            Task::Choice => AnswerKind::Choice,
+            Task::Text => AnswerKind::Text,
+            Task::Code => AnswerKind::Code,
+        }
+    }
+
+    /// The role (configs/roles.toml) a `--model` run gives its agents.
+    pub fn role(self) -> &'static str {
+        match self {
+            Task::Code => "programmer",
+            _ => "solver",
+        }
+    }
+}
+
+impl std::str::FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v = serde_json::Value::String(s.trim().to_lowercase());
+        serde_json::from_value(v)
+            .map_err(|_| format!("unknown task `{s}` (use gsm8k, choice, text or code)"))
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        write!(f, "{}", v.as_str().unwrap_or_default())
+    }
+}
+
+/// A HumanEval problem: the function's signature and docstring, and its tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub prompt: String,
+    pub entry_point: String,
+    pub test: String,
+}
+
+/// What a correct reply gives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gold {
+    /// A normalised answer (as `extract` gives it), compared for equality.
+    Answer(String),
+    /// A program that must pass its tests.
+    Code(Problem),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// The item's `id` / `task_id`, else its line number.
+    pub id: String,
+    /// What the model is asked: the task's instruction around the question.
+    pub prompt: String,
+    pub gold: Gold,
+}
+
+/// One line as written; which fields a task needs is checked after parsing.
+#[derive(Debug, Deserialize)]
+struct Line {
+    id: Option<serde_json::Value>,
+    task_id: Option<String>,
+    question: Option<String>,
+    answer: Option<String>,
+    choices: Option<Vec<String>>,
+    prompt: Option<String>,
+    entry_point: Option<String>,
+    test: Option<String>,
+}
+
+/// Loads every item of `path` (`.jsonl`, or `.jsonl.gz`).
+pub fn load(path: &Path, task: Task) -> Result<Vec<Item>> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open dataset {}", path.display()))?;
+    let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut items = Vec::new();
+    let mut ids = HashSet::new();
+    for (i, line) in BufReader::new(reader).lines().enumerate() {
+        let at = format!("{}:{}", path.display(), i + 1);
+        let line = line.with_context(|| format!("{at}: cannot read the line"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item = parse(&line, task, i + 1).map_err(|e| anyhow!("{at}: {e}"))?;
+        if !ids.insert(item.id.clone()) {
+            bail!(
+                "{at}: the id `{}` is used twice; ids must be unique",
+                item.id
+            );
+        }
+        items.push(item);
+    }
+    if items.is_empty() {
+        bail!("{}: the dataset has no items", path.display());
+    }
+    Ok(items)
+}
+
+/// One line as an item of `task`; the error says what the line lacks.
+pub fn parse(text: &str, task: Task, line_no: usize) -> Result<Item> {
+    let line: Line = serde_json::from_str(text)
+        .map_err(|e| anyhow!("not a JSON object of the {task} format ({e})"))?;
+    let need = |field: &Option<String>, name: &str| -> Result<String> {
+        match field {
+            Some(s) if !s.trim().is_empty() => Ok(s.clone()),
+            _ => Err(anyhow!(
+                "missing or empty \"{name}\" (a {task} item needs {})",
+                FIELDS[task as usize]
+            )),
+        }
+    };
+    let id = match (&line.id, &line.task_id) {
+        (Some(serde_json::Value::String(s)), _) => s.clone(),
+        (Some(v), _) => v.to_string(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => line_no.to_string(),
+    };
+    let (prompt, gold) = match task {
+        Task::Gsm8k => {
+            let q = need(&line.question, "question")?;
+            let a = need(&line.answer, "answer")?;
+            (prompts::gsm8k(&q), Gold::Answer(gsm8k_gold(&a)?))
+        }
+        Task::Text => {
+            let q = need(&line.question, "question")?;
+            let a = need(&line.answer, "answer")?;
+            let gold =
+                extract(AnswerKind::Text, &a).ok_or_else(|| anyhow!("\"answer\" has no text"))?;
+            (prompts::text(&q), Gold::Answer(gold))
+        }
+        Task::Choice => {
+            let q = need(&line.question, "question")?;
+            let a = need(&line.answer, "answer")?;
+            let choices = line.choices.unwrap_or_default();
+            if !(2..=5).contains(&choices.len()) {
+                bail!(
+                    "\"choices\" needs 2 to 5 options (answers are letters A-E), found {}",
+                    choices.len()
+                );
+            }
+            let letter = a.trim().to_ascii_uppercase();
+            let last = (b'A' + choices.len() as u8 - 1) as char;
+            let mut chars = letter.chars();
+            let one = chars.next().filter(|_| chars.next().is_none());
+            if !one.is_some_and(|c| ('A'..=last).contains(&c)) {
+                bail!("\"answer\" must be one letter from A to {last}, found {a:?}");
+            }
+            (prompts::choice(&q, &choices), Gold::Answer(letter))
+        }
+        Task::Code => {
+            let problem = Problem {
+                prompt: need(&line.prompt, "prompt")?,
+                entry_point: need(&line.entry_point, "entry_point")?,
+                test: need(&line.test, "test")?,
+            };
+            (prompts::code(&problem.prompt), Gold::Code(problem))
+        }
+    };
+    Ok(Item { id, prompt, gold })
+}
+
+/// The fields each task's lines need, in `Task` order.
+const FIELDS: [&str; 4] = [
+    "\"question\" and \"answer\" with the number after ####",
+    "\"question\", \"choices\" and \"answer\" (a letter)",
+    "\"question\" and \"answer\"",
+    "\"task_id\", \"prompt\", \"entry_point\" and \"test\"",
+];
+
+/// The number after the last `####`, commas stripped, normalised as replies' answers are.
+fn gsm8k_gold(answer: &str) -> Result<String> {
+    let (_, after) = answer
+        .rsplit_once("####")
+        .ok_or_else(|| anyhow!("\"answer\" has no `####` before the final number"))?;
+    let plain = after.replace(',', "");
+    extract(AnswerKind::Number, &format!("#### {plain}"))
+        .ok_or_else(|| anyhow!("no number after `####` in \"answer\""))
+}
+
+/// The instruction each task wraps its question in. The answer formats are ones
+/// `ensemble::extract` reads ("Answer: …", the first fenced code block). No placeholder
+/// like "<number>": small models copy it verbatim.
+pub mod prompts {
+    pub fn gsm8k(question: &str) -> String {
+        format!(
+            "Solve this math word problem. Think step by step. On the last line write \
+             'Answer:' followed by the final number.\n\nProblem: {question}"
+        )
+    }
+
+    pub fn choice(question: &str, choices: &[String]) -> String {
+        let mut p = format!("{question}\n\n");
+        for (i, c) in choices.iter().enumerate() {
+            p.push_str(&format!("{}. {}\n", (b'A' + i as u8) as char, c.trim()));
+        }
+        p.push_str("\nChoose one option. On the last line write 'Answer:' followed by its letter.");
+        p
+    }
+
+    pub fn text(question: &str) -> String {
+        format!("{question}\n\nOn the last line write 'Answer:' followed by a short final answer.")
+    }
+
+    pub fn code(prompt: &str) -> String {
+        format!(
+            "Complete this Python function. Reply with the whole function, and the imports it \
+             needs, in one ```python code block.\n\n```python\n{}\n```",
+            prompt.trim_end()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str, task: Task) -> String {
+        format!("{:#}", parse(text, task, 1).unwrap_err())
+    }
+
+    #[test]
+    fn gsm8k_gold_is_the_number_after_the_marker() {
+        let a = r#####"{"question": "q", "answer": "3 + 4 = <<3+4=7>>7\n#### 1,007"}"#####;
+        let item = parse(a, Task::Gsm8k, 4).unwrap();
+        assert_eq!(item.gold, Gold::Answer("1007".into()));
+        assert_eq!(item.id, "4");
+        assert!(item.prompt.contains("Problem: q"));
+        assert!(err(r#####"{"question": "q", "answer": "7"}"#####, Task::Gsm8k).contains("####"));
+        assert!(err(
+            r#####"{"question": "q", "answer": "#### ?"}"#####,
+            Task::Gsm8k
+        )
+        .contains("no number"));
+        assert!(err(r#####"{"answer": "#### 1"}"#####, Task::Gsm8k).contains("\"question\""));
+        assert!(err("[1, 2]", Task::Gsm8k).contains("not a JSON object"));
+    }
+
+    #[test]
+    fn choice_answers_must_be_a_listed_letter() {
+        let ok = r#"{"id": 9, "question": "q", "choices": ["x", "y", "z"], "answer": "c"}"#;
+        let item = parse(ok, Task::Choice, 1).unwrap();
+        assert_eq!(
+            (item.id.as_str(), item.gold),
+            ("9", Gold::Answer("C".into()))
+        );
+        assert!(item.prompt.contains("B. y\nC. z"));
+        let d = r#"{"question": "q", "choices": ["x", "y", "z"], "answer": "D"}"#;
+        assert!(err(d, Task::Choice).contains("A to C"));
+        let one = r#"{"question": "q", "choices": ["x"], "answer": "A"}"#;
+        assert!(err(one, Task::Choice).contains("2 to 5"));
+    }
+
+    #[test]
+    fn text_and_code_items() {
+        let t = parse(r#"{"question": "q", "answer": " Paris. "}"#, Task::Text, 1).unwrap();
+        assert_eq!(t.gold, Gold::Answer("paris".into()));
+        let c = r#"{"task_id": "T/0", "prompt": "def f():\n", "entry_point": "f", "test": "def check(c): pass"}"#;
+        let item = parse(c, Task::Code, 1).unwrap();
+        assert_eq!(item.id, "T/0");
+        assert!(matches!(item.gold, Gold::Code(ref p) if p.entry_point == "f"));
+        let no_test = r#"{"task_id": "T/0", "prompt": "def f():\n", "entry_point": "f"}"#;
+        assert!(err(no_test, Task::Code).contains("\"test\""));
+    }
+
+    #[test]
+    fn tasks_parse_by_name() {
+        assert_eq!("GSM8K".parse::<Task>(), Ok(Task::Gsm8k));
+        assert_eq!(Task::Code.to_string(), "code");
+        assert!("essay"
+            .parse::<Task>()
+            .unwrap_err()
+            .contains("gsm8k, choice"));
+    }
+}

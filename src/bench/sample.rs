@@ -1,0 +1,301 @@
+//! Generating and scoring one item's candidates: the one path every series takes.
+//!
+//! A series is an ensemble. `--model NAME` is a flat ensemble of K agents of one model and
+//! role, which `Runner` sends to the engine as one job of K samples: one prefill, one batch.
+//! A `--config` file is run as written, its members cycled (with fresh seeds) up to the size
+//! asked for.
+use super::accuracy::Rule;
+use super::code;
+use super::dataset::{Gold, Item, Task};
+use super::store::{Decided, Record, Sample};
+use crate::ensemble::config::Quick;
+use crate::ensemble::{AgentTrace, Ensemble, Member, Runner, Strategy};
+use anyhow::Result;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+/// One line of the comparison: an ensemble and how sizes of it are measured.
+pub struct Series {
+    pub name: String,
+    pub ens: Ensemble,
+    /// The strategy needs a model to decide (judge, fuse, debate), so the ensemble runs at
+    /// every size; otherwise the largest size runs once and smaller ones are sub-sampled.
+    pub decided: bool,
+}
+
+impl Series {
+    /// `k` samples of one model at one temperature, decided by majority vote.
+    pub fn model(
+        model: &str,
+        task: Task,
+        temperature: f32,
+        max_tokens: usize,
+        k: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let mut ens = Ensemble::quick(&Quick {
+            agents: k,
+            models: vec![model.to_string()],
+            roles: vec![task.role().to_string()],
+            temperatures: vec![temperature],
+            strategy: Strategy::Vote,
+            answer: task.answer_kind(),
+            max_tokens,
+            seed,
+        })?;
+        ens.name = model.to_string();
+        Ok(Self {
+            name: model.to_string(),
+            ens,
+            decided: false,
+        })
+    }
+
+    /// An ensemble file or preset. The task decides how answers are read, whatever the
+    /// file's `answer`.
+    pub fn config(
+        spec: &str,
+        task: Task,
+        max_tokens: Option<usize>,
+        seed: Option<u64>,
+    ) -> Result<Self> {
+        let mut ens = Ensemble::load_seeded(spec, seed)?;
+        ens.answer = task.answer_kind();
+        if let Some(m) = max_tokens {
+            ens.max_tokens = m;
+        }
+        let decided = matches!(
+            ens.strategy,
+            Strategy::Judge | Strategy::Fuse | Strategy::Debate
+        );
+        Ok(Self {
+            name: ens.name.clone(),
+            ens,
+            decided,
+        })
+    }
+
+    /// A digest of everything that shapes the samples: models, roles, seeds, limits.
+    pub fn digest(&self) -> String {
+        format!("{:x}", Sha256::digest(format!("{:?}", self.ens).as_bytes()))
+    }
+
+    pub fn rule(&self) -> Rule {
+        Rule {
+            strategy: self.ens.strategy,
+            weight_by: self.ens.weight_by,
+        }
+    }
+
+    /// How many samples a sub-sampled series stores per item: the largest size, or all the
+    /// ensemble's members if it has more.
+    pub fn samples(&self, sizes: &[usize]) -> usize {
+        let largest = sizes.iter().copied().max().unwrap_or(1);
+        largest.max(self.ens.members.len())
+    }
+}
+
+/// The ensemble for item number `item` at size `n`: its members cycled to `n`. Every item,
+/// and every round of the cycle, gets seeds of its own, so items are independent draws and
+/// a member's copies differ.
+pub fn sized(ens: &Ensemble, n: usize, item: usize) -> Ensemble {
+    let count = ens.members.len().max(1);
+    let members = (0..n)
+        .map(|i| {
+            let mut m = ens.members[i % count].clone();
+            reseed(&mut m, salt(i / count, item));
+            m
+        })
+        .collect();
+    Ensemble {
+        members,
+        ..ens.clone()
+    }
+}
+
+fn salt(round: usize, item: usize) -> u64 {
+    // Odd multipliers from splitmix64 (Steele, Lea & Flood 2014) keep the pairs apart.
+    (item as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (round as u64).wrapping_mul(0x94D0_49BB_1331_11EB)
+}
+
+fn reseed(m: &mut Member, salt: u64) {
+    match m {
+        Member::Agent(a) => a.sampling.seed ^= salt,
+        Member::Ensemble(e) => e.members.iter_mut().for_each(|m| reseed(m, salt)),
+    }
+}
+
+/// Generates, scores and records one item for one series.
+pub async fn record(
+    runner: &mut Runner,
+    series: &Series,
+    item: &Item,
+    index: usize,
+    sizes: &[usize],
+    run: u32,
+) -> Result<Record> {
+    let mut scorer = Scorer::new(&item.gold);
+    let mut rec = Record {
+        series: series.name.clone(),
+        index,
+        id: item.id.clone(),
+        gold: match &item.gold {
+            Gold::Answer(a) => Some(a.clone()),
+            Gold::Code(_) => None,
+        },
+        samples: Vec::new(),
+        votes: Default::default(),
+        decided: Vec::new(),
+        prompt_tokens: 0,
+        tokens: 0,
+        seconds: 0.0,
+        run,
+        written: 0.0,
+    };
+    let runs: Vec<usize> = if series.decided {
+        sizes.to_vec()
+    } else {
+        vec![series.samples(sizes)]
+    };
+    for n in runs {
+        let t = runner
+            .run(&sized(&series.ens, n, index), &item.prompt)
+            .await?;
+        let samples = t
+            .agents
+            .iter()
+            .map(|a| scorer.sample(a))
+            .collect::<Result<Vec<_>>>()?;
+        rec.prompt_tokens += t.usage.prompt_tokens;
+        rec.tokens += t.usage.completion_tokens;
+        rec.seconds += t.seconds;
+        if series.decided {
+            rec.decided.push(Decided {
+                n,
+                correct: scorer.score(t.answer.as_deref())?,
+                answer: t.answer,
+                tokens: t.usage.completion_tokens,
+                seconds: t.seconds,
+                samples,
+            });
+        } else {
+            for a in samples.iter().filter_map(|s| s.extracted.clone()) {
+                *rec.votes.entry(a).or_default() += 1;
+            }
+            rec.samples = samples;
+        }
+    }
+    rec.written = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    Ok(rec)
+}
+
+/// Scores answers against one item's gold; a program is run once however often it recurs.
+struct Scorer<'a> {
+    gold: &'a Gold,
+    runs: HashMap<String, bool>,
+}
+
+impl<'a> Scorer<'a> {
+    fn new(gold: &'a Gold) -> Self {
+        Self {
+            gold,
+            runs: HashMap::new(),
+        }
+    }
+
+    fn score(&mut self, answer: Option<&str>) -> Result<bool> {
+        let Some(answer) = answer else {
+            return Ok(false);
+        };
+        match self.gold {
+            Gold::Answer(g) => Ok(answer == g),
+            Gold::Code(p) => {
+                if let Some(&ok) = self.runs.get(answer) {
+                    return Ok(ok);
+                }
+                let ok = code::passes(&code::program(p, answer))?;
+                self.runs.insert(answer.to_string(), ok);
+                Ok(ok)
+            }
+        }
+    }
+
+    fn sample(&mut self, a: &AgentTrace) -> Result<Sample> {
+        Ok(Sample {
+            model: a.model.clone(),
+            seed: a.seed,
+            text: a.text.clone(),
+            correct: self.score(a.extracted.as_deref())?,
+            extracted: a.extracted.clone(),
+            tokens: a.tokens,
+            logprob_mean: a.logprob_mean,
+            weight: a.weight,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn sizes_cycle_members_with_fresh_seeds() {
+        let text =
+            "[[member]]\nmodel = \"a\"\n[[member]]\nmodel = \"b\"\n[[member]]\nmodel = \"c\"";
+        let ens = Ensemble::from_toml(text, Path::new(".")).unwrap();
+        let five = sized(&ens, 5, 0);
+        let agents = five.agents();
+        let models: Vec<&str> = agents.iter().map(|a| a.model.as_str()).collect();
+        assert_eq!(models, ["a", "b", "c", "a", "b"]);
+        let seeds: std::collections::HashSet<u64> =
+            agents.iter().map(|a| a.sampling.seed).collect();
+        assert_eq!(seeds.len(), 5, "copies of a member get new seeds");
+        // The same item gets the same seeds; another item other ones.
+        let seed = |e: &Ensemble| e.agents()[0].sampling.seed;
+        assert_eq!(seed(&sized(&ens, 2, 0)), seed(&five));
+        assert_ne!(seed(&sized(&ens, 2, 1)), seed(&five));
+    }
+
+    #[test]
+    fn series_from_a_model_and_from_a_config() {
+        let s = Series::model("m", Task::Gsm8k, 0.7, 64, 4, 1).unwrap();
+        assert_eq!(
+            (s.ens.members.len(), s.decided, s.samples(&[1, 2, 4])),
+            (4, false, 4)
+        );
+        assert_eq!(s.ens.agents()[0].role.name, "solver");
+        let j = Series::config("judged", Task::Text, Some(9), None).unwrap();
+        assert!(j.decided && j.ens.max_tokens == 9);
+        let v = Series::config("vote8", Task::Gsm8k, None, None).unwrap();
+        assert_eq!(v.samples(&[1, 2, 4]), 8, "all eight members are sampled");
+        assert_ne!(
+            v.digest(),
+            Series::config("vote8", Task::Gsm8k, None, Some(3))
+                .unwrap()
+                .digest()
+        );
+    }
+
+    #[test]
+    fn code_answers_are_run_once_each() {
+        let p = super::super::dataset::Problem {
+            prompt: "def f():\n    \"\"\"One.\"\"\"\n".into(),
+            entry_point: "f".into(),
+            test: "def check(g):\n    assert g() == 1\n".into(),
+        };
+        let gold = Gold::Code(p);
+        let mut s = Scorer::new(&gold);
+        assert!(s.score(Some("def f():\n    return 1")).unwrap());
+        assert!(!s.score(Some("def f():\n    return 2")).unwrap());
+        assert!(!s.score(None).unwrap());
+        assert_eq!(s.runs.len(), 2);
+        let num = Gold::Answer("7".into());
+        let mut s = Scorer::new(&num);
+        assert!(s.score(Some("7")).unwrap() && !s.score(Some("8")).unwrap());
+    }
+}

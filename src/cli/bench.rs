@@ -1,0 +1,72 @@
+//! `conclave bench`: accuracy and cost against ensemble size on a dataset.
+use crate::bench::dataset::Task;
+use crate::bench::run::{self, Options};
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// JSONL dataset (.jsonl or .jsonl.gz), one item a line; see the README for each format.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// gsm8k, choice, text or code.
+    #[arg(long)]
+    pub task: Task,
+    /// Sample one model (K samples of one prompt, majority vote).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// An ensemble config (file or preset); repeat to compare several on one plot.
+    #[arg(long = "config")]
+    pub configs: Vec<String>,
+    /// Ensemble sizes, comma-separated; the largest is generated, smaller ones sub-sampled.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    pub sizes: Vec<usize>,
+    /// Use only the first K items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Random subsets drawn per item and size.
+    #[arg(long, default_value_t = 200)]
+    pub trials: usize,
+    /// Seeds the samples and the subsets; a config's own seed is replaced by it.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory; rerunning with the same one resumes the run.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// Most tokens per sample [default: 512 for --model, a config's own `max_tokens`].
+    #[arg(long, short = 'n')]
+    pub max_tokens: Option<usize>,
+    /// Sampling temperature for --model.
+    #[arg(long, short, default_value_t = 0.7)]
+    pub temperature: f32,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let opts = Options {
+        dataset: args.dataset,
+        task: args.task,
+        model: args.model,
+        configs: args.configs,
+        sizes: args.sizes,
+        limit: args.limit,
+        trials: args.trials,
+        seed: args.seed,
+        out: args.out,
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+    };
+    let outcome = run::run(&opts)?;
+    if !outcome.plot_text {
+        eprintln!(
+            "warning: no font found (set CONCLAVE_FONT to a .ttf file): the plots have no text"
+        );
+    }
+    print!("{}", outcome.summary.markdown());
+    eprintln!(
+        "{} item(s) generated, {} read back; results in {}",
+        outcome.generated,
+        outcome.resumed,
+        opts.out.display()
+    );
+    Ok(())
+}
