@@ -34,12 +34,14 @@ impl RmsNorm {
     }
 }
 
-/// Below this many activation rows (decode, ensemble batches, short prefills), formats with a
-/// kernel of our own use it: 8-bit integer dot products that reuse each weight block across
-/// the rows. Measured with `benches/kernels.rs` (one thread, CPU time): the kernel beats
-/// dequantize + f32 GEMM 2–4× at 32 rows and 61–84 against 27–50 GFLOP/s at 64; the two are
-/// about even at 128 and the GEMM wins at 256 (the kernel has no cache blocking).
-const KERNEL_MAX_ROWS: usize = 128;
+/// Below this many activation rows (decode, ensemble batches, prefills of up to 255 tokens),
+/// formats with a kernel of our own use it: 8-bit integer dot products that reuse each weight
+/// block across the rows. In `benches/kernels.rs` (one thread, weights in cache) the kernel
+/// beats dequantize + f32 GEMM 2–4× at 32 rows and is about even at 128; in a real 128-token
+/// prefill (`benches/generate.rs`, 2 threads, interleaved runs) it is faster still, because
+/// the GEMM path dequantizes every weight on each call: qwen2.5-coder-0.5b (Q5_0) 97–108 →
+/// 145–156 tok/s, gemma3-270m 229 → 343, smollm2 (Q4_1, cheap to dequantize) unchanged.
+const KERNEL_MAX_ROWS: usize = 256;
 
 /// From this many activation rows on, other quantized weights are dequantized and multiplied
 /// with candle's f32 GEMM, whose SIMD kernels beat its scalar per-row quantized dot products
