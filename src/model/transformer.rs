@@ -40,7 +40,7 @@ impl RmsNorm {
 /// beats dequantize + f32 GEMM 2–4× at 32 rows and is about even at 128; in a real 128-token
 /// prefill (`benches/generate.rs`, 2 threads, interleaved runs) it is faster still, because
 /// the GEMM path dequantizes every weight on each call: qwen2.5-coder-0.5b (Q5_0) 97–108 →
-/// 145–156 tok/s, gemma3-270m 229 → 343, smollm2 (Q4_1, cheap to dequantize) unchanged.
+/// 145–156 tok/s, gemma3-270m 283–309 → 439–461, smollm2 (Q4_1, cheap to dequantize) unchanged.
 const KERNEL_MAX_ROWS: usize = 256;
 
 /// From this many activation rows on, other quantized weights are dequantized and multiplied
