@@ -211,7 +211,9 @@ fn serve(rx: mpsc::Receiver<Envelope>, stats: &Stats) {
             .collect();
         for k in done {
             let f = flight.remove(&k).expect("a finished job is in flight");
-            debug_assert!(!batches[&f.model].rows().iter().any(|r| r.0 == k));
+            debug_assert!(batches
+                .get(&f.model)
+                .is_none_or(|b| !b.rows().iter().any(|r| r.0 == k)));
             let _ = f.reply.send(Ok(f.generation.finish()));
         }
         stats.running.store(flight.len(), Ordering::SeqCst);
