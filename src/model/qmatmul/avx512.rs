@@ -4,7 +4,7 @@
 //! Q8_0 is made unsigned by adding 128 (offset −128·d): `vpdpbusd` sums into 32 bits, so
 //! unlike `maddubs` it cannot overflow on 255·127.
 use super::acts::Acts;
-use super::avx2::{hsum, lane_scales, quants, scales, SUMS};
+use super::avx2::{hsum, lane_scales, quants, scales, Scales, SUMS};
 use super::formats::{block_bytes, subs, Q6K, Q8_0, QK};
 use super::Out;
 use std::arch::x86_64::*;
@@ -37,6 +37,30 @@ pub unsafe fn rows<const F: u8>(w: &[u8], rows: Range<usize>, acts: &Acts, out: 
     }
 }
 
+/// The block's scales; for Q8_0 with the offset −128·d that `unsigned_quants` calls for.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unsigned_scales<const F: u8>(blk: *const u8) -> Scales {
+    let mut sc = scales::<F>(blk);
+    if F == Q8_0 {
+        sc.m = [-128.0 * sc.d[0]; 16];
+    }
+    sc
+}
+
+/// The 32 quants of sub-block `j` as unsigned bytes, as `vpdpbusd` takes its first operand:
+/// Q8_0's signed ones shifted by +128.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unsigned_quants<const F: u8>(blk: *const u8, j: usize) -> __m256i {
+    let q = quants::<F>(blk, j);
+    if F == Q8_0 {
+        _mm256_xor_si256(q, _mm256_set1_epi8(-128))
+    } else {
+        q
+    }
+}
+
 /// One weight row against activation rows r0..r0+n (n ≤ TILE, r0 even).
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,avx2,fma,f16c")]
 #[inline]
@@ -50,15 +74,9 @@ unsafe fn tile<const F: u8>(row: *const u8, acts: &Acts, r0: usize, n: usize) ->
     let (qs, d) = (acts.qs.as_ptr(), acts.d.as_ptr());
     for wb in 0..acts.blocks / subs(F) {
         let blk = row.add(wb * block_bytes(F));
-        let mut sc = scales::<F>(blk);
-        if F == Q8_0 {
-            sc.m = [-128.0 * sc.d[0]; 16];
-        }
+        let sc = unsigned_scales::<F>(blk);
         for j in 0..subs(F) {
-            let mut q = quants::<F>(blk, j);
-            if F == Q8_0 {
-                q = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
-            }
+            let q = unsigned_quants::<F>(blk, j);
             let ab = wb * subs(F) + j;
             let at = acts.at(ab, r0);
             let w = _mm512_broadcast_i64x4(q);
@@ -104,15 +122,9 @@ unsafe fn single<const F: u8>(row: *const u8, acts: &Acts) -> f32 {
     let mut offs = [0f32; SUMS];
     for wb in 0..acts.blocks / subs(F) {
         let blk = row.add(wb * block_bytes(F));
-        let mut sc = scales::<F>(blk);
-        if F == Q8_0 {
-            sc.m = [-128.0 * sc.d[0]; 16];
-        }
+        let sc = unsigned_scales::<F>(blk);
         for j in 0..subs(F) {
-            let mut q = quants::<F>(blk, j);
-            if F == Q8_0 {
-                q = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
-            }
+            let q = unsigned_quants::<F>(blk, j);
             let ab = wb * subs(F) + j;
             let at = acts.at(ab, 0);
             let x = _mm256_loadu_si256(acts.qs.as_ptr().add(at * QK) as *const __m256i);
