@@ -151,6 +151,25 @@ async fn stream(url: &str, path: &str, body: &Value) -> (reqwest::header::Header
     (headers, events(&r.text().await.unwrap()))
 }
 
+/// A greedy streamed story, open after its first chunk: a request that keeps its slot.
+async fn open_story(url: &str, max_tokens: usize) -> reqwest::Response {
+    let mut req = ask(
+        "Write a long story about a dragon.",
+        json!({"temperature": 0, "max_tokens": max_tokens}),
+    );
+    req["stream"] = json!(true);
+    let mut r = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.chunk().await.unwrap().expect("a first chunk");
+    r
+}
+
 #[tokio::test]
 async fn chat_completion_has_the_openai_shape_and_is_repeatable() {
     let req = ask(
@@ -426,20 +445,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     });
     // Greedy, this prompt runs far past 200 tokens, so the first request holds the one slot
     // while the second arrives.
-    let mut long = ask(
-        "Write a long story about a dragon.",
-        json!({"temperature": 0, "max_tokens": 200}),
-    );
-    long["stream"] = json!(true);
-    let mut first = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&long)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), 200);
-    first.chunk().await.unwrap().expect("a first chunk");
+    let mut first = open_story(&url, 200).await;
     let r = client()
         .post(format!("{url}/v1/chat/completions"))
         .bearer_auth(KEY)
@@ -561,20 +567,7 @@ async fn metric(url: &str, name: &str) -> f64 {
 async fn a_client_that_disconnects_cancels_its_generation() {
     let url = shared();
     let before = metric(url, "conclave_jobs_cancelled_total").await;
-    let mut req = ask(
-        "Write a long story about a dragon.",
-        json!({"temperature": 0, "max_tokens": 2000}),
-    );
-    req["stream"] = json!(true);
-    let mut r = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
-    r.chunk().await.unwrap().expect("a first chunk");
-    drop(r);
+    drop(open_story(url, 2000).await);
     // The engine drops the job before its next step; wait for it, boundedly.
     let mut after = before;
     for _ in 0..600 {
