@@ -450,3 +450,135 @@ fn a_judge_config_runs_at_each_size() {
         }
     }
 }
+
+/// `configs/refine.toml` on the smallest model, with short replies.
+const REFINE: &str =
+    "name = \"refine-smol\"\nstrategy = \"refine\"\nrounds = 3\nanswer = \"code\"\n\
+    max_tokens = 96\n[[member]]\nmodel = \"smollm2-135m\"\nrole = \"programmer\"\n\
+    temperature = 0.8\ncount = 4\ntools = [\"python\"]\n";
+
+/// exec-vote's choice over the whole stored set, recomputed from the samples' checks: the
+/// largest group of alike-behaving passing samples (else the largest group), ties to the
+/// higher mean log-prob, then to the group seen first.
+fn exec_vote_correct(samples: &[Value]) -> bool {
+    let mut groups: Vec<((bool, String), Vec<usize>, f64)> = Vec::new();
+    for (i, s) in samples.iter().enumerate() {
+        let c = &s["check"];
+        // Only an empty reply goes unchecked, and it has no answer to group.
+        let Some(passed) = c["passed"].as_bool() else {
+            assert!(s["extracted"].is_null(), "{s}");
+            continue;
+        };
+        let key = (passed, c["behaviour"].to_string());
+        let lp = s["logprob_mean"].as_f64().unwrap();
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => {
+                g.1.push(i);
+                g.2 += lp;
+            }
+            None => groups.push((key, vec![i], lp)),
+        }
+    }
+    let any_pass = groups.iter().any(|g| g.0 .0);
+    let mut best: Option<&(_, Vec<usize>, f64)> = None;
+    for g in groups.iter().filter(|g| g.0 .0 || !any_pass) {
+        let mean = |g: &(_, Vec<usize>, f64)| g.2 / g.1.len() as f64;
+        let better = best
+            .is_none_or(|b| g.1.len() > b.1.len() || (g.1.len() == b.1.len() && mean(g) > mean(b)));
+        if better {
+            best = Some(g);
+        }
+    }
+    best.is_some_and(|g| samples[g.1[0]]["correct"].as_bool().unwrap())
+}
+
+#[test]
+fn strategies_share_one_generation_and_refine_runs_at_its_own_size() {
+    let dir = scratch("bench-code");
+    std::fs::create_dir_all(&dir).unwrap();
+    let refine = dir.join("refine-smol.toml");
+    std::fs::write(&refine, REFINE).unwrap();
+    let out = dir.join("out");
+    let (stdout, _) = ok(&[
+        "bench",
+        "--dataset",
+        "tests/data/code_sample.jsonl",
+        "--task",
+        "code",
+        "--model",
+        "smollm2-135m",
+        "--strategies",
+        "vote,exec-vote",
+        "--config",
+        refine.to_str().unwrap(),
+        "--sizes",
+        "1,4",
+        "--limit",
+        "2",
+        "--max-tokens",
+        "96",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("sub-sampled from smollm2-135m · vote") && stdout.contains("run at size 4"),
+        "{stdout}"
+    );
+    let recs = records(&out);
+    let mut per_series: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &recs {
+        *per_series.entry(r["series"].as_str().unwrap()).or_default() += 1;
+    }
+    // exec-vote decides on the vote series' samples: it generates nothing of its own.
+    let want = BTreeMap::from([("refine-smol", 2), ("smollm2-135m · vote", 2)]);
+    assert_eq!(per_series, want);
+
+    let text = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    let summary: Value = serde_json::from_str(&text).unwrap();
+    let series = summary["series"].as_array().unwrap();
+    let names: Vec<&str> = series.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "smollm2-135m · vote",
+            "smollm2-135m · exec-vote",
+            "refine-smol"
+        ]
+    );
+
+    // exec-vote over all four samples is exact (one subset), so it recomputes.
+    let sampled: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["series"] == "smollm2-135m · vote")
+        .collect();
+    let hits = sampled
+        .iter()
+        .filter(|r| exec_vote_correct(r["samples"].as_array().unwrap()))
+        .count();
+    let at4 = &series[1]["rows"][1];
+    assert_eq!(at4["n"], 4);
+    let got = at4["accuracy"].as_f64().unwrap();
+    assert!((got - hits as f64 / 2.0).abs() < 1e-9, "{at4} vs {hits}/2");
+
+    // refine: one run of four candidates a round; it stops early only on a visible pass.
+    let rows = series[2]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["n"], 4);
+    let mut correct = 0;
+    for r in recs.iter().filter(|r| r["series"] == "refine-smol") {
+        let d = r["decided"].as_array().unwrap();
+        assert_eq!(d.len(), 1);
+        let rounds = d[0]["rounds"].as_u64().unwrap();
+        assert!((1..=3).contains(&rounds), "{r}");
+        let samples = d[0]["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 4);
+        let passed = samples.iter().any(|s| s["check"]["passed"] == true);
+        assert!(
+            passed || rounds == 3,
+            "stopped after {rounds} without a pass: {r}"
+        );
+        correct += usize::from(d[0]["correct"].as_bool().unwrap());
+    }
+    let acc = rows[0]["accuracy"].as_f64().unwrap();
+    assert!((acc - correct as f64 / 2.0).abs() < 1e-9);
+}

@@ -7,9 +7,10 @@
 //! over the items' values (mean ± 1.96·s/√m). pass@n (any of the n correct) is exact: the
 //! unbiased estimator of Chen et al. 2021 ("Evaluating Large Language Models Trained on
 //! Code", eq. 1), which is the mean over all n-subsets that the trials estimate.
-use super::store::{Record, Sample};
+use super::store::{Check, Record, Sample};
 use crate::ensemble::aggregate::{self, Candidate, Decision, Weighting};
 use crate::ensemble::config::WeightBy;
+use crate::ensemble::verify::{self, Verdict};
 use crate::ensemble::Strategy;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -38,27 +39,45 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn decide(self, cands: &[Candidate]) -> Decision {
+    fn decide(self, samples: &[&Sample]) -> Decision {
+        let cands: Vec<Candidate> = samples.iter().map(|s| candidate(s)).collect();
         match self.strategy {
             Strategy::Weighted => aggregate::weighted(
-                cands,
+                &cands,
                 match self.weight_by {
                     WeightBy::Logprob => Weighting::LogProb,
                     WeightBy::Weight => Weighting::Weight,
                 },
             ),
-            Strategy::Medoid => aggregate::medoid(cands),
-            _ => aggregate::vote(cands),
+            Strategy::Medoid => aggregate::medoid(&cands),
+            Strategy::ExecVote => {
+                let verdicts: Vec<Option<Verdict>> = samples
+                    .iter()
+                    .map(|s| s.check.as_ref().map(verdict))
+                    .collect();
+                verify::exec_vote(&cands, &verdicts).0
+            }
+            _ => aggregate::vote(&cands),
         }
     }
 
     /// Whether the strategy's decision over these samples is correct: the winning
     /// candidate's answer is scored (equal answers score alike).
     pub fn correct(self, samples: &[&Sample]) -> bool {
-        let cands: Vec<Candidate> = samples.iter().map(|s| candidate(s)).collect();
-        self.decide(&cands)
+        self.decide(samples)
             .winner
             .is_some_and(|w| samples[w].correct)
+    }
+}
+
+/// A stored check as the verdict `exec_vote` groups by.
+fn verdict(c: &Check) -> Verdict {
+    Verdict {
+        passed: c.passed,
+        feedback: String::new(),
+        behaviour: c.behaviour.clone(),
+        status: None,
+        seconds: 0.0,
     }
 }
 
@@ -256,6 +275,7 @@ mod tests {
             tokens: 10,
             logprob_mean: -0.5,
             weight: 1.0,
+            check: None,
         }
     }
 
@@ -298,5 +318,40 @@ mod tests {
         );
         assert!((rows[1].oracle - pass_at(5, 3, 2)).abs() < 1e-12);
         assert_eq!(rows[0].ci95, None, "one item has no interval");
+    }
+
+    #[test]
+    fn exec_vote_picks_the_largest_group_that_passed_its_check() {
+        let checked = |answer: &str, correct: bool, passed: bool| Sample {
+            check: Some(Check {
+                passed,
+                behaviour: answer.into(),
+            }),
+            ..sample(answer, correct)
+        };
+        // Three alike wrong answers fail the visible check; two right ones pass it.
+        let samples = [
+            checked("a", false, false),
+            checked("a", false, false),
+            checked("a", false, false),
+            checked("b", true, true),
+            checked("b", true, true),
+        ];
+        let all: Vec<&Sample> = samples.iter().collect();
+        let rule = |strategy| Rule {
+            strategy,
+            weight_by: WeightBy::Logprob,
+        };
+        assert!(!rule(Strategy::Vote).correct(&all));
+        assert!(rule(Strategy::ExecVote).correct(&all));
+        // Unchecked samples are grouped by answer, as a vote would.
+        let bare: Vec<Sample> = samples
+            .iter()
+            .map(|s| Sample {
+                check: None,
+                ..s.clone()
+            })
+            .collect();
+        assert!(!rule(Strategy::ExecVote).correct(&bare.iter().collect::<Vec<_>>()));
     }
 }

@@ -10,7 +10,7 @@ use super::report::{SeriesSummary, Summary, INTERVAL};
 use super::sample::{self, Series};
 use super::store::{Record, SeriesKey, Settings, Store};
 use crate::engine::Engine;
-use crate::ensemble::Runner;
+use crate::ensemble::{Runner, Strategy};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -32,6 +32,9 @@ pub struct Options {
     pub max_tokens: Option<usize>,
     /// For `--model`.
     pub temperature: f32,
+    /// Decide each sub-sampled series by each of these (on one set of samples) instead of
+    /// by its own strategy; empty: its own.
+    pub strategies: Vec<Strategy>,
 }
 
 /// What a run produced, for the front end to show.
@@ -87,11 +90,12 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             let store = &store;
             series
                 .iter()
-                .filter(move |s| !store.has(&s.name, &item.id))
+                .filter(move |s| s.shares.is_none() && !store.has(&s.name, &item.id))
                 .map(move |s| (i, s))
         })
         .collect();
-    let resumed = items.len() * series.len() - todo.len();
+    let generating = series.iter().filter(|s| s.shares.is_none()).count();
+    let resumed = items.len() * generating - todo.len();
     if resumed > 0 {
         eprintln!(
             "resuming {}: {resumed} item(s) already done, {} to go",
@@ -134,10 +138,11 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         series: series
             .iter()
             .map(|s| {
+                let source = s.shares.as_ref().unwrap_or(&s.name);
                 let mut recs: Vec<&Record> = store
                     .records
                     .iter()
-                    .filter(|r| r.series == s.name && ids.contains(r.id.as_str()))
+                    .filter(|r| r.series == *source && ids.contains(r.id.as_str()))
                     .collect();
                 recs.sort_by_key(|r| r.index);
                 summarize(s, &recs, &sizes, opts)
@@ -186,18 +191,49 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
             k += 1;
         }
     }
-    Ok(series)
+    if opts.strategies.is_empty() {
+        return Ok(series);
+    }
+    let mut strategies: Vec<Strategy> = Vec::new();
+    for &st in &opts.strategies {
+        if !strategies.contains(&st) {
+            strategies.push(st);
+        }
+    }
+    let mut out = Vec::new();
+    for s in series {
+        if s.decided {
+            out.push(s);
+            continue;
+        }
+        // The first strategy's series generates; the others decide on its samples.
+        let first = s.deciding(strategies[0], None)?;
+        let rest = strategies[1..]
+            .iter()
+            .map(|&st| s.deciding(st, Some(first.name.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        out.push(first);
+        out.extend(rest);
+    }
+    Ok(out)
 }
 
 fn summarize(s: &Series, recs: &[&Record], sizes: &[usize], opts: &Options) -> SeriesSummary {
     let (rows, method) = if s.decided {
-        (
-            accuracy::decided(recs, sizes),
-            "run at each size".to_string(),
-        )
+        let runs = s.runs(sizes);
+        let how = if runs == sizes {
+            "run at each size".to_string()
+        } else {
+            format!("run at size {}", runs[0])
+        };
+        (accuracy::decided(recs, &runs), how)
     } else {
         let rows = accuracy::subsampled(recs, s.rule(), sizes, opts.trials, opts.seed);
-        (rows, "sub-sampled".to_string())
+        let how = match &s.shares {
+            Some(src) => format!("sub-sampled from {src}"),
+            None => "sub-sampled".to_string(),
+        };
+        (rows, how)
     };
     let tokens: usize = recs.iter().map(|r| r.tokens).sum();
     let seconds: f64 = recs.iter().map(|r| r.seconds).sum();

@@ -7,10 +7,11 @@
 use super::accuracy::Rule;
 use super::code;
 use super::dataset::{Gold, Item, Task};
-use super::store::{Decided, Record, Sample};
+use super::store::{Check, Decided, Record, Sample};
 use crate::ensemble::config::Quick;
-use crate::ensemble::{AgentTrace, Ensemble, Member, Runner, Strategy};
-use anyhow::Result;
+use crate::ensemble::verify;
+use crate::ensemble::{AgentTrace, AnswerKind, Ensemble, Member, Runner, Strategy, Verifier};
+use anyhow::{ensure, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
@@ -18,9 +19,13 @@ use std::collections::HashMap;
 pub struct Series {
     pub name: String,
     pub ens: Ensemble,
-    /// The strategy needs a model to decide (judge, fuse, debate), so the ensemble runs at
-    /// every size; otherwise the largest size runs once and smaller ones are sub-sampled.
+    /// The ensemble decides itself: judge, fuse and debate need a model to decide, so they
+    /// run at every size; refine goes in rounds and runs once, at its own size. Otherwise
+    /// the largest size runs once and smaller ones are sub-sampled.
     pub decided: bool,
+    /// The series whose stored samples this one decides on, by its own strategy (see
+    /// [`Series::deciding`]); none for a series that generates its own.
+    pub shares: Option<String>,
 }
 
 impl Series {
@@ -48,6 +53,7 @@ impl Series {
             name: model.to_string(),
             ens,
             decided: false,
+            shares: None,
         })
     }
 
@@ -66,12 +72,36 @@ impl Series {
         }
         let decided = matches!(
             ens.strategy,
-            Strategy::Judge | Strategy::Fuse | Strategy::Debate
+            Strategy::Judge | Strategy::Fuse | Strategy::Debate | Strategy::Refine
         );
         Ok(Self {
             name: ens.name.clone(),
             ens,
             decided,
+            shares: None,
+        })
+    }
+
+    /// This series decided by `strategy` instead, on the samples of the series named
+    /// `shares` (none: it generates them). Every strategy is then scored on the very same
+    /// replies, which are generated once.
+    pub fn deciding(&self, strategy: Strategy, shares: Option<String>) -> Result<Self> {
+        ensure!(
+            matches!(
+                strategy,
+                Strategy::Vote | Strategy::Weighted | Strategy::Medoid | Strategy::ExecVote
+            ),
+            "--strategies takes strategies decided from stored samples (vote, weighted, medoid, \
+             exec-vote), not `{strategy}`; give a config with that strategy instead"
+        );
+        Ok(Self {
+            name: format!("{} · {strategy}", self.name),
+            ens: Ensemble {
+                strategy,
+                ..self.ens.clone()
+            },
+            decided: false,
+            shares,
         })
     }
 
@@ -92,6 +122,15 @@ impl Series {
     pub fn samples(&self, sizes: &[usize]) -> usize {
         let largest = sizes.iter().copied().max().unwrap_or(1);
         largest.max(self.ens.members.len())
+    }
+
+    /// The sizes the ensemble runs at for each item.
+    pub fn runs(&self, sizes: &[usize]) -> Vec<usize> {
+        match (self.decided, self.ens.strategy) {
+            (true, Strategy::Refine) => vec![self.ens.members.len()],
+            (true, _) => sizes.to_vec(),
+            (false, _) => vec![self.samples(sizes)],
+        }
     }
 }
 
@@ -135,7 +174,12 @@ pub async fn record(
     sizes: &[usize],
     run: u32,
 ) -> Result<Record> {
-    let mut scorer = Scorer::new(&item.gold);
+    let verifier = match &item.gold {
+        Gold::Code(p) => Some(Verifier::for_code(&p.prompt, &p.entry_point)),
+        Gold::Answer(_) if series.ens.answer == AnswerKind::Number => Some(Verifier::Calculator),
+        Gold::Answer(_) => None,
+    };
+    let mut scorer = Scorer::new(&item.gold, verifier.as_ref());
     let mut rec = Record {
         series: series.name.clone(),
         index,
@@ -153,15 +197,13 @@ pub async fn record(
         run,
         written: 0.0,
     };
-    let runs: Vec<usize> = if series.decided {
-        sizes.to_vec()
-    } else {
-        vec![series.samples(sizes)]
-    };
-    for n in runs {
-        let t = runner
-            .run(&sized(&series.ens, n, index), &item.prompt)
-            .await?;
+    for n in series.runs(sizes) {
+        let ens = sized(&series.ens, n, index);
+        let checked = matches!(ens.strategy, Strategy::ExecVote | Strategy::Refine);
+        let t = match &verifier {
+            Some(v) if checked => runner.run_verified(&ens, &item.prompt, v).await?,
+            _ => runner.run(&ens, &item.prompt).await?,
+        };
         let samples = t
             .agents
             .iter()
@@ -178,6 +220,8 @@ pub async fn record(
                 tokens: t.usage.completion_tokens,
                 seconds: t.seconds,
                 samples,
+                rounds: (!t.rounds.is_empty() || t.strategy == Strategy::Refine)
+                    .then_some(t.rounds.len() + 1),
             });
         } else {
             for a in samples.iter().filter_map(|s| s.extracted.clone()) {
@@ -193,18 +237,50 @@ pub async fn record(
     Ok(rec)
 }
 
-/// Scores answers against one item's gold; a program is run once however often it recurs.
+/// Scores answers against one item's gold, and checks them with the verifier a solver may
+/// use; a program is run once however often it recurs.
 struct Scorer<'a> {
     gold: &'a Gold,
+    verifier: Option<&'a Verifier>,
     runs: HashMap<String, bool>,
+    checks: HashMap<String, Check>,
 }
 
 impl<'a> Scorer<'a> {
-    fn new(gold: &'a Gold) -> Self {
+    fn new(gold: &'a Gold, verifier: Option<&'a Verifier>) -> Self {
         Self {
             gold,
+            verifier,
             runs: HashMap::new(),
+            checks: HashMap::new(),
         }
+    }
+
+    /// The reply's visible check: the runner's verdict when it made one, else our own.
+    fn check(&mut self, a: &AgentTrace) -> Result<Option<Check>> {
+        if let Some(v) = &a.verdict {
+            return Ok(Some(Check {
+                passed: v.passed,
+                behaviour: v.behaviour.clone(),
+            }));
+        }
+        let Some(verifier) = self.verifier else {
+            return Ok(None);
+        };
+        if a.text.trim().is_empty() {
+            return Ok(None);
+        }
+        let key = verifier.shown(&a.text);
+        if let Some(c) = self.checks.get(&key) {
+            return Ok(Some(c.clone()));
+        }
+        let v = verifier.check(&a.text, &verify::limits())?;
+        let c = Check {
+            passed: v.passed,
+            behaviour: v.behaviour,
+        };
+        self.checks.insert(key, c.clone());
+        Ok(Some(c))
     }
 
     fn score(&mut self, answer: Option<&str>) -> Result<bool> {
@@ -234,6 +310,7 @@ impl<'a> Scorer<'a> {
             tokens: a.tokens,
             logprob_mean: a.logprob_mean,
             weight: a.weight,
+            check: self.check(a)?,
         })
     }
 }
@@ -289,13 +366,13 @@ mod tests {
             test: "def check(g):\n    assert g() == 1\n".into(),
         };
         let gold = Gold::Code(p);
-        let mut s = Scorer::new(&gold);
+        let mut s = Scorer::new(&gold, None);
         assert!(s.score(Some("def f():\n    return 1")).unwrap());
         assert!(!s.score(Some("def f():\n    return 2")).unwrap());
         assert!(!s.score(None).unwrap());
         assert_eq!(s.runs.len(), 2);
         let num = Gold::Answer("7".into());
-        let mut s = Scorer::new(&num);
+        let mut s = Scorer::new(&num, None);
         assert!(s.score(Some("7")).unwrap() && !s.score(Some("8")).unwrap());
     }
 }

@@ -23,6 +23,19 @@ pub struct Sample {
     pub logprob_mean: f32,
     /// The agent's `weight`, for weighted votes.
     pub weight: f32,
+    /// The visible check (a code item's docstring examples, a number's arithmetic), which
+    /// `exec-vote` decides by; the hidden tests that score `correct` are another matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+}
+
+/// A sample's result on the verifier a solver may use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub passed: bool,
+    /// Equal hashes behaved alike on the examples (code only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub behaviour: String,
 }
 
 /// An ensemble's own decision at one size (strategies that need a model to decide).
@@ -36,6 +49,9 @@ pub struct Decided {
     pub seconds: f64,
     /// The agents' (last-round) replies.
     pub samples: Vec<Sample>,
+    /// Rounds run, for strategies that go in rounds (debate, refine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<usize>,
 }
 
 /// Everything generated for one item by one series.

@@ -1,6 +1,7 @@
 //! `conclave bench`: accuracy and cost against ensemble size on a dataset.
 use crate::bench::dataset::Task;
 use crate::bench::run::{self, Options};
+use crate::ensemble::Strategy;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -39,6 +40,10 @@ pub struct BenchArgs {
     /// Sampling temperature for --model.
     #[arg(long, short, default_value_t = 0.7)]
     pub temperature: f32,
+    /// Decide each sampled series by each of these strategies, on one set of samples
+    /// (vote, weighted, medoid, exec-vote), e.g. to compare aggregators at no extra cost.
+    #[arg(long, value_delimiter = ',')]
+    pub strategies: Vec<Strategy>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -54,6 +59,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         out: args.out,
         max_tokens: args.max_tokens,
         temperature: args.temperature,
+        strategies: args.strategies,
     };
     let outcome = run::run(&opts)?;
     if !outcome.plot_text {

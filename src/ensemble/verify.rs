@@ -78,6 +78,17 @@ impl Verifier {
         })
     }
 
+    /// The visible-tests verifier for a code problem: its docstring's examples, or, for a
+    /// prompt without any, a check that the code runs (a syntax or import error fails it).
+    pub fn for_code(prompt: &str, entry_point: &str) -> Verifier {
+        Self::from_examples(prompt, entry_point).unwrap_or_else(|| Verifier::CodeTests {
+            prompt: prompt.to_string(),
+            test: "def check(candidate):\n    pass\n".into(),
+            entry_point: entry_point.to_string(),
+            inputs: Vec::new(),
+        })
+    }
+
     /// Checks one candidate's full reply (blocking: it may run a program).
     pub fn check(&self, reply: &str, limits: &Limits) -> Result<Verdict> {
         match self {
@@ -477,6 +488,11 @@ mod tests {
         let got: Vec<(&str, &str)> = e.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         assert_eq!(got, want);
         assert!(Verifier::from_examples("def f():\n    pass\n", "f").is_none());
+        let runs = Verifier::for_code("def f():\n    pass\n", "f");
+        let ok = runs.check("def f():\n    return 1", &limits()).unwrap();
+        let broken = runs.check("def f(:\n    return 1", &limits()).unwrap();
+        assert!(ok.passed && !broken.passed, "{ok:?} {broken:?}");
+        assert!(broken.feedback.contains("SyntaxError"), "{broken:?}");
         // Prose is not an example: names, `=`, unbalanced or multi-line values.
         let prose = "f(n) -> f(n-1) + 1\nf(1, 4) => true\nf(1, 2) -> 3 = 3\nf(1, 3) == [1,\n";
         assert!(
