@@ -111,9 +111,12 @@ impl Verifier {
                 } else {
                     o.reason.clone()
                 };
+                // Only what the probe prints is behaviour: a candidate's own example
+                // `print`s, which run before it, would split alike candidates apart.
+                let probed = o.stdout.rsplit_once(PROBE_MARK).map_or(&*o.stdout, |p| p.1);
                 let mut h = Sha256::new();
                 h.update([passed as u8]);
-                h.update(o.stdout.as_bytes());
+                h.update(probed.as_bytes());
                 let behaviour: String = format!("{:x}", h.finalize()).chars().take(12).collect();
                 Ok(Verdict {
                     passed,
@@ -154,12 +157,16 @@ pub fn program(prompt: &str, code: &str, test: &str, entry_point: &str) -> Strin
     format!("{prompt}{sep}{code}\n{test}\ncheck({entry_point})\n")
 }
 
+/// The line the probe prints before its results.
+const PROBE_MARK: &str = "--conclave-probe--";
+
 /// Python that prints the function's result (or the exception it raises) on each input.
 fn probe(entry_point: &str, inputs: &[String]) -> String {
+    let mut p = format!("print({PROBE_MARK:?})\n");
     if inputs.is_empty() {
-        return String::new();
+        return p;
     }
-    let mut p = String::from("for __conclave_args in [\n");
+    p.push_str("for __conclave_args in [\n");
     for args in inputs {
         p.push_str(&format!("    lambda: {entry_point}({args}),\n"));
     }
@@ -552,6 +559,22 @@ mod tests {
                 .unwrap()
                 .passed
         );
+    }
+
+    #[test]
+    fn behaviour_is_the_outputs_on_the_inputs_not_a_candidates_own_prints() {
+        let prompt = "def half(x):\n    \"\"\"\n    >>> half(4)\n    2.0\n    \"\"\"\n";
+        let v = Verifier::from_examples(prompt, "half").unwrap();
+        let check = |code: &str| v.check(code, &limits()).unwrap();
+        let plain = check("def half(x):\n    return x / 2");
+        let chatty = check("def half(x):\n    return x / 2\n\n# Example usage:\nprint(half(9))");
+        let floor = check("def half(x):\n    return float(x // 2)");
+        assert!(plain.passed && chatty.passed && floor.passed);
+        assert_eq!(plain.behaviour, chatty.behaviour);
+        // Alike on the example, unlike on nothing else here: same behaviour too.
+        assert_eq!(plain.behaviour, floor.behaviour);
+        let wrong = check("def half(x):\n    return x");
+        assert!(!wrong.passed && wrong.behaviour != plain.behaviour);
     }
 
     #[test]
