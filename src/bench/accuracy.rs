@@ -68,6 +68,24 @@ impl Rule {
             .winner
             .is_some_and(|w| samples[w].correct)
     }
+
+    /// `correct` for the subset `picked` of `all`; `sim` (medoid only) holds the
+    /// similarities of all of `all`, computed once for every subset.
+    fn correct_in(self, all: &[Sample], picked: &[usize], sim: Option<&[Vec<f64>]>) -> bool {
+        let samples: Vec<&Sample> = picked.iter().map(|&i| &all[i]).collect();
+        let decision = match sim {
+            Some(sim) => {
+                let cands: Vec<Candidate> = samples.iter().map(|s| candidate(s)).collect();
+                let sub: Vec<Vec<f64>> = picked
+                    .iter()
+                    .map(|&i| picked.iter().map(|&j| sim[i][j]).collect())
+                    .collect();
+                aggregate::medoid_with(&cands, &sub)
+            }
+            None => self.decide(&samples),
+        };
+        decision.winner.is_some_and(|w| samples[w].correct)
+    }
 }
 
 /// A stored check as the verdict `exec_vote` groups by.
@@ -112,9 +130,14 @@ pub fn subsampled(
                     let mut rng = StdRng::seed_from_u64(subset_seed(seed, r.index, n));
                     (0..trials.max(1)).map(|_| subset(k, n, &mut rng)).collect()
                 };
+                // Medoid's pairwise similarities are the same in every subset: once per item.
+                let sim = (rule.strategy == Strategy::Medoid).then(|| {
+                    let all: Vec<Candidate> = r.samples.iter().map(candidate).collect();
+                    aggregate::similarities(&all)
+                });
                 let wins = subsets
                     .iter()
-                    .filter(|s| rule.correct(&s.iter().map(|&i| &r.samples[i]).collect::<Vec<_>>()))
+                    .filter(|s| rule.correct_in(&r.samples, s, sim.as_deref()))
                     .count();
                 acc.push(wins as f64 / subsets.len() as f64);
                 let c = r.samples.iter().filter(|s| s.correct).count();
@@ -318,6 +341,39 @@ mod tests {
         );
         assert!((rows[1].oracle - pass_at(5, 3, 2)).abs() < 1e-12);
         assert_eq!(rows[0].ci95, None, "one item has no interval");
+    }
+
+    #[test]
+    fn medoid_on_a_subset_of_the_shared_matrix_decides_as_from_scratch() {
+        let texts = [
+            ("the answer is 7", true),
+            ("so the answer is 8", false),
+            ("the answer is 8", false),
+            ("", false),
+            ("it is 7 so the answer is 7", true),
+        ];
+        let samples: Vec<Sample> = texts.iter().map(|&(t, c)| sample(t, c)).collect();
+        let all: Vec<Candidate> = samples.iter().map(candidate).collect();
+        let sim = aggregate::similarities(&all);
+        let rule = Rule {
+            strategy: Strategy::Medoid,
+            weight_by: WeightBy::Logprob,
+        };
+        let mut differing = 0;
+        for mask in 1u32..(1 << samples.len()) {
+            let picked: Vec<usize> = (0..samples.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .collect();
+            let fresh: Vec<&Sample> = picked.iter().map(|&i| &samples[i]).collect();
+            let want = rule.correct(&fresh);
+            assert_eq!(
+                rule.correct_in(&samples, &picked, Some(&sim)),
+                want,
+                "{picked:?}"
+            );
+            differing += usize::from(want != rule.correct(&fresh[..1]));
+        }
+        assert!(differing > 0, "the subsets must not all decide alike");
     }
 
     #[test]

@@ -224,8 +224,30 @@ fn rouge_l(a: &[String], b: &[String]) -> f64 {
 /// Replies with no words are skipped unless all are empty; then the pick falls to the
 /// tie-break and `answer` is None (there is no text to give).
 pub fn medoid(cands: &[Candidate]) -> Decision {
+    medoid_with(cands, &similarities(cands))
+}
+
+/// ROUGE-L F1 between every two replies: `sim[i][j]`, 1 on the diagonal of a non-empty one.
+pub fn similarities(cands: &[Candidate]) -> Vec<Vec<f64>> {
     let toks: Vec<Vec<String>> = cands.iter().map(|c| tokens(&c.text)).collect();
-    let mut pool: Vec<usize> = (0..cands.len()).filter(|&i| !toks[i].is_empty()).collect();
+    let n = cands.len();
+    let mut sim = vec![vec![0.0; n]; n];
+    for i in 0..n {
+        for j in i..n {
+            let s = rouge_l(&toks[i], &toks[j]);
+            sim[i][j] = s;
+            sim[j][i] = s;
+        }
+    }
+    sim
+}
+
+/// `medoid` with the similarities already computed (`similarities`), so that many subsets
+/// of one set of replies reuse one matrix.
+pub fn medoid_with(cands: &[Candidate], sim: &[Vec<f64>]) -> Decision {
+    let mut pool: Vec<usize> = (0..cands.len())
+        .filter(|&i| !tokens(&cands[i].text).is_empty())
+        .collect();
     if pool.is_empty() {
         pool = (0..cands.len()).collect();
     }
@@ -236,7 +258,7 @@ pub fn medoid(cands: &[Candidate]) -> Decision {
         .iter()
         .map(|&i| {
             let others = pool.iter().filter(|&&j| j != i);
-            others.map(|&j| rouge_l(&toks[i], &toks[j])).sum()
+            others.map(|&j| sim[i][j]).sum()
         })
         .collect();
     let max = sums.iter().copied().fold(f64::NEG_INFINITY, f64::max);
