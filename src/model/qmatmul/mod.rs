@@ -122,10 +122,12 @@ pub fn matmul(
 }
 
 /// Below this many multiply-adds (n·k·m) one thread does the whole product: splitting it
-/// costs more than it saves. Measured with `cargo bench --bench kernels -- split/` on 2 busy
-/// cores: 576×576 at B = 1 (0.33 M) took 60 µs split against 33 µs on one thread, 896×896 at
-/// B = 4 (3.2 M) gained a little from the split, 0.9 M was a toss-up.
-const SERIAL_WORK: usize = 1 << 20;
+/// costs more than it saves. Single-stream decode is where it shows, since there every
+/// product is small: at 2^20, smollm2's 576-wide layers all ran on one thread. Decoding 96
+/// tokens at B = 1 on a quiet 2-core machine (`conclave ask -t 0 -n 96 --json`), mean tok/s
+/// over 2–4 runs, smollm2 / gemma / qwen: 2^20 54 / 33 / 21.4; 2^18 74 / 35 / 23.9;
+/// 2^17 69 / 35 / 21.9; 2^16 75 / – / 23.8; 0 (always split) 76 / – / 23.1.
+const SERIAL_WORK: usize = 1 << 18;
 
 /// Tasks per thread: enough that a thread slowed by other work is not waited for long.
 const TASKS_PER_THREAD: usize = 4;
