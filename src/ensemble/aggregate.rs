@@ -245,9 +245,8 @@ pub fn similarities(cands: &[Candidate]) -> Vec<Vec<f64>> {
 /// `medoid` with the similarities already computed (`similarities`), so that many subsets
 /// of one set of replies reuse one matrix.
 pub fn medoid_with(cands: &[Candidate], sim: &[Vec<f64>]) -> Decision {
-    let mut pool: Vec<usize> = (0..cands.len())
-        .filter(|&i| !tokens(&cands[i].text).is_empty())
-        .collect();
+    // A reply with no words is 0 to itself, any other 1: the diagonal says which are empty.
+    let mut pool: Vec<usize> = (0..cands.len()).filter(|&i| sim[i][i] > 0.0).collect();
     if pool.is_empty() {
         pool = (0..cands.len()).collect();
     }
