@@ -259,10 +259,7 @@ impl<'a> Scorer<'a> {
     /// The reply's visible check: the runner's verdict when it made one, else our own.
     fn check(&mut self, a: &AgentTrace) -> Result<Option<Check>> {
         if let Some(v) = &a.verdict {
-            return Ok(Some(Check {
-                passed: v.passed,
-                behaviour: v.behaviour.clone(),
-            }));
+            return Ok(Some(v.into()));
         }
         let Some(verifier) = self.verifier else {
             return Ok(None);
@@ -274,11 +271,7 @@ impl<'a> Scorer<'a> {
         if let Some(c) = self.checks.get(&key) {
             return Ok(Some(c.clone()));
         }
-        let v = verifier.check(&a.text, &verify::limits())?;
-        let c = Check {
-            passed: v.passed,
-            behaviour: v.behaviour,
-        };
+        let c = Check::from(&verifier.check(&a.text, &verify::limits())?);
         self.checks.insert(key, c.clone());
         Ok(Some(c))
     }

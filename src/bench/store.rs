@@ -3,6 +3,7 @@
 //!
 //! A rerun with the same directory and settings reads the records back and does not redo
 //! them; a rerun with other settings is refused, since its samples would not be comparable.
+use crate::ensemble::Verdict;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -36,6 +37,15 @@ pub struct Check {
     /// Equal hashes behaved alike on the examples (code only).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub behaviour: String,
+}
+
+impl From<&Verdict> for Check {
+    fn from(v: &Verdict) -> Self {
+        Self {
+            passed: v.passed,
+            behaviour: v.behaviour.clone(),
+        }
+    }
 }
 
 /// An ensemble's own decision at one size (strategies that need a model to decide).
