@@ -4,8 +4,8 @@
 //! Q8_0 is made unsigned by adding 128 (offset −128·d): `vpdpbusd` sums into 32 bits, so
 //! unlike `maddubs` it cannot overflow on 255·127.
 use super::acts::Acts;
-use super::avx2::{hsum, lane_scales, quants, scales, Scales, SUMS};
-use super::formats::{block_bytes, subs, Q6K, Q8_0, QK};
+use super::avx2::{hsum, lane_scales, prefetch, quants, scales, walk, Scales, SUMS};
+use super::formats::{block_bytes, subs, Q4_0, Q4_1, Q5_0, Q5_1, Q6K, Q8_0, QK};
 use super::Out;
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -24,7 +24,12 @@ pub unsafe fn rows<const F: u8>(w: &[u8], rows: Range<usize>, acts: &Acts, out: 
     for j in rows {
         let row = w[j * row_bytes..(j + 1) * row_bytes].as_ptr();
         if acts.rows == 1 {
-            out.write(0, j, single::<F>(row, acts));
+            let v = if subs(F) == 1 {
+                single_pairs::<F>(row, acts)
+            } else {
+                single::<F>(row, acts)
+            };
+            out.write(0, j, v);
             continue;
         }
         for r0 in (0..acts.rows).step_by(TILE) {
@@ -72,17 +77,18 @@ unsafe fn tile<const F: u8>(row: *const u8, acts: &Acts, r0: usize, n: usize) ->
     let mut acc = [[_mm512_setzero_ps(); TILE / 2]; SUMS];
     let mut offs = [_mm512_setzero_ps(); SUMS];
     let (qs, d) = (acts.qs.as_ptr(), acts.d.as_ptr());
-    for wb in 0..acts.blocks / subs(F) {
-        let blk = row.add(wb * block_bytes(F));
-        let sc = unsigned_scales::<F>(blk);
-        for j in 0..subs(F) {
+    walk!(
+        F,
+        row,
+        acts.blocks,
+        unsigned_scales,
+        |sum, blk, sc, j, ab| {
             let q = unsigned_quants::<F>(blk, j);
-            let ab = wb * subs(F) + j;
             let at = acts.at(ab, r0);
             let w = _mm512_broadcast_i64x4(q);
-            let wsc = _mm256_castps_pd(lane_scales::<F>(&sc, j));
+            let wsc = _mm256_castps_pd(lane_scales::<F>(sc, j));
             let wsc = _mm512_castpd_ps(_mm512_broadcast_f64x4(wsc));
-            let (acc, offs) = (&mut acc[ab % SUMS], &mut offs[ab % SUMS]);
+            let (acc, offs) = (&mut acc[sum], &mut offs[sum]);
             for (p, acc) in acc.iter_mut().enumerate() {
                 if p < pairs {
                     let x = _mm512_loadu_si512(qs.add((at + 2 * p) * QK) as *const __m512i);
@@ -101,7 +107,7 @@ unsafe fn tile<const F: u8>(row: *const u8, acts: &Acts, r0: usize, n: usize) ->
                 *offs = _mm512_fmadd_ps(_mm512_set1_ps(dm), lo, *offs);
             }
         }
-    }
+    );
     let mut res = [0f32; TILE];
     _mm512_storeu_ps(res.as_mut_ptr(), _mm512_add_ps(offs[0], offs[1]));
     for p in 0..pairs {
@@ -112,32 +118,165 @@ unsafe fn tile<const F: u8>(row: *const u8, acts: &Acts, r0: usize, n: usize) ->
     res
 }
 
-/// One weight row against a lone activation row (decoding one sequence), where half of each
-/// pair would be padding: the low half of `tile`'s registers, with the same operations in the
-/// same order, so a row gets the same result alone as in a batch.
+/// One weight row against a lone activation row (decoding one sequence). Sub-blocks go in
+/// pairs through one 512-bit `vpdpbusd`: the even one in the low half, the odd one in the
+/// high half, which are `tile`'s two sums for a row, with the same operations in the same
+/// order, so a row gets the same result alone as in a batch.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,avx512vl,avx2,fma,f16c")]
 #[inline]
 unsafe fn single<const F: u8>(row: *const u8, acts: &Acts) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); SUMS];
+    let mut acc = _mm512_setzero_ps();
     let mut offs = [0f32; SUMS];
-    for wb in 0..acts.blocks / subs(F) {
-        let blk = row.add(wb * block_bytes(F));
-        let sc = unsigned_scales::<F>(blk);
-        for j in 0..subs(F) {
+    // The even sub-block's quants, activations and scales, until its odd partner comes.
+    let mut even = (
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+        _mm256_setzero_ps(),
+    );
+    walk!(
+        F,
+        row,
+        acts.blocks,
+        unsigned_scales,
+        |sum, blk, sc, j, ab| {
             let q = unsigned_quants::<F>(blk, j);
-            let ab = wb * subs(F) + j;
             let at = acts.at(ab, 0);
             let x = _mm256_loadu_si256(acts.qs.as_ptr().add(at * QK) as *const __m256i);
-            let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x);
-            let s = _mm256_mul_ps(lane_scales::<F>(&sc, j), _mm256_set1_ps(acts.d[at]));
-            let (acc, offs) = (&mut acc[ab % SUMS], &mut offs[ab % SUMS]);
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, *acc);
-            *offs = sc.m[2 * j + 1].mul_add(acts.s[at], *offs);
+            let s = _mm256_mul_ps(lane_scales::<F>(sc, j), _mm256_set1_ps(acts.d[at]));
+            offs[sum] = sc.m[2 * j + 1].mul_add(acts.s[at], offs[sum]);
             if F == Q6K {
                 let dm = sc.m[2 * j] - sc.m[2 * j + 1];
-                *offs = dm.mul_add(acts.s_lo[at], *offs);
+                offs[sum] = dm.mul_add(acts.s_lo[at], offs[sum]);
+            }
+            if sum == 0 {
+                even = (q, x, s);
+            } else {
+                let q = _mm512_inserti64x4(_mm512_castsi256_si512(even.0), q, 1);
+                let x = _mm512_inserti64x4(_mm512_castsi256_si512(even.1), x, 1);
+                let s = _mm512_insertf32x8(_mm512_castps256_ps512(even.2), s, 1);
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc);
             }
         }
+    );
+    let (mut lo, hi) = (_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+    if acts.blocks % 2 == 1 {
+        // The last sub-block had no odd partner.
+        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), even.0, even.1);
+        lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), even.2, lo);
     }
-    (offs[0] + offs[1]) + hsum(_mm256_add_ps(acc[0], acc[1]))
+    (offs[0] + offs[1]) + hsum(_mm256_add_ps(lo, hi))
+}
+
+/// `single` for the formats with one sub-block per block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), two
+/// blocks at a time. Their scales are converted together and their quants unpacked into one
+/// register with one cross-lane shuffle: unpacking block by block took about seven shuffles a
+/// block, and the shuffle port, not memory, bounded the kernel at B = 1. The sums are
+/// `single`'s (even block: low half and lane 0 of `offs`, odd block: high half and lane 2),
+/// with the same operations in the same order.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn single_pairs<const F: u8>(row: *const u8, acts: &Acts) -> f32 {
+    let bytes = block_bytes(F);
+    let (qs, d, s) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.s.as_ptr());
+    // Lanes 0 and 2 of a 128-bit vector, each spread over one 256-bit half.
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+    let mut acc = _mm512_setzero_ps();
+    let mut offs = _mm_setzero_ps();
+    let mut ab = 0;
+    while ab + 1 < acts.blocks {
+        let (b0, b1) = (row.add(ab * bytes), row.add((ab + 1) * bytes));
+        prefetch(b0);
+        // With one row, the stride is 2: the odd block's activations are at `at` + 2, and a
+        // 4-lane load from `at` reads [even, padding 0, odd, padding 0].
+        let at = acts.at(ab, 0);
+        let (dw, mw) = pair_scales::<F>(b0, b1);
+        offs = _mm_fmadd_ps(mw, _mm_loadu_ps(s.add(at)), offs);
+        let sc = _mm_mul_ps(dw, _mm_loadu_ps(d.add(at)));
+        let sc = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sc));
+        let x = _mm256_loadu_si256(qs.add(at * QK) as *const __m256i);
+        let x1 = _mm256_loadu_si256(qs.add((at + 2) * QK) as *const __m256i);
+        let x = _mm512_inserti64x4(_mm512_castsi256_si512(x), x1, 1);
+        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), pair_quants::<F>(b0, b1), x);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc);
+        ab += 2;
+    }
+    let mut lo = _mm512_castps512_ps256(acc);
+    let mut offs: [f32; 4] = std::mem::transmute(offs);
+    if ab < acts.blocks {
+        // The last block had no odd partner: `single`'s step for it.
+        let blk = row.add(ab * bytes);
+        let sc = unsigned_scales::<F>(blk);
+        let at = acts.at(ab, 0);
+        let x = _mm256_loadu_si256(qs.add(at * QK) as *const __m256i);
+        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned_quants::<F>(blk, 0), x);
+        let s = _mm256_mul_ps(lane_scales::<F>(&sc, 0), _mm256_set1_ps(acts.d[at]));
+        lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, lo);
+        offs[0] = sc.m[1].mul_add(acts.s[at], offs[0]);
+    }
+    (offs[0] + offs[2]) + hsum(_mm256_add_ps(lo, _mm512_extractf32x8_ps(acc, 1)))
+}
+
+/// Scales d and offsets m of two blocks, in lanes 0 and 2 (others are junk or 0), equal to
+/// `unsigned_scales`'s.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn pair_scales<const F: u8>(b0: *const u8, b1: *const u8) -> (__m128, __m128) {
+    if F == Q4_1 || F == Q5_1 {
+        // f16 d, m at the start of each block: [d0, m0, d1, m1].
+        let h = _mm_cvtsi32_si128((b0 as *const i32).read_unaligned());
+        let h = _mm_insert_epi32(h, (b1 as *const i32).read_unaligned(), 1);
+        let dm = _mm_cvtph_ps(h);
+        (dm, _mm_movehdup_ps(dm))
+    } else {
+        // f16 d alone: [d0, 0, d1, 0]; the offset is the zero point times d.
+        let h = _mm_cvtsi32_si128((b0 as *const u16).read_unaligned() as i32);
+        let h = _mm_insert_epi16(h, (b1 as *const u16).read_unaligned() as i32, 2);
+        let d = _mm_cvtph_ps(h);
+        let zero = match F {
+            Q4_0 => -8.0,
+            Q5_0 => -16.0,
+            _ => -128.0,
+        };
+        (d, _mm_mul_ps(_mm_set1_ps(zero), d))
+    }
+}
+
+/// The 32 unsigned quants of block b0, then those of b1, as `unsigned_quants` gives them.
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+#[inline]
+unsafe fn pair_quants<const F: u8>(b0: *const u8, b1: *const u8) -> __m512i {
+    let load = |p: *const u8| _mm_loadu_si128(p as *const __m128i);
+    // [raw0, raw0, raw1, raw1] >> [0, 4, 0, 4] & 0x0F: low nibbles, then high, per block.
+    let nibbles = |at: usize| {
+        let raw = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(load(b0.add(at))),
+            load(b1.add(at)),
+            1,
+        );
+        let both = _mm512_permutexvar_epi64(
+            _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3),
+            _mm512_castsi256_si512(raw),
+        );
+        let shifted = _mm512_srlv_epi64(both, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+        _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F))
+    };
+    // Bit i of the two qh words is byte i's fifth bit.
+    let fifth = |q: __m512i, at: usize| {
+        let qh0 = (b0.add(at) as *const u32).read_unaligned() as u64;
+        let qh1 = (b1.add(at) as *const u32).read_unaligned() as u64;
+        _mm512_mask_add_epi8(q, qh0 | qh1 << 32, q, _mm512_set1_epi8(0x10))
+    };
+    match F {
+        Q4_0 => nibbles(2),
+        Q4_1 => nibbles(4),
+        Q5_0 => fifth(nibbles(6), 2),
+        Q5_1 => fifth(nibbles(8), 4),
+        _ => {
+            let q0 = _mm256_loadu_si256(b0.add(2) as *const __m256i);
+            let q1 = _mm256_loadu_si256(b1.add(2) as *const __m256i);
+            let q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+            _mm512_xor_si512(q, _mm512_set1_epi8(-128))
+        }
+    }
 }

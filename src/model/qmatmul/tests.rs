@@ -22,7 +22,7 @@ const ROWS: [usize; 6] = [1, 3, 8, 9, 17, 33];
 fn widths(dtype: GgmlDType) -> &'static [usize] {
     match dtype {
         GgmlDType::Q4K | GgmlDType::Q6K => &[256, 768],
-        _ => &[32, 96, 800],
+        _ => &[32, 64, 96, 800],
     }
 }
 
