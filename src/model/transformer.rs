@@ -53,20 +53,57 @@ const GEMM_MIN_ROWS: usize = 8;
 
 /// x: [.., in] times a quantized weight [out, in] → [.., out].
 fn mul_weight(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    Ok(mul_weights(&[w], x)?.remove(0))
+}
+
+/// x: [.., in] times each of several quantized weights [out_i, in] → [.., out_i]. When our
+/// kernel takes them all, it does them in one call (`qmatmul::matmul_many`).
+fn mul_weights(ws: &[&QMatMul], x: &Tensor) -> Result<Vec<Tensor>> {
     let in_dim = x.dim(candle_core::D::Minus1)?;
     let rows = x.elem_count() / in_dim;
-    match w {
+    let ours = |w: &QMatMul| match w {
         QMatMul::QTensor(q)
             if rows < KERNEL_MAX_ROWS && x.device().is_cpu() && qmatmul::supported(q.dtype()) =>
         {
-            let (n, k) = q.shape().dims2()?;
-            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let mut out = vec![0f32; rows * n];
-            qmatmul::matmul(q.dtype(), &q.data()?, n, k, &xs, &mut out)?;
-            let mut shape = x.dims().to_vec();
-            *shape.last_mut().unwrap() = n;
-            Ok(Tensor::from_vec(out, shape, x.device())?)
+            Some(q.clone())
         }
+        _ => None,
+    };
+    let Some(qs) = ws.iter().map(|w| ours(w)).collect::<Option<Vec<_>>>() else {
+        return ws.iter().map(|w| mul_weight_other(w, x)).collect();
+    };
+    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let data = qs
+        .iter()
+        .map(|q| q.data())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut weights = Vec::with_capacity(qs.len());
+    for (q, data) in qs.iter().zip(&data) {
+        let (n, _) = q.shape().dims2()?;
+        weights.push(qmatmul::Weight {
+            dtype: q.dtype(),
+            data,
+            n,
+        });
+    }
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; rows * w.n]).collect();
+    let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+    qmatmul::matmul_many(&weights, in_dim, &xs, &mut slices)?;
+    outs.into_iter()
+        .zip(&weights)
+        .map(|(out, w)| {
+            let mut shape = x.dims().to_vec();
+            *shape.last_mut().unwrap() = w.n;
+            Ok(Tensor::from_vec(out, shape, x.device())?)
+        })
+        .collect()
+}
+
+/// A product our kernel does not take: large batches and other formats or devices.
+fn mul_weight_other(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    let in_dim = x.dim(candle_core::D::Minus1)?;
+    let rows = x.elem_count() / in_dim;
+    match w {
         QMatMul::QTensor(q) if rows >= GEMM_MIN_ROWS && x.device().is_cpu() => {
             let wf = q.dequantize(x.device())?; // [out, in]
             let mut shape = x.dims().to_vec();
@@ -86,11 +123,22 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = mul_weight(&self.weight, x)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        Ok(Self::forward_many(&[self], x)?.remove(0))
+    }
+
+    /// Several projections of one input, in one call to the kernel where it can.
+    fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let ws: Vec<&QMatMul> = ls.iter().map(|l| &l.weight).collect();
+        mul_weights(&ws, x)?
+            .into_iter()
+            .zip(ls)
+            .map(|(y, l)| {
+                Ok(match &l.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            })
+            .collect()
     }
 }
 
@@ -175,9 +223,12 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
-        let q = self.q.forward(x)?.reshape((b, t, h, d))?;
-        let k = self.k.forward(x)?.reshape((b, t, kvh, d))?;
-        let v = self.v.forward(x)?.reshape((b, t, kvh, d))?;
+        let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&self.q, &self.k, &self.v], x)?
+            .try_into()
+            .expect("three projections");
+        let q = q.reshape((b, t, h, d))?;
+        let k = k.reshape((b, t, kvh, d))?;
+        let v = v.reshape((b, t, kvh, d))?;
         let q = RmsNorm::maybe(&self.q_norm, q)?;
         let k = RmsNorm::maybe(&self.k_norm, k)?;
         let q = rope.apply(&q.transpose(1, 2)?.contiguous()?)?; // [B, H, T, D]
@@ -213,12 +264,14 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = mul_weight(&self.gate, x)?;
+        let [gate, up]: [Tensor; 2] = mul_weights(&[&self.gate, &self.up], x)?
+            .try_into()
+            .expect("two projections");
         let gate = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        let y = (gate * mul_weight(&self.up, x)?)?;
+        let y = (gate * up)?;
         mul_weight(&self.down, &y)
     }
 }

@@ -121,6 +121,22 @@ pub fn matmul(
     matmul_with(Simd::from_env()?, dtype, w, n, k, x, out)
 }
 
+/// One weight matrix: `n` rows of quantized blocks in `dtype`.
+#[derive(Clone, Copy)]
+pub struct Weight<'a> {
+    pub dtype: GgmlDType,
+    pub data: &'a [u8],
+    pub n: usize,
+}
+
+/// Several products of one input, outs[i] = x · ws[i]ᵀ: x is quantized once, and the rows of
+/// all the weights are shared out between the threads in one go. A layer's q, k and v (and
+/// gate and up) then cost one wake-up of the thread pool instead of three (two): at B = 1
+/// the products are small and the wake-ups show.
+pub fn matmul_many(ws: &[Weight<'_>], k: usize, x: &[f32], outs: &mut [&mut [f32]]) -> Result<()> {
+    matmul_many_with(Simd::from_env()?, ws, k, x, outs)
+}
+
 /// Below this many multiply-adds (n·k·m) one thread does the whole product: splitting it
 /// costs more than it saves. Single-stream decode is where it shows, since there every
 /// product is small: at 2^20, smollm2's 576-wide layers all ran on one thread. Decoding 96
@@ -147,32 +163,64 @@ pub fn matmul_with(
     x: &[f32],
     out: &mut [f32],
 ) -> Result<()> {
-    let Some(f) = formats::id(dtype) else {
-        bail!("no quantized kernel for {dtype:?}");
-    };
-    let per_block = formats::subs(f) * formats::QK;
-    if k == 0 || !k.is_multiple_of(per_block) || !x.len().is_multiple_of(k) {
-        bail!("quantized matmul: k = {k} must be a multiple of {per_block} and divide x's length");
+    let w = Weight { dtype, data: w, n };
+    matmul_many_with(simd, &[w], k, x, &mut [out])
+}
+
+/// `matmul_many` on a given path.
+pub fn matmul_many_with(
+    simd: Simd,
+    ws: &[Weight<'_>],
+    k: usize,
+    x: &[f32],
+    outs: &mut [&mut [f32]],
+) -> Result<()> {
+    if k == 0 || !x.len().is_multiple_of(k) || ws.len() != outs.len() {
+        bail!("quantized matmul: k = {k} must divide x's length, with one output per weight");
     }
     let m = x.len() / k;
-    if w.len() != n * (k / per_block) * formats::block_bytes(f) || out.len() != m * n {
-        bail!("quantized matmul: shapes do not match the data ({n}x{k} weights, {m} rows)");
+    let mut jobs = Vec::with_capacity(ws.len());
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        let Some(f) = formats::id(w.dtype) else {
+            bail!("no quantized kernel for {:?}", w.dtype);
+        };
+        let per_block = formats::subs(f) * formats::QK;
+        if !k.is_multiple_of(per_block) {
+            bail!("quantized matmul: k = {k} must be a multiple of {per_block}");
+        }
+        if w.data.len() != w.n * (k / per_block) * formats::block_bytes(f) || out.len() != m * w.n {
+            bail!(
+                "quantized matmul: shapes do not match the data ({}x{k} weights, {m} rows)",
+                w.n
+            );
+        }
+        let out = Out {
+            ptr: out.as_mut_ptr(),
+            n: w.n,
+        };
+        jobs.push((f, w.data, w.n, out));
     }
     if !simd.runs_here() {
         bail!("this CPU cannot run the {simd:?} kernels");
     }
-    let out = Out {
-        ptr: out.as_mut_ptr(),
-        n,
-    };
     let run = |acts: &Acts| {
         let threads = rayon::current_num_threads();
-        if n * k * m < SERIAL_WORK || threads == 1 {
-            run_rows(simd, f, w, 0..n, acts, out);
+        let rows: usize = jobs.iter().map(|j| j.2).sum();
+        if rows * k * m < SERIAL_WORK || threads == 1 {
+            for &(f, w, n, out) in &jobs {
+                run_rows(simd, f, w, 0..n, acts, out);
+            }
         } else {
-            let chunk = n.div_ceil(threads * TASKS_PER_THREAD);
-            (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
-                run_rows(simd, f, w, c * chunk..n.min((c + 1) * chunk), acts, out);
+            let chunk = rows.div_ceil(threads * TASKS_PER_THREAD);
+            let tasks: Vec<(usize, Range<usize>)> = (0..jobs.len())
+                .flat_map(|i| {
+                    let n = jobs[i].2;
+                    (0..n.div_ceil(chunk)).map(move |c| (i, c * chunk..n.min((c + 1) * chunk)))
+                })
+                .collect();
+            tasks.into_par_iter().for_each(|(i, range)| {
+                let (f, w, _, out) = jobs[i];
+                run_rows(simd, f, w, range, acts, out);
             });
         }
     };
