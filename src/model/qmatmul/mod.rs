@@ -15,6 +15,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod formats;
+mod pool;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -218,10 +219,14 @@ pub fn matmul_many_with(
                     (0..n.div_ceil(chunk)).map(move |c| (i, c * chunk..n.min((c + 1) * chunk)))
                 })
                 .collect();
-            tasks.into_par_iter().for_each(|(i, range)| {
+            let task = |t: usize| {
+                let (i, ref range) = tasks[t];
                 let (f, w, _, out) = jobs[i];
-                run_rows(simd, f, w, range, acts, out);
-            });
+                run_rows(simd, f, w, range.clone(), acts, out);
+            };
+            if !pool::run(tasks.len(), &task) {
+                (0..tasks.len()).into_par_iter().for_each(task);
+            }
         }
     };
     SCRATCH.with(|s| match s.try_borrow_mut() {
