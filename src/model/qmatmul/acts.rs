@@ -14,14 +14,20 @@ pub struct Acts {
     /// rows in pairs (the padding rows are zero and never written out).
     pub stride: usize,
     pub blocks: usize,
-    /// [block][stride][32]
-    pub qs: Vec<i8>,
+    /// [block][stride][32], from a 64-byte boundary: the AVX-512 kernel loads row pairs as
+    /// 64 bytes, and from a malloc'd (16-byte aligned) start every such load spanned two
+    /// cache lines.
+    pub qs: Lines,
     /// [block][stride]: the scale, x ≈ d·q.
     pub d: Vec<f32>,
     /// [block][stride]: d·Σq, for weight formats with an offset.
     pub s: Vec<f32>,
     /// [block][stride]: d·Σq over the first 16 values, for Q6_K's two offsets per block.
     pub s_lo: Vec<f32>,
+    /// [block][stride][8]: d eight times, so the AVX-512 kernel loads the scales of a row
+    /// pair as one vector instead of shuffling two of `d` into place (the shuffle port is
+    /// the busy one there). Only for more than one row.
+    pub d8: Vec<f32>,
 }
 
 impl Acts {
@@ -31,8 +37,7 @@ impl Acts {
         self.rows = rows;
         self.stride = stride;
         self.blocks = blocks;
-        self.qs.clear();
-        self.qs.resize(blocks * stride * QK, 0);
+        self.qs.zeroed(blocks * stride * QK);
         for v in [&mut self.d, &mut self.s, &mut self.s_lo] {
             v.clear();
             v.resize(blocks * stride, 0.0);
@@ -59,11 +64,50 @@ impl Acts {
                 self.s_lo[at] = d * lo as f32;
             }
         }
+        self.d8.clear();
+        if rows > 1 {
+            self.d8.extend(self.d.iter().flat_map(|&d| [d; 8]));
+        }
     }
 
     /// Index of (block, row) in `d`, `s`, `s_lo`; times 32 in `qs`.
     pub fn at(&self, block: usize, row: usize) -> usize {
         block * self.stride + row
+    }
+}
+
+/// Bytes in whole cache lines, viewed as a slice of `len` of them.
+#[derive(Default)]
+pub struct Lines {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([i8; 64]);
+
+impl Lines {
+    /// `len` zero bytes, reusing the allocation.
+    fn zeroed(&mut self, len: usize) {
+        self.lines.clear();
+        self.lines.resize(len.div_ceil(64), Line([0; 64]));
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [i8];
+    fn deref(&self) -> &[i8] {
+        // SAFETY: `lines` holds at least `len` initialized bytes, and a Line is plain bytes.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [i8] {
+        // SAFETY: as in `deref`, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
     }
 }
 

@@ -72,11 +72,9 @@ unsafe fn unsigned_quants<const F: u8>(blk: *const u8, j: usize) -> __m256i {
 unsafe fn tile<const F: u8>(row: *const u8, acts: &Acts, r0: usize, n: usize) -> [f32; TILE] {
     let pairs = n.div_ceil(2);
     let live: __mmask16 = if n >= 16 { !0 } else { (1 << n) - 1 };
-    // Spreads two adjacent row scales over the two 256-bit halves.
-    let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     let mut acc = [[_mm512_setzero_ps(); TILE / 2]; SUMS];
     let mut offs = [_mm512_setzero_ps(); SUMS];
-    let (qs, d) = (acts.qs.as_ptr(), acts.d.as_ptr());
+    let (qs, d8) = (acts.qs.as_ptr(), acts.d8.as_ptr());
     walk!(
         F,
         row,
@@ -93,9 +91,7 @@ unsafe fn tile<const F: u8>(row: *const u8, acts: &Acts, r0: usize, n: usize) ->
                 if p < pairs {
                     let x = _mm512_loadu_si512(qs.add((at + 2 * p) * QK) as *const __m512i);
                     let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
-                    let d2 = _mm_castpd_ps(_mm_load_sd(d.add(at + 2 * p) as *const f64));
-                    let ad = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(d2));
-                    let s = _mm512_mul_ps(wsc, ad);
+                    let s = _mm512_mul_ps(wsc, _mm512_loadu_ps(d8.add((at + 2 * p) * 8)));
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, *acc);
                 }
             }
