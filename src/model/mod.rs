@@ -5,6 +5,7 @@ pub mod config;
 pub mod fetch;
 pub mod gguf;
 pub mod kv_cache;
+pub mod math;
 pub mod qmatmul;
 pub mod tokenizer;
 pub mod transformer;

@@ -1,0 +1,69 @@
+//! Float functions for the hot loops, in plain operations the compiler vectorizes: the
+//! library's `expf` and `tanhf` are one call per value.
+
+/// e^x, within a few ulp, for x in [−87, 88] (clamped there: e^−87 ≈ 1.6e−38 and
+/// e^88 ≈ 1.7e38 are the ends of the normal f32 range). Range reduction x = n·ln2 + r and
+/// the polynomial for e^r are Cephes's `expf` (Stephen L. Moshier, Cephes Math Library,
+/// `expf.c`: C1, C2 and the p terms).
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    // Adding and removing 1.5·2^23 rounds to an integer (see `qmatmul::acts::round`).
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let r = x - n * C1 - n * C2;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which is 0.5 in f32
+    let er = p * r * r + r + 1.0;
+    // 2^n through the exponent bits: n is in [−126, 127] after the clamp.
+    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (Hendrycks and Gimpel,
+/// "Gaussian Error Linear Units", 2016; ggml's `ggml_gelu` and candle's `gelu` use the same
+/// constants), written as x / (1 + e^(−2u)), since 0.5·(1 + tanh u) = 1 / (1 + e^(−2u)).
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const A: f32 = 0.044_715;
+    let u = SQRT_2_OVER_PI * (x + A * x * x * x);
+    x / (1.0 + exp(-2.0 * u))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_the_library() {
+        for i in 0..35000 {
+            let x = -87.0 + i as f32 * 0.005;
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                (got - want).abs() <= 4.0 * f32::EPSILON * want,
+                "e^{x}: {got} vs {want}"
+            );
+        }
+        assert!(exp(-200.0) < 1e-37 && exp(200.0).is_finite());
+    }
+
+    #[test]
+    fn gelu_matches_the_tanh_formula() {
+        for i in 0..4000 {
+            let x = -20.0 + i as f64 * 0.01;
+            let want = 0.5
+                * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+            let got = f64::from(gelu_tanh(x as f32));
+            assert!(
+                (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "gelu({x}): {got} vs {want}"
+            );
+        }
+    }
+}
