@@ -5,6 +5,7 @@
 /// e^88 ≈ 1.7e38 are the ends of the normal f32 range). Range reduction x = n·ln2 + r and
 /// the polynomial for e^r are Cephes's `expf` (Stephen L. Moshier, Cephes Math Library,
 /// `expf.c`: C1, C2 and the p terms).
+#[inline]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
@@ -28,6 +29,7 @@ pub fn exp(x: f32) -> f32 {
 /// GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (Hendrycks and Gimpel,
 /// "Gaussian Error Linear Units", 2016; ggml's `ggml_gelu` and candle's `gelu` use the same
 /// constants), written as x / (1 + e^(−2u)), since 0.5·(1 + tanh u) = 1 / (1 + e^(−2u)).
+#[inline]
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const A: f32 = 0.044_715;
