@@ -233,10 +233,14 @@ fn bench_speed_reports_each_size() {
         "1,2",
         "--max-tokens",
         "8",
+        "--prompt-tokens",
+        "40",
         "--json",
     ]);
+    assert_eq!(v["prompt_tokens"], 40);
     let rows = v["results"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
+    assert!(rows[0]["prefill_tok_s"].as_f64().unwrap() > 0.0);
     assert_eq!(rows[0]["ratio"], 1.0);
     assert!(rows[1]["decode_tok_s"].as_f64().unwrap() > 0.0);
 }

@@ -12,6 +12,8 @@ pub struct SpeedRow {
     /// Wall time: prefill plus decode.
     pub seconds: f64,
     pub prefill_seconds: f64,
+    /// Prompt tokens per second of the prefill.
+    pub prefill_tok_s: f64,
     /// Aggregate decode tokens per second over all N sequences.
     pub decode_tok_s: f64,
     /// decode_tok_s relative to N = 1 (the first size).
@@ -31,14 +33,23 @@ pub struct SpeedReport {
 pub const PROMPT: &str =
     "Write a short story about a lighthouse keeper who finds a message in a bottle.";
 
+/// `prompt_tokens`: None for `PROMPT` in the model's chat template; Some(n) for exactly n
+/// tokens of `PROMPT`'s text repeated, without a template, as llama-bench's `-p n` measures.
 pub fn run(
     model_spec: &str,
     sizes: &[usize],
     max_tokens: usize,
+    prompt_tokens: Option<usize>,
     on_row: impl Fn(&SpeedRow),
 ) -> Result<SpeedReport> {
     let model = engine::load(model_spec)?;
-    let prompt = model.encode_chat(&[Message::new("user", PROMPT)])?;
+    let prompt = match prompt_tokens {
+        None => model.encode_chat(&[Message::new("user", PROMPT)])?,
+        Some(n) => {
+            let text = model.encode_text(&format!("{PROMPT} "))?;
+            text.iter().copied().cycle().take(n).collect()
+        }
+    };
     // Warm-up: first-touch page faults and lazy allocations stay out of the first size.
     let warm = Request {
         prompt: prompt.clone(),
@@ -73,6 +84,7 @@ pub fn run(
             n,
             seconds,
             prefill_seconds: out.prefill_seconds,
+            prefill_tok_s: prompt.len() as f64 / out.prefill_seconds,
             decode_tok_s,
             ratio: decode_tok_s / base_tok_s,
             wall_ratio: seconds / base_s,

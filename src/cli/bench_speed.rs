@@ -14,6 +14,10 @@ pub struct BenchSpeedArgs {
     /// Tokens each sample generates.
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
+    /// Prefill exactly this many prompt tokens (the prompt's text repeated, no chat
+    /// template), as llama-bench's `-p`; default: the prompt in the chat template.
+    #[arg(long)]
+    pub prompt_tokens: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -24,21 +28,43 @@ pub fn run(args: BenchSpeedArgs) -> Result<()> {
         !args.sizes.is_empty() && !args.sizes.contains(&0),
         "--sizes needs positive sizes"
     );
+    anyhow::ensure!(
+        args.prompt_tokens != Some(0),
+        "--prompt-tokens needs at least one token"
+    );
     if !args.json {
         println!(
-            "{:>4}  {:>9}  {:>10}  {:>14}  {:>12}  {:>10}",
-            "N", "seconds", "prefill s", "decode tok/s", "tok/s ratio", "wall ratio"
+            "{:>4}  {:>9}  {:>10}  {:>15}  {:>14}  {:>12}  {:>10}",
+            "N",
+            "seconds",
+            "prefill s",
+            "prefill tok/s",
+            "decode tok/s",
+            "tok/s ratio",
+            "wall ratio"
         );
     }
     let json = args.json;
-    let report = speed::run(&args.model, &args.sizes, args.max_tokens, |r| {
-        if !json {
-            println!(
-                "{:>4}  {:>9.2}  {:>10.3}  {:>14.1}  {:>12.2}  {:>10.2}",
-                r.n, r.seconds, r.prefill_seconds, r.decode_tok_s, r.ratio, r.wall_ratio
-            );
-        }
-    })?;
+    let report = speed::run(
+        &args.model,
+        &args.sizes,
+        args.max_tokens,
+        args.prompt_tokens,
+        |r| {
+            if !json {
+                println!(
+                    "{:>4}  {:>9.2}  {:>10.3}  {:>15.1}  {:>14.1}  {:>12.2}  {:>10.2}",
+                    r.n,
+                    r.seconds,
+                    r.prefill_seconds,
+                    r.prefill_tok_s,
+                    r.decode_tok_s,
+                    r.ratio,
+                    r.wall_ratio
+                );
+            }
+        },
+    )?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Conclave against llama.cpp on the same GGUF files, 2 threads, one model after the other so
+# that both see the same machine (its speed drifts; compare within one run only).
+#
+#   LLAMA_CPP_BIN=/tmp/llama.cpp/build/bin benches/side_by_side.sh [model ...]
+#
+# llama.cpp is built outside the repo (see issue 4 or the README's "Speed" paragraph):
+# `llama-bench` gives pp128 and tg64, `llama-batched-bench` decode at 1 and 8 sequences of one
+# prompt; `conclave bench-speed` the same for N = 1 and 8 samples, with sampling.
+set -euo pipefail
+bin=${LLAMA_CPP_BIN:?set LLAMA_CPP_BIN to the folder with llama-bench and llama-batched-bench}
+conclave=${CONCLAVE:-$(dirname "$0")/../target/release/conclave}
+declare -A file=(
+    [smollm2-135m]=SmolLM2-135M-Instruct.Q4_1.gguf
+    [qwen2.5-coder-0.5b]=qwen2.5-coder-0.5b-instruct-q4.gguf
+    [gemma3-270m]=gemma-3-270m-q4_k_m.gguf
+)
+models=${CONCLAVE_MODELS:-$HOME/.cache/conclave/models}
+for m in "${@:-smollm2-135m qwen2.5-coder-0.5b gemma3-270m}"; do
+    for name in $m; do
+        gguf=$models/${file[$name]}
+        echo "=== $name"
+        LD_LIBRARY_PATH=$bin "$bin/llama-bench" -m "$gguf" -t 2 -p 128 -n 64 -r 3 2>/dev/null | grep -E '^\|'
+        LD_LIBRARY_PATH=$bin "$bin/llama-batched-bench" -m "$gguf" -t 2 -c 4096 -b 2048 -ub 512 \
+            -npp 128 -ntg 64 -npl 1,8 -pps 2>/dev/null | grep -E '^\|'
+        "$conclave" bench-speed --model "$name" --sizes 1,8 --max-tokens 64 --prompt-tokens 128
+    done
+done
