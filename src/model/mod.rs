@@ -1,4 +1,5 @@
 //! Everything about one model: the GGUF file, its tokenizer and chat template, and the forward pass.
+mod attention;
 pub mod catalog;
 pub mod chat;
 pub mod config;

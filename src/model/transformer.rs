@@ -235,6 +235,10 @@ impl Attention {
         let k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?; // [B, KVH, T, D]
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = cache.append(layer, &k, &v)?; // [B, KVH, L, D] views
+        if t == 1 && x.device().is_cpu() {
+            let y = super::attention::decode(&(q * self.scale)?, &k, &v, mask)?; // [B, 1, H·D]
+            return self.o.forward(&y);
+        }
 
         // Grouped-query attention without copying K/V: the n_rep query heads that share a KV
         // head are stacked along the row axis, [B, H, T, D] → [B, KVH, n_rep·T, D].

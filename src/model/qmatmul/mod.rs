@@ -15,7 +15,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod formats;
-mod pool;
+pub(super) mod pool;
 mod scalar;
 #[cfg(test)]
 mod tests;
