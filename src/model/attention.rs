@@ -116,54 +116,102 @@ impl<K: Fn(usize, usize) -> usize + Sync, V: Fn(usize, usize) -> usize + Sync> H
         let (n_rep, l, d) = (self.n_rep, self.l, self.d);
         let h = self.kvh * n_rep;
         let (kb, vb) = ((self.k_at)(row, g), (self.v_at)(row, g));
-        let mut p = vec![0f32; l];
-        for r in 0..n_rep {
-            let head = g * n_rep + r;
-            let qh = &self.q[(row * h + head) * d..][..d];
+        let query = |r: usize| &self.q[(row * h + g * n_rep + r) * d..][..d];
+        let key = |i: usize| &self.k[kb + i * self.k_step..][..d];
+        let value = |i: usize| &self.v[vb + i * self.v_step..][..d];
+        // Weights of the group's n_rep heads, [n_rep][L]. Each key and value is read once
+        // for all of them (they share the KV head), not once per head.
+        let mut p = vec![0f32; n_rep * l];
+        for i in 0..l {
+            let k = key(i);
+            for r in 0..n_rep {
+                p[r * l + i] = dot::<FMA>(query(r), k);
+            }
+        }
+        for (r, p) in p.chunks_exact_mut(l).enumerate() {
             let m = match (self.mask.is_empty(), self.per_row) {
                 (true, _) => None,
                 (false, false) => Some(&self.mask[r * l..][..l]),
                 (false, true) => Some(&self.mask[(row * n_rep + r) * l..][..l]),
             };
-            let mut max = f32::NEG_INFINITY;
-            for (i, s) in p.iter_mut().enumerate() {
-                let k = &self.k[kb + i * self.k_step..][..d];
-                // Σ q·k in eight lanes, so the loop vectorizes.
-                let mut lanes = [0f32; 8];
-                for (q, k) in qh.chunks_exact(8).zip(k.chunks_exact(8)) {
-                    for j in 0..8 {
-                        lanes[j] = madd(q[j], k[j], lanes[j]);
-                    }
+            if let Some(m) = m {
+                for (s, &m) in p.iter_mut().zip(m) {
+                    *s += m;
                 }
-                let tail = d - d % 8;
-                let mut dot = lanes.iter().sum::<f32>();
-                for j in tail..d {
-                    dot = madd(qh[j], k[j], dot);
-                }
-                *s = dot + m.map_or(0.0, |m| m[i]);
-                max = max.max(*s);
             }
-            let mut sum = 0f32;
+            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             for s in p.iter_mut() {
-                // A hidden position weighs exactly 0, not exp's floor e^−87.
-                *s = if *s == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    exp(*s - max)
-                };
-                sum += *s;
+                *s = exp(*s - max);
             }
-            // SAFETY: task c alone writes heads g·n_rep … of row `row`, and the output
-            // outlives the tasks.
-            let yh = unsafe { self.out.slice((row * h + head) * d, d) };
-            for (i, &w) in p.iter().enumerate() {
-                let w = w / sum;
-                for (y, &v) in yh.iter_mut().zip(&self.v[vb + i * self.v_step..][..d]) {
-                    *y = madd(w, v, *y);
+            if let Some(m) = m {
+                // A hidden position weighs exactly 0, not exp's floor e^−87.
+                for (s, &m) in p.iter_mut().zip(m) {
+                    *s = if m == f32::NEG_INFINITY { 0.0 } else { *s };
+                }
+            }
+            let sum = sum8(p);
+            for s in p.iter_mut() {
+                *s /= sum;
+            }
+        }
+        // SAFETY: task c alone writes the heads g·n_rep … (g + 1)·n_rep of row `row`, which
+        // lie next to each other, and the output outlives the tasks.
+        let y = unsafe { self.out.slice((row * h + g * n_rep) * d, n_rep * d) };
+        // Four positions per pass over a head: a quarter of the loads and stores of its
+        // output, added in the same order as one at a time.
+        let mut i = 0;
+        while i + 4 <= l {
+            let (v0, v1, v2, v3) = (value(i), value(i + 1), value(i + 2), value(i + 3));
+            for (yh, w) in y.chunks_exact_mut(d).zip(p.chunks_exact(l)) {
+                for (j, y) in yh.iter_mut().enumerate() {
+                    let acc = madd(w[i], v0[j], *y);
+                    let acc = madd(w[i + 1], v1[j], acc);
+                    let acc = madd(w[i + 2], v2[j], acc);
+                    *y = madd(w[i + 3], v3[j], acc);
+                }
+            }
+            i += 4;
+        }
+        for i in i..l {
+            for (yh, w) in y.chunks_exact_mut(d).zip(p.chunks_exact(l)) {
+                for (y, &v) in yh.iter_mut().zip(value(i)) {
+                    *y = madd(w[i], v, *y);
                 }
             }
         }
     }
+}
+
+/// Σ q·k in eight lanes, so the loop vectorizes.
+#[inline(always)]
+fn dot<const FMA: bool>(q: &[f32], k: &[f32]) -> f32 {
+    let madd = |a: f32, b: f32, acc: f32| if FMA { a.mul_add(b, acc) } else { a * b + acc };
+    let mut lanes = [0f32; 8];
+    for (q, k) in q.chunks_exact(8).zip(k.chunks_exact(8)) {
+        for j in 0..8 {
+            lanes[j] = madd(q[j], k[j], lanes[j]);
+        }
+    }
+    let whole = q.len() - q.len() % 8;
+    let mut dot = lanes.iter().sum::<f32>();
+    for j in whole..q.len() {
+        dot = madd(q[j], k[j], dot);
+    }
+    dot
+}
+
+/// Σ x in eight lanes.
+#[inline(always)]
+fn sum8(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for j in 0..8 {
+            lanes[j] += c[j];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// The output shared by the tasks, each writing its own heads.
