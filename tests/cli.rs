@@ -235,6 +235,8 @@ fn bench_speed_reports_each_size() {
         "8",
         "--prompt-tokens",
         "40",
+        "--repeats",
+        "2",
         "--json",
     ]);
     assert_eq!(v["prompt_tokens"], 40);

@@ -1,7 +1,8 @@
 //! `conclave bench-speed`: what N samples of one prompt cost against one.
 //!
 //! Each size runs one prefill and N sequences decoded as one batch, exactly `max_tokens`
-//! each (end-of-turn tokens ignored), so sizes compare like for like.
+//! each (end-of-turn tokens ignored), so sizes compare like for like. With `repeats` > 1 each
+//! size runs that many times and its row is the mean.
 use crate::engine::{self, generate, Message, Request, SamplingParams};
 use anyhow::Result;
 use serde::Serialize;
@@ -40,8 +41,10 @@ pub fn run(
     sizes: &[usize],
     max_tokens: usize,
     prompt_tokens: Option<usize>,
+    repeats: usize,
     on_row: impl Fn(&SpeedRow),
 ) -> Result<SpeedReport> {
+    anyhow::ensure!(repeats > 0, "--repeats needs at least one run");
     let model = engine::load(model_spec)?;
     let prompt = match prompt_tokens {
         None => model.encode_chat(&[Message::new("user", PROMPT)])?,
@@ -73,9 +76,17 @@ pub fn run(
             ignore_eos: true,
             ..Default::default()
         };
-        let out = generate(&model, &req, &mut |_, _| {})?;
-        let seconds = out.prefill_seconds + out.decode_seconds;
-        let decode_tok_s = out.decode_tok_s();
+        // The mean over `repeats` runs, as llama-bench's `-r` reports its mean.
+        let (mut seconds, mut prefill_seconds, mut prefill_tok_s, mut decode_tok_s) =
+            (0.0, 0.0, 0.0, 0.0);
+        for _ in 0..repeats {
+            let out = generate(&model, &req, &mut |_, _| {})?;
+            let r = repeats as f64;
+            seconds += (out.prefill_seconds + out.decode_seconds) / r;
+            prefill_seconds += out.prefill_seconds / r;
+            prefill_tok_s += prompt.len() as f64 / out.prefill_seconds / r;
+            decode_tok_s += out.decode_tok_s() / r;
+        }
         let (base_tok_s, base_s) = results
             .first()
             .map(|r| (r.decode_tok_s, r.seconds))
@@ -83,8 +94,8 @@ pub fn run(
         let row = SpeedRow {
             n,
             seconds,
-            prefill_seconds: out.prefill_seconds,
-            prefill_tok_s: prompt.len() as f64 / out.prefill_seconds,
+            prefill_seconds,
+            prefill_tok_s,
             decode_tok_s,
             ratio: decode_tok_s / base_tok_s,
             wall_ratio: seconds / base_s,

@@ -18,6 +18,9 @@ pub struct BenchSpeedArgs {
     /// template), as llama-bench's `-p`; default: the prompt in the chat template.
     #[arg(long)]
     pub prompt_tokens: Option<usize>,
+    /// Runs per size; each row is their mean (llama-bench's `-r`).
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -50,6 +53,7 @@ pub fn run(args: BenchSpeedArgs) -> Result<()> {
         &args.sizes,
         args.max_tokens,
         args.prompt_tokens,
+        args.repeats,
         |r| {
             if !json {
                 println!(
