@@ -34,6 +34,17 @@ pub unsafe fn f16(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
+/// The zero point z of a format with no stored offset, value = d·(q + z): −8 for Q4_0's
+/// nibbles, −16 for Q5_0's five bits (ggml's `dequantize_row_q4_0`/`_q5_0`), 0 for Q8_0's
+/// signed bytes.
+pub const fn zero_point(f: u8) -> f32 {
+    match f {
+        Q4_0 => -8.0,
+        Q5_0 => -16.0,
+        _ => 0.0,
+    }
+}
+
 /// The scales and offsets of the block at `blk`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -65,9 +76,7 @@ pub unsafe fn scales<const F: u8>(blk: *const u8) -> Scales {
             let d = f16(blk);
             let m = match F {
                 Q4_1 | Q5_1 => f16(blk.add(2)),
-                Q4_0 => -8.0 * d,
-                Q5_0 => -16.0 * d,
-                _ => 0.0,
+                _ => zero_point(F) * d,
             };
             s.d = [d; 16];
             s.m = [m; 16];

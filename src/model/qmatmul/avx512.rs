@@ -4,7 +4,7 @@
 //! Q8_0 is made unsigned by adding 128 (offset −128·d): `vpdpbusd` sums into 32 bits, so
 //! unlike `maddubs` it cannot overflow on 255·127.
 use super::acts::Acts;
-use super::avx2::{hsum, lane_scales, prefetch, quants, scales, walk, Scales, SUMS};
+use super::avx2::{hsum, lane_scales, prefetch, quants, scales, walk, zero_point, Scales, SUMS};
 use super::formats::{block_bytes, subs, Q4_0, Q4_1, Q5_0, Q5_1, Q6K, Q8_0, QK};
 use super::Out;
 use std::arch::x86_64::*;
@@ -42,13 +42,23 @@ pub unsafe fn rows<const F: u8>(w: &[u8], rows: Range<usize>, acts: &Acts, out: 
     }
 }
 
+/// The zero point z of a format whose value is d·(q + z) once its quants are made unsigned:
+/// `zero_point`'s, and −128 for Q8_0, which `unsigned_quants` shifts by +128.
+const fn unsigned_zero(f: u8) -> f32 {
+    if f == Q8_0 {
+        -128.0
+    } else {
+        zero_point(f)
+    }
+}
+
 /// The block's scales; for Q8_0 with the offset −128·d that `unsigned_quants` calls for.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn unsigned_scales<const F: u8>(blk: *const u8) -> Scales {
     let mut sc = scales::<F>(blk);
     if F == Q8_0 {
-        sc.m = [-128.0 * sc.d[0]; 16];
+        sc.m = [unsigned_zero(F) * sc.d[0]; 16];
     }
     sc
 }
@@ -114,8 +124,9 @@ unsafe fn tile<const F: u8>(row: *const u8, acts: &Acts, r0: usize, n: usize) ->
     res
 }
 
-/// One weight row against a lone activation row (decoding one sequence). Sub-blocks go in
-/// pairs through one 512-bit `vpdpbusd`: the even one in the low half, the odd one in the
+/// One weight row against a lone activation row (decoding one sequence); `rows` calls it for
+/// the K-quants, and `single_pairs` for the formats of one sub-block a block. Sub-blocks go
+/// in pairs through one 512-bit `vpdpbusd`: the even one in the low half, the odd one in the
 /// high half, which are `tile`'s two sums for a row, with the same operations in the same
 /// order, so a row gets the same result alone as in a batch.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,avx512vl,avx2,fma,f16c")]
@@ -229,12 +240,7 @@ unsafe fn pair_scales<const F: u8>(b0: *const u8, b1: *const u8) -> (__m128, __m
         let h = _mm_cvtsi32_si128((b0 as *const u16).read_unaligned() as i32);
         let h = _mm_insert_epi16(h, (b1 as *const u16).read_unaligned() as i32, 2);
         let d = _mm_cvtph_ps(h);
-        let zero = match F {
-            Q4_0 => -8.0,
-            Q5_0 => -16.0,
-            _ => -128.0,
-        };
-        (d, _mm_mul_ps(_mm_set1_ps(zero), d))
+        (d, _mm_mul_ps(_mm_set1_ps(unsigned_zero(F)), d))
     }
 }
 
