@@ -27,22 +27,20 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
     let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*ks, &*vs) else {
         bail!("decode attention runs on the CPU");
     };
-    let (kd, vd) = (kc.as_slice::<f32>()?, vc.as_slice::<f32>()?);
-    let (kst, vst) = (kl.stride(), vl.stride());
-    if kst[3] != 1 || vst[3] != 1 {
+    if kl.stride()[3] != 1 || vl.stride()[3] != 1 {
         bail!("decode attention needs the cache's head dimension contiguous");
     }
-    let (k0, v0) = (kl.start_offset(), vl.start_offset());
+    let view = |data, layout: &candle_core::Layout| View {
+        data,
+        start: layout.start_offset(),
+        stride: [layout.stride()[0], layout.stride()[1], layout.stride()[2]],
+    };
 
     let mut y = vec![0f32; b * h * d];
     let heads = Heads {
         q: &q,
-        k: kd,
-        v: vd,
-        k_at: |row, g| k0 + row * kst[0] + g * kst[1],
-        v_at: |row, g| v0 + row * vst[0] + g * vst[1],
-        k_step: kst[2],
-        v_step: vst[2],
+        k: view(kc.as_slice::<f32>()?, kl),
+        v: view(vc.as_slice::<f32>()?, vl),
         mask: &mask,
         per_row,
         kvh,
@@ -81,16 +79,27 @@ fn fma_here() -> bool {
     }
 }
 
+/// A [B, KVH, L, D] cache view in its buffer: where it starts, and the steps of its first
+/// three axes (the last is contiguous).
+struct View<'a> {
+    data: &'a [f32],
+    start: usize,
+    stride: [usize; 3],
+}
+
+impl View<'_> {
+    /// Position i's D values of (row, KV head g).
+    fn at(&self, row: usize, g: usize, i: usize, d: usize) -> &[f32] {
+        let [b, h, l] = self.stride;
+        &self.data[self.start + row * b + g * h + i * l..][..d]
+    }
+}
+
 /// What every (row, KV head) task reads, and where it writes.
-struct Heads<'a, K: Fn(usize, usize) -> usize, V: Fn(usize, usize) -> usize> {
+struct Heads<'a> {
     q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    /// Offset of (row, KV head)'s first position, and from one position to the next.
-    k_at: K,
-    v_at: V,
-    k_step: usize,
-    v_step: usize,
+    k: View<'a>,
+    v: View<'a>,
     mask: &'a [f32],
     per_row: bool,
     kvh: usize,
@@ -100,7 +109,7 @@ struct Heads<'a, K: Fn(usize, usize) -> usize, V: Fn(usize, usize) -> usize> {
     out: Out,
 }
 
-impl<K: Fn(usize, usize) -> usize + Sync, V: Fn(usize, usize) -> usize + Sync> Heads<'_, K, V> {
+impl Heads<'_> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn group_fma(&self, c: usize) {
@@ -115,10 +124,9 @@ impl<K: Fn(usize, usize) -> usize + Sync, V: Fn(usize, usize) -> usize + Sync> H
         let (row, g) = (c / self.kvh, c % self.kvh);
         let (n_rep, l, d) = (self.n_rep, self.l, self.d);
         let h = self.kvh * n_rep;
-        let (kb, vb) = ((self.k_at)(row, g), (self.v_at)(row, g));
         let query = |r: usize| &self.q[(row * h + g * n_rep + r) * d..][..d];
-        let key = |i: usize| &self.k[kb + i * self.k_step..][..d];
-        let value = |i: usize| &self.v[vb + i * self.v_step..][..d];
+        let key = |i: usize| self.k.at(row, g, i, d);
+        let value = |i: usize| self.v.at(row, g, i, d);
         // Weights of the group's n_rep heads, [n_rep][L]. Each key and value is read once
         // for all of them (they share the KV head), not once per head.
         let mut p = vec![0f32; n_rep * l];
