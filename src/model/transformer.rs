@@ -51,49 +51,82 @@ const KERNEL_MAX_ROWS: usize = 256;
 /// tok/s), hence the threshold.
 const GEMM_MIN_ROWS: usize = 8;
 
+/// A quantized weight [out, in]: packed at load for the kernel path that reads it so
+/// (`qmatmul::Simd::packs`, AMX), else candle's tensor.
+enum Proj {
+    Packed(qmatmul::Packed),
+    Candle(QMatMul),
+}
+
+impl Proj {
+    fn new(q: Arc<QTensor>) -> Result<Proj> {
+        if q.device().is_cpu()
+            && qmatmul::supported(q.dtype())
+            && qmatmul::Simd::from_env()?.packs()
+        {
+            let (n, k) = q.shape().dims2()?;
+            return Ok(Proj::Packed(qmatmul::pack(q.dtype(), &q.data()?, n, k)?));
+        }
+        Ok(Proj::Candle(QMatMul::from_arc(q)?))
+    }
+}
+
 /// x: [.., in] times a quantized weight [out, in] → [.., out].
-fn mul_weight(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+fn mul_weight(w: &Proj, x: &Tensor) -> Result<Tensor> {
     Ok(mul_weights(&[w], x)?.remove(0))
 }
 
 /// x: [.., in] times each of several quantized weights [out_i, in] → [.., out_i]. When our
-/// kernel takes them all, it does them in one call (`qmatmul::matmul_many`).
-fn mul_weights(ws: &[&QMatMul], x: &Tensor) -> Result<Vec<Tensor>> {
+/// kernel takes them all, it does them in one call (`qmatmul::matmul_many`). Packed weights
+/// always go to it: AMX beats candle's dequantize + GEMM at any row count.
+fn mul_weights(ws: &[&Proj], x: &Tensor) -> Result<Vec<Tensor>> {
     let in_dim = x.dim(candle_core::D::Minus1)?;
     let rows = x.elem_count() / in_dim;
-    let ours = |w: &QMatMul| match w {
-        QMatMul::QTensor(q)
-            if rows < KERNEL_MAX_ROWS && x.device().is_cpu() && qmatmul::supported(q.dtype()) =>
-        {
-            Some(q.clone())
+    let ours = |w: &Proj| match w {
+        Proj::Packed(_) => true,
+        Proj::Candle(QMatMul::QTensor(q)) => {
+            rows < KERNEL_MAX_ROWS && x.device().is_cpu() && qmatmul::supported(q.dtype())
         }
-        _ => None,
+        Proj::Candle(_) => false,
     };
-    let Some(qs) = ws.iter().map(|w| ours(w)).collect::<Option<Vec<_>>>() else {
-        return ws.iter().map(|w| mul_weight_other(w, x)).collect();
-    };
+    if !ws.iter().all(|w| ours(w)) {
+        return ws
+            .iter()
+            .map(|w| match w {
+                Proj::Candle(q) => mul_weight_other(q, x),
+                Proj::Packed(_) => mul_weight(w, x),
+            })
+            .collect();
+    }
     let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let data = qs
+    // The bytes of candle's tensors, which the weights below borrow.
+    let data = ws
         .iter()
-        .map(|q| q.data())
+        .map(|w| match w {
+            Proj::Candle(QMatMul::QTensor(q)) => q.data().map(Some),
+            _ => Ok(None),
+        })
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let mut weights = Vec::with_capacity(qs.len());
-    for (q, data) in qs.iter().zip(&data) {
-        let (n, _) = q.shape().dims2()?;
-        weights.push(qmatmul::Weight {
-            dtype: q.dtype(),
-            data,
-            n,
+    let mut weights = Vec::with_capacity(ws.len());
+    for (w, data) in ws.iter().zip(&data) {
+        weights.push(match (w, data) {
+            (Proj::Packed(p), _) => qmatmul::Weight::Packed(p),
+            (Proj::Candle(QMatMul::QTensor(q)), Some(data)) => qmatmul::Weight::Rows {
+                dtype: q.dtype(),
+                data,
+                n: q.shape().dims2()?.0,
+            },
+            _ => unreachable!("`ours` takes packed weights and candle's quantized tensors"),
         });
     }
-    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; rows * w.n]).collect();
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; rows * w.n()]).collect();
     let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
     qmatmul::matmul_many(&weights, in_dim, &xs, &mut slices)?;
     outs.into_iter()
         .zip(&weights)
         .map(|(out, w)| {
             let mut shape = x.dims().to_vec();
-            *shape.last_mut().unwrap() = w.n;
+            *shape.last_mut().unwrap() = w.n();
             Ok(Tensor::from_vec(out, shape, x.device())?)
         })
         .collect()
@@ -117,7 +150,7 @@ fn mul_weight_other(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
 
 /// A quantized projection with an optional bias (qwen2's q/k/v).
 struct Linear {
-    weight: QMatMul,
+    weight: Proj,
     bias: Option<Tensor>,
 }
 
@@ -128,7 +161,7 @@ impl Linear {
 
     /// Several projections of one input, in one call to the kernel where it can.
     fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
-        let ws: Vec<&QMatMul> = ls.iter().map(|l| &l.weight).collect();
+        let ws: Vec<&Proj> = ls.iter().map(|l| &l.weight).collect();
         mul_weights(&ws, x)?
             .into_iter()
             .zip(ls)
@@ -260,9 +293,9 @@ impl Attention {
 }
 
 struct Mlp {
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Proj,
+    up: Proj,
+    down: Proj,
     activation: Activation,
 }
 
@@ -336,7 +369,7 @@ pub struct Transformer {
     embed: Arc<QTensor>,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Proj,
     cfg: Config,
     device: Device,
 }
@@ -347,9 +380,9 @@ impl Transformer {
         let embed = Arc::new(loader.qtensor("token_embd.weight")?);
         // Small models tie the output head to the embedding table.
         let output = if loader.has("output.weight") {
-            QMatMul::from_qtensor(loader.qtensor("output.weight")?)?
+            loader.weight("output.weight")?
         } else {
-            QMatMul::from_arc(embed.clone())?
+            Proj::new(embed.clone())?
         };
         let norm = loader.norm("output_norm.weight", cfg.rms_eps)?;
         let mut blocks = Vec::with_capacity(cfg.n_layer);
@@ -525,8 +558,8 @@ impl Loader<'_> {
             .with_context(|| format!("cannot read tensor `{name}`"))
     }
 
-    fn weight(&mut self, name: &str) -> Result<QMatMul> {
-        Ok(QMatMul::from_qtensor(self.qtensor(name)?)?)
+    fn weight(&mut self, name: &str) -> Result<Proj> {
+        Proj::new(Arc::new(self.qtensor(name)?))
     }
 
     fn norm(&mut self, name: &str, eps: f32) -> Result<RmsNorm> {

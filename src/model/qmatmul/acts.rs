@@ -24,6 +24,8 @@ pub struct Acts {
     pub s: Vec<f32>,
     /// [block][stride]: d·Σq over the first 16 values, for Q6_K's two offsets per block.
     pub s_lo: Vec<f32>,
+    /// [block][stride]: Σq.
+    pub qsum: Vec<i32>,
     /// [block][stride][8]: d eight times, so the AVX-512 kernel loads the scales of a row
     /// pair as one vector instead of shuffling two of `d` into place (the shuffle port is
     /// the busy one there). Only for more than one row.
@@ -42,6 +44,8 @@ impl Acts {
             v.clear();
             v.resize(blocks * stride, 0.0);
         }
+        self.qsum.clear();
+        self.qsum.resize(blocks * stride, 0);
         let k = blocks * QK;
         for r in 0..rows {
             for (b, c) in x[r * k..(r + 1) * k].chunks_exact(QK).enumerate() {
@@ -62,6 +66,7 @@ impl Acts {
                 self.d[at] = d;
                 self.s[at] = d * (lo + hi) as f32;
                 self.s_lo[at] = d * lo as f32;
+                self.qsum[at] = lo + hi;
             }
         }
         self.d8.clear();
@@ -89,7 +94,7 @@ struct Line([i8; 64]);
 
 impl Lines {
     /// `len` zero bytes, reusing the allocation.
-    fn zeroed(&mut self, len: usize) {
+    pub fn zeroed(&mut self, len: usize) {
         self.lines.clear();
         self.lines.resize(len.div_ceil(64), Line([0; 64]));
         self.len = len;

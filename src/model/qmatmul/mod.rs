@@ -6,15 +6,19 @@
 //! `quantize_row_q8_0`, `ggml_vec_dot_q4_0_q8_0` …). Weight formats: Q4_0, Q4_1, Q5_0, Q5_1,
 //! Q8_0, Q4_K and Q6_K, in ggml's block layouts (`formats`).
 //!
-//! Three paths, chosen once at run time: AVX-512 VNNI, AVX2+FMA, and scalar, the reference the
-//! others are tested against. `CONCLAVE_SIMD=scalar|avx2|avx512` picks one (an error if this
-//! CPU lacks it), `CONCLAVE_NO_SIMD=1` forces the scalar one.
+//! Four paths, chosen once at run time: AMX (Intel's tile multiply, on weights packed for it:
+//! `pack`), AVX-512 VNNI, AVX2+FMA, and scalar, the reference the others are tested against.
+//! `CONCLAVE_SIMD=scalar|avx2|avx512|amx` picks one (an error if this CPU lacks it),
+//! `CONCLAVE_NO_SIMD=1` forces the scalar one.
 mod acts;
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod formats;
+mod pack;
 pub(super) mod pool;
 mod scalar;
 #[cfg(test)]
@@ -23,6 +27,7 @@ mod tests;
 use acts::Acts;
 use anyhow::{bail, Result};
 use candle_core::quantized::GgmlDType;
+pub use pack::Packed;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -39,12 +44,13 @@ pub enum Simd {
     Scalar,
     Avx2,
     Avx512,
+    Amx,
 }
 
 impl Simd {
     /// Every path this CPU can run, slowest first.
     pub fn available() -> Vec<Simd> {
-        [Simd::Scalar, Simd::Avx2, Simd::Avx512]
+        [Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Amx]
             .into_iter()
             .filter(|s| s.runs_here())
             .collect()
@@ -66,6 +72,7 @@ impl Simd {
                         && is_x86_feature_detected!("avx512vl")
                         && is_x86_feature_detected!("avx512vnni")
                 }
+                Simd::Amx => Simd::Avx512.runs_here() && amx::available(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -74,17 +81,28 @@ impl Simd {
         }
     }
 
-    /// The path asked for by `CONCLAVE_SIMD` (`scalar`, `avx2`, `avx512`) or
-    /// `CONCLAVE_NO_SIMD`, else the fastest one this CPU runs.
+    /// Whether the path reads weights in the `pack` layout rather than GGUF's.
+    pub fn packs(self) -> bool {
+        self == Simd::Amx
+    }
+
+    /// The path asked for by `CONCLAVE_SIMD` (`scalar`, `avx2`, `avx512`, `amx`) or
+    /// `CONCLAVE_NO_SIMD`, else the fastest one this CPU runs other than `amx`.
     pub fn choose(simd: Option<&str>, no_simd: bool) -> Result<Simd> {
         let asked = match simd.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
             None | Some("") if no_simd => Simd::Scalar,
-            None | Some("") => return Ok(*Simd::available().last().unwrap()),
+            // AMX only when asked for: with it the engine's continuous batching does not yet
+            // answer exactly as alone (tests/engine.rs), though every product does.
+            None | Some("") => {
+                let best = Simd::available().into_iter().rfind(|s| !s.packs());
+                return Ok(best.unwrap_or(Simd::Scalar));
+            }
             Some("scalar") => Simd::Scalar,
             Some("avx2") => Simd::Avx2,
             Some("avx512") => Simd::Avx512,
+            Some("amx") => Simd::Amx,
             Some(other) => {
-                bail!("CONCLAVE_SIMD={other} is not a kernel path: use scalar, avx2 or avx512")
+                bail!("CONCLAVE_SIMD={other} is not a kernel path: use scalar, avx2, avx512 or amx")
             }
         };
         if !asked.runs_here() {
@@ -122,12 +140,47 @@ pub fn matmul(
     matmul_with(Simd::from_env()?, dtype, w, n, k, x, out)
 }
 
-/// One weight matrix: `n` rows of quantized blocks in `dtype`.
+/// One weight matrix: `n` rows of quantized blocks in `dtype`, as GGUF stores them, or
+/// packed for the path that reads them so (`Simd::packs`).
 #[derive(Clone, Copy)]
-pub struct Weight<'a> {
-    pub dtype: GgmlDType,
-    pub data: &'a [u8],
-    pub n: usize,
+pub enum Weight<'a> {
+    Rows {
+        dtype: GgmlDType,
+        data: &'a [u8],
+        n: usize,
+    },
+    Packed(&'a Packed),
+}
+
+impl Weight<'_> {
+    /// Output columns.
+    pub fn n(&self) -> usize {
+        match *self {
+            Weight::Rows { n, .. } => n,
+            Weight::Packed(p) => p.n,
+        }
+    }
+}
+
+/// `n` rows of `k` values of GGUF blocks in `dtype`, packed for `Simd::Amx`.
+pub fn pack(dtype: GgmlDType, data: &[u8], n: usize, k: usize) -> Result<Packed> {
+    let f = check(dtype, data, n, k)?;
+    Ok(Packed::new(f, data, n, k))
+}
+
+/// The format id of `dtype`, after checking that `data` holds `n` rows of `k` values in it.
+fn check(dtype: GgmlDType, data: &[u8], n: usize, k: usize) -> Result<u8> {
+    let Some(f) = formats::id(dtype) else {
+        bail!("no quantized kernel for {dtype:?}");
+    };
+    let per_block = formats::subs(f) * formats::QK;
+    if !k.is_multiple_of(per_block) {
+        bail!("quantized matmul: k = {k} must be a multiple of {per_block}");
+    }
+    if data.len() != n * (k / per_block) * formats::block_bytes(f) {
+        bail!("quantized matmul: shapes do not match the data ({n}x{k} weights)");
+    }
+    Ok(f)
 }
 
 /// Several products of one input, outs[i] = x · ws[i]ᵀ: x is quantized once, and the rows of
@@ -164,7 +217,7 @@ pub fn matmul_with(
     x: &[f32],
     out: &mut [f32],
 ) -> Result<()> {
-    let w = Weight { dtype, data: w, n };
+    let w = Weight::Rows { dtype, data: w, n };
     matmul_many_with(simd, &[w], k, x, &mut [out])
 }
 
@@ -180,29 +233,45 @@ pub fn matmul_many_with(
         bail!("quantized matmul: k = {k} must divide x's length, with one output per weight");
     }
     let m = x.len() / k;
+    if !simd.runs_here() {
+        bail!("this CPU cannot run the {simd:?} kernels");
+    }
+    // GGUF rows given to the packing path are packed here, once per call: for tests and
+    // benches; a model packs its weights when it loads.
+    let mut packed = Vec::new();
+    if simd.packs() {
+        for w in ws {
+            if let Weight::Rows { dtype, data, n } = *w {
+                packed.push(pack(dtype, data, n, k)?);
+            }
+        }
+    }
+    let mut packed = packed.iter();
     let mut jobs = Vec::with_capacity(ws.len());
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
-        let Some(f) = formats::id(w.dtype) else {
-            bail!("no quantized kernel for {:?}", w.dtype);
+        let (f, src, n) = match *w {
+            Weight::Rows { dtype, data, n } => {
+                let f = check(dtype, data, n, k)?;
+                match packed.next() {
+                    Some(p) => (f, Src::Packed(p), n),
+                    None => (f, Src::Rows(data), n),
+                }
+            }
+            Weight::Packed(p) if simd.packs() && p.k == k => (p.f, Src::Packed(p), p.n),
+            Weight::Packed(p) => bail!(
+                "quantized matmul: weights packed for AMX ({}x{}) given to the {simd:?} path with k = {k}",
+                p.n,
+                p.k
+            ),
         };
-        let per_block = formats::subs(f) * formats::QK;
-        if !k.is_multiple_of(per_block) {
-            bail!("quantized matmul: k = {k} must be a multiple of {per_block}");
-        }
-        if w.data.len() != w.n * (k / per_block) * formats::block_bytes(f) || out.len() != m * w.n {
-            bail!(
-                "quantized matmul: shapes do not match the data ({}x{k} weights, {m} rows)",
-                w.n
-            );
+        if out.len() != m * n {
+            bail!("quantized matmul: shapes do not match the data ({n}x{k} weights, {m} rows)");
         }
         let out = Out {
             ptr: out.as_mut_ptr(),
-            n: w.n,
+            n,
         };
-        jobs.push((f, w.data, w.n, out));
-    }
-    if !simd.runs_here() {
-        bail!("this CPU cannot run the {simd:?} kernels");
+        jobs.push((f, src, n, out));
     }
     let run = |acts: &Acts| {
         let threads = rayon::current_num_threads();
@@ -212,7 +281,10 @@ pub fn matmul_many_with(
                 run_rows(simd, f, w, 0..n, acts, out);
             }
         } else {
-            let chunk = rows.div_ceil(threads * TASKS_PER_THREAD);
+            let mut chunk = rows.div_ceil(threads * TASKS_PER_THREAD);
+            if simd.packs() {
+                chunk = chunk.next_multiple_of(pack::GROUP);
+            }
             let tasks: Vec<(usize, Range<usize>)> = (0..jobs.len())
                 .flat_map(|i| {
                     let n = jobs[i].2;
@@ -245,32 +317,40 @@ pub fn matmul_many_with(
     Ok(())
 }
 
-fn run_rows(simd: Simd, f: u8, w: &[u8], rows: Range<usize>, acts: &Acts, out: Out) {
+/// A job's weights.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Rows(&'a [u8]),
+    Packed(&'a Packed),
+}
+
+fn run_rows(simd: Simd, f: u8, w: Src, rows: Range<usize>, acts: &Acts, out: Out) {
     use formats::{Q4K, Q4_0, Q4_1, Q5_0, Q5_1, Q6K, Q8_0};
     // Each kernel is compiled per format, so its unpacking is inlined and branch-free.
     macro_rules! by_format {
-        ($path:ident) => {
+        ($path:ident, $w:ident) => {
             match f {
-                Q4_0 => $path::rows::<Q4_0>(w, rows, acts, out),
-                Q4_1 => $path::rows::<Q4_1>(w, rows, acts, out),
-                Q5_0 => $path::rows::<Q5_0>(w, rows, acts, out),
-                Q5_1 => $path::rows::<Q5_1>(w, rows, acts, out),
-                Q8_0 => $path::rows::<Q8_0>(w, rows, acts, out),
-                Q4K => $path::rows::<Q4K>(w, rows, acts, out),
-                Q6K => $path::rows::<Q6K>(w, rows, acts, out),
+                Q4_0 => $path::rows::<Q4_0>($w, rows, acts, out),
+                Q4_1 => $path::rows::<Q4_1>($w, rows, acts, out),
+                Q5_0 => $path::rows::<Q5_0>($w, rows, acts, out),
+                Q5_1 => $path::rows::<Q5_1>($w, rows, acts, out),
+                Q8_0 => $path::rows::<Q8_0>($w, rows, acts, out),
+                Q4K => $path::rows::<Q4K>($w, rows, acts, out),
+                Q6K => $path::rows::<Q6K>($w, rows, acts, out),
                 _ => unreachable!("format ids come from formats::id"),
             }
         };
     }
-    match simd {
-        Simd::Scalar => scalar::rows(f, w, rows, acts, out),
+    match (simd, w) {
+        (Simd::Scalar, Src::Rows(w)) => scalar::rows(f, w, rows, acts, out),
         // SAFETY: `matmul_with` checked that this CPU runs the path, and the shapes.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { by_format!(avx2) },
+        (Simd::Avx2, Src::Rows(w)) => unsafe { by_format!(avx2, w) },
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { by_format!(avx512) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("only the scalar path runs here"),
+        (Simd::Avx512, Src::Rows(w)) => unsafe { by_format!(avx512, w) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Amx, Src::Packed(w)) => unsafe { by_format!(amx, w) },
+        _ => unreachable!("matmul_many_with gives each path the layout it reads"),
     }
 }
 
