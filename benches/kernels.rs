@@ -7,7 +7,7 @@
 //! on a machine busy with other work it shows what a product costs without the waiting.
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use conclave::model::qmatmul::{self, Simd};
+use conclave::model::qmatmul::{self, Simd, Weight};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
@@ -115,13 +115,24 @@ impl Case {
 
     fn bench_kernel(&self, g: &mut Group<'_>, simd: Simd, b: usize) {
         let x: Vec<f32> = self.acts(b).flatten_all().unwrap().to_vec1().unwrap();
-        let data = self.q.data().unwrap();
+        let (dtype, data) = (self.q.dtype(), self.q.data().unwrap());
+        // The packing path reads weights packed once, as a loaded model holds them.
+        let packed = simd
+            .packs()
+            .then(|| qmatmul::pack(dtype, &data, self.n, self.k).unwrap());
+        let w = match &packed {
+            Some(p) => Weight::Packed(p),
+            None => Weight::Rows {
+                dtype,
+                data: &data,
+                n: self.n,
+            },
+        };
         let mut out = vec![0f32; b * self.n];
         g.throughput(Throughput::Elements((2 * self.n * self.k * b) as u64));
         g.bench_function(self.name(b), |bench| {
             bench.iter(|| {
-                let (dtype, w) = (self.q.dtype(), &data);
-                qmatmul::matmul_with(simd, dtype, w, self.n, self.k, &x, &mut out).unwrap()
+                qmatmul::matmul_many_with(simd, &[w], self.k, &x, &mut [&mut out]).unwrap()
             })
         });
     }
@@ -139,20 +150,26 @@ fn group<'a>(c: &'a mut Criterion<Clock>, name: &str) -> Group<'a> {
 }
 
 fn bench(c: &mut Criterion<Clock>) {
-    let best = *Simd::available().last().unwrap();
+    let paths = Simd::available();
+    let best = *paths.iter().rfind(|s| !s.packs()).unwrap();
     let cases: Vec<Case> = FORMATS
         .iter()
         .flat_map(|&d| shapes(d).map(|(n, k)| Case::new(d, n, k)))
         .collect();
 
-    // Our kernel on the fastest path at every batch size.
-    let mut g = group(c, &format!("kernel_{best:?}"));
-    for case in &cases {
-        for b in BATCHES {
-            case.bench_kernel(&mut g, best, b);
+    // Our kernel on the fastest default path, and on AMX where it runs, at every batch size.
+    for simd in [best, Simd::Amx] {
+        if !paths.contains(&simd) {
+            continue;
         }
+        let mut g = group(c, &format!("kernel_{simd:?}"));
+        for case in &cases {
+            for b in BATCHES {
+                case.bench_kernel(&mut g, simd, b);
+            }
+        }
+        g.finish();
     }
-    g.finish();
 
     // The AVX2 path, for the gain of AVX-512 at B = 1 and 8.
     if best == Simd::Avx512 {
