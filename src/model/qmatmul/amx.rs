@@ -14,7 +14,8 @@
 //! lends the tile registers only to a process that asks (`arch_prctl(ARCH_REQ_XCOMP_PERM)`,
 //! kernel documentation `arch/x86/xstate.rst`), which `available` does once.
 use super::acts::Acts;
-use super::formats::{subs, Q4K, Q4_0, Q4_1, Q5_0, Q5_1, Q6K, Q8_0, QK};
+use super::avx2::zero_point;
+use super::formats::{subs, Q4K, Q4_1, Q5_0, Q5_1, Q6K, Q8_0, QK};
 use super::pack::{self, Packed, GROUP};
 use super::Out;
 use std::arch::asm;
@@ -335,15 +336,6 @@ unsafe fn scales<const F: u8>(unit: *const u8, j: usize) -> (__m512, __m512) {
             let d = half(pack::D);
             (d, _mm512_mul_ps(_mm512_set1_ps(zero_point(F)), d))
         }
-    }
-}
-
-/// The zero point z of a format whose value is d·(q + z).
-const fn zero_point(f: u8) -> f32 {
-    match f {
-        Q4_0 => -8.0,
-        Q5_0 => -16.0,
-        _ => 0.0,
     }
 }
 
