@@ -208,18 +208,18 @@ fn dot<const FMA: bool>(q: &[f32], k: &[f32]) -> f32 {
     dot
 }
 
-/// Σ x in eight lanes.
+/// Σ x in eight lanes, position i in lane i mod 8 (the tail too). A row shorter than the
+/// batch's longest has zeros past its end, and adding a zero to a lane is exact, so the row
+/// sums to the same bits at any batch length: a job answers the same alone and batched.
 #[inline(always)]
 fn sum8(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for j in 0..8 {
-            lanes[j] += c[j];
+    for c in x.chunks(8) {
+        for (lane, &v) in lanes.iter_mut().zip(c) {
+            *lane += v;
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    lanes.iter().sum::<f32>()
 }
 
 /// The output shared by the tasks, each writing its own heads.
@@ -258,6 +258,40 @@ mod tests {
             .unwrap()
             .reshape((b, 1, h * d))
             .unwrap()
+    }
+
+    /// A row's output has the same bits whatever the batch's longest row: the engine's
+    /// continuous batching relies on a job answering exactly as it does alone.
+    #[test]
+    fn a_row_gives_the_same_bits_under_a_longer_batch() {
+        let dev = Device::Cpu;
+        let (kvh, n_rep, d, cap) = (2, 3, 64, 64);
+        let q = Tensor::randn(0f32, 1.0, (1, kvh * n_rep, 1, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, kvh, cap, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, kvh, cap, d), &dev).unwrap();
+        for own in [5, 13, 31, 39] {
+            let view = |t: &Tensor, l| t.narrow(2, 0, l).unwrap();
+            let alone = decode(&q, &view(&k, own), &view(&v, own), None).unwrap();
+            for longest in [own + 1, own + 9, cap] {
+                let hide: Vec<f32> = (0..n_rep * longest)
+                    .map(|i| {
+                        if i % longest < own {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(hide, (1, 1, n_rep, longest), &dev).unwrap();
+                let (k, v) = (view(&k, longest), view(&v, longest));
+                let batched = decode(&q, &k, &v, Some(&mask)).unwrap();
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                    v.iter().map(|x| x.to_bits()).collect()
+                };
+                assert_eq!(bits(&alone), bits(&batched), "length {own} under {longest}");
+            }
+        }
     }
 
     #[test]
