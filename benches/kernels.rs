@@ -157,7 +157,8 @@ fn bench(c: &mut Criterion<Clock>) {
         .flat_map(|&d| shapes(d).map(|(n, k)| Case::new(d, n, k)))
         .collect();
 
-    // Our kernel on the fastest default path, and on AMX where it runs, at every batch size.
+    // Our kernel on the fastest path that reads GGUF blocks as stored, and on AMX (weights
+    // packed at load; the default where it runs), at every batch size.
     for simd in [best, Simd::Amx] {
         if !paths.contains(&simd) {
             continue;

@@ -1,20 +1,24 @@
 //! Attention for one new position per row (a decode step), read straight from the KV cache's
-//! buffers. candle's batched matmul spends more on setting up each of the B·KV-heads tiny
+//! f16 buffers. candle's batched matmul spends more on setting up each of the B·KV-heads tiny
 //! products ([n_rep, D]·[D, L]) than on the arithmetic: with 8 rows on smollm2 its GEMM took
 //! about a sixth of the step (`perf`).
 use super::math::exp;
 use super::qmatmul::pool;
 use anyhow::{bail, Result};
-use candle_core::{Storage, Tensor};
+use candle_core::{DType, Storage, Tensor};
+use half::f16;
 
-/// q: [B, H, 1, D], already scaled; k, v: [B, KVH, L, D], views of the cache whose last axis
-/// is contiguous; mask: additive, [n_rep, L] or per row [B, 1, n_rep, L]. → [B, 1, H·D].
+/// q: [B, H, 1, D], already scaled; k, v: [B, KVH, L, D], f16 views of the cache whose last
+/// axis is contiguous; mask: additive, [n_rep, L] or per row [B, 1, n_rep, L]. → [B, 1, H·D].
 /// Query head h reads KV head h / n_rep, as the grouped layout of `Attention::forward` does.
 pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let (_, kvh, l, _) = k.dims4()?;
     if t != 1 || h % kvh != 0 {
         bail!("decode attention takes one position per row, and whole groups of heads");
+    }
+    if k.dtype() != DType::F16 || v.dtype() != DType::F16 {
+        bail!("decode attention reads an f16 cache");
     }
     let n_rep = h / kvh;
     let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
@@ -39,8 +43,8 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
     let mut y = vec![0f32; b * h * d];
     let heads = Heads {
         q: &q,
-        k: view(kc.as_slice::<f32>()?, kl),
-        v: view(vc.as_slice::<f32>()?, vl),
+        k: view(kc.as_slice::<f16>()?, kl),
+        v: view(vc.as_slice::<f16>()?, vl),
         mask: &mask,
         per_row,
         kvh,
@@ -49,15 +53,15 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
         d,
         out: Out(y.as_mut_ptr()),
     };
-    let fma = fma_here();
+    let simd = avx2_here() && d % 8 == 0;
     // One task per (row, KV head): it writes the n_rep heads of that group.
     let task = |c: usize| {
         #[cfg(target_arch = "x86_64")]
-        if fma {
-            // SAFETY: this CPU has AVX2 and FMA (`fma_here`).
-            return unsafe { heads.group_fma(c) };
+        if simd {
+            // SAFETY: this CPU has AVX2, FMA and F16C (`avx2_here`), and D is a multiple of 8.
+            return unsafe { heads.group_avx2(c) };
         }
-        heads.group::<false>(c)
+        heads.group(c)
     };
     if !pool::run(b * kvh, &task) {
         (0..b * kvh).for_each(task);
@@ -66,12 +70,13 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
     Ok(Tensor::from_vec(y, (b, 1, h * d), k.device())?)
 }
 
-/// Whether the loops can be compiled for AVX2 + FMA here: the default build targets plain
-/// x86-64 (SSE2), four lanes and no fused multiply-add.
-fn fma_here() -> bool {
+/// Whether `Heads::group_avx2` runs here: the default build targets plain x86-64 (SSE2).
+fn avx2_here() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -82,14 +87,14 @@ fn fma_here() -> bool {
 /// A [B, KVH, L, D] cache view in its buffer: where it starts, and the steps of its first
 /// three axes (the last is contiguous).
 struct View<'a> {
-    data: &'a [f32],
+    data: &'a [f16],
     start: usize,
     stride: [usize; 3],
 }
 
 impl View<'_> {
     /// Position i's D values of (row, KV head g).
-    fn at(&self, row: usize, g: usize, i: usize, d: usize) -> &[f32] {
+    fn at(&self, row: usize, g: usize, i: usize, d: usize) -> &[f16] {
         let [b, h, l] = self.stride;
         &self.data[self.start + row * b + g * h + i * l..][..d]
     }
@@ -110,37 +115,34 @@ struct Heads<'a> {
 }
 
 impl Heads<'_> {
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn group_fma(&self, c: usize) {
-        self.group::<true>(c)
+    fn query(&self, row: usize, g: usize, r: usize) -> &[f32] {
+        let h = self.kvh * self.n_rep;
+        &self.q[(row * h + g * self.n_rep + r) * self.d..][..self.d]
     }
 
-    /// The n_rep query heads of task c's (row, KV head). With `FMA`, multiply-adds are fused
-    /// (only where the caller enables the instruction: elsewhere `mul_add` is a library call).
+    /// The output of the group's n_rep heads, [n_rep·D].
+    ///
+    /// # Safety
+    /// Only task (row, g) may call it: it alone writes these heads, which lie next to each
+    /// other, and the output outlives the tasks.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn output(&self, row: usize, g: usize) -> &mut [f32] {
+        let h = self.kvh * self.n_rep;
+        self.out
+            .slice((row * h + g * self.n_rep) * self.d, self.n_rep * self.d)
+    }
+
+    /// Turns the scores of head r, `p[r·stride..][..L]`, into softmax weights. A hidden
+    /// position weighs exactly 0, not exp's floor e^−87.
     #[inline(always)]
-    fn group<const FMA: bool>(&self, c: usize) {
-        let madd = |a: f32, b: f32, acc: f32| if FMA { a.mul_add(b, acc) } else { a * b + acc };
-        let (row, g) = (c / self.kvh, c % self.kvh);
-        let (n_rep, l, d) = (self.n_rep, self.l, self.d);
-        let h = self.kvh * n_rep;
-        let query = |r: usize| &self.q[(row * h + g * n_rep + r) * d..][..d];
-        let key = |i: usize| self.k.at(row, g, i, d);
-        let value = |i: usize| self.v.at(row, g, i, d);
-        // Weights of the group's n_rep heads, [n_rep][L]. Each key and value is read once
-        // for all of them (they share the KV head), not once per head.
-        let mut p = vec![0f32; n_rep * l];
-        for i in 0..l {
-            let k = key(i);
-            for r in 0..n_rep {
-                p[r * l + i] = dot::<FMA>(query(r), k);
-            }
-        }
-        for (r, p) in p.chunks_exact_mut(l).enumerate() {
+    fn softmax(&self, row: usize, p: &mut [f32], stride: usize) {
+        let l = self.l;
+        for r in 0..self.n_rep {
+            let p = &mut p[r * stride..][..l];
             let m = match (self.mask.is_empty(), self.per_row) {
                 (true, _) => None,
                 (false, false) => Some(&self.mask[r * l..][..l]),
-                (false, true) => Some(&self.mask[(row * n_rep + r) * l..][..l]),
+                (false, true) => Some(&self.mask[(row * self.n_rep + r) * l..][..l]),
             };
             if let Some(m) = m {
                 for (s, &m) in p.iter_mut().zip(m) {
@@ -152,7 +154,6 @@ impl Heads<'_> {
                 *s = exp(*s - max);
             }
             if let Some(m) = m {
-                // A hidden position weighs exactly 0, not exp's floor e^−87.
                 for (s, &m) in p.iter_mut().zip(m) {
                     *s = if m == f32::NEG_INFINITY { 0.0 } else { *s };
                 }
@@ -162,50 +163,164 @@ impl Heads<'_> {
                 *s /= sum;
             }
         }
-        // SAFETY: task c alone writes the heads g·n_rep … (g + 1)·n_rep of row `row`, which
-        // lie next to each other, and the output outlives the tasks.
-        let y = unsafe { self.out.slice((row * h + g * n_rep) * d, n_rep * d) };
-        // Four positions per pass over a head: a quarter of the loads and stores of its
-        // output, added in the same order as one at a time.
-        let mut i = 0;
-        while i + 4 <= l {
-            let (v0, v1, v2, v3) = (value(i), value(i + 1), value(i + 2), value(i + 3));
+    }
+
+    /// The n_rep query heads of task c's (row, KV head), portably. Each key and value is
+    /// widened once for all of them (they share the KV head), not once per head.
+    fn group(&self, c: usize) {
+        let (row, g) = (c / self.kvh, c % self.kvh);
+        let (n_rep, l, d) = (self.n_rep, self.l, self.d);
+        let mut p = vec![0f32; n_rep * l]; // [n_rep][L]
+        let mut wide = vec![0f32; d];
+        for i in 0..l {
+            widen(self.k.at(row, g, i, d), &mut wide);
+            for r in 0..n_rep {
+                p[r * l + i] = dot(self.query(row, g, r), &wide);
+            }
+        }
+        self.softmax(row, &mut p, l);
+        // SAFETY: this is task (row, g).
+        let y = unsafe { self.output(row, g) };
+        for i in 0..l {
+            widen(self.v.at(row, g, i, d), &mut wide);
             for (yh, w) in y.chunks_exact_mut(d).zip(p.chunks_exact(l)) {
-                for (j, y) in yh.iter_mut().enumerate() {
-                    let acc = madd(w[i], v0[j], *y);
-                    let acc = madd(w[i + 1], v1[j], acc);
-                    let acc = madd(w[i + 2], v2[j], acc);
-                    *y = madd(w[i + 3], v3[j], acc);
+                for (y, &v) in yh.iter_mut().zip(&wide) {
+                    *y += w[i] * v;
                 }
             }
-            i += 4;
         }
-        for i in i..l {
-            for (yh, w) in y.chunks_exact_mut(d).zip(p.chunks_exact(l)) {
-                for (y, &v) in yh.iter_mut().zip(value(i)) {
-                    *y = madd(w[i], v, *y);
+    }
+
+    /// `group` with AVX2: eight positions at a time, their keys or values widened into a
+    /// block once for all n_rep heads. A score is one position's dot product, summed the same
+    /// way wherever the position falls, and a row's output adds its positions in order, so a
+    /// row gives the same bits under any longer batch row (its hidden positions weigh 0).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, and D is a multiple of 8.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group_avx2(&self, c: usize) {
+        use std::arch::x86_64::*;
+        let (row, g) = (c / self.kvh, c % self.kvh);
+        let (n_rep, l, d) = (self.n_rep, self.l, self.d);
+        let lp = l.next_multiple_of(8);
+        let mut p = vec![0f32; n_rep * lp]; // [n_rep][L rounded up to 8]
+        let mut block = vec![0f32; 8 * d]; // [8][D]
+        for i0 in (0..l).step_by(8) {
+            for j in 0..(l - i0).min(8) {
+                widen_avx2(self.k.at(row, g, i0 + j, d), &mut block[j * d..][..d]);
+            }
+            for r in 0..n_rep {
+                let q = self.query(row, g, r).as_ptr();
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for x in (0..d).step_by(8) {
+                    let qx = _mm256_loadu_ps(q.add(x));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a =
+                            _mm256_fmadd_ps(qx, _mm256_loadu_ps(block.as_ptr().add(j * d + x)), *a);
+                    }
+                }
+                _mm256_storeu_ps(p.as_mut_ptr().add(r * lp + i0), sum_each(acc));
+            }
+        }
+        self.softmax(row, &mut p, lp);
+        let y = self.output(row, g);
+        for i0 in (0..l).step_by(8) {
+            let n = (l - i0).min(8);
+            for j in 0..n {
+                widen_avx2(self.v.at(row, g, i0 + j, d), &mut block[j * d..][..d]);
+            }
+            for r in 0..n_rep {
+                let w = &p[r * lp + i0..][..n];
+                let yh = y[r * d..].as_mut_ptr();
+                if d % 64 == 0 {
+                    for x in (0..d).step_by(64) {
+                        add_weighted::<8>(yh.add(x), block.as_ptr().add(x), d, w);
+                    }
+                } else {
+                    for x in (0..d).step_by(8) {
+                        add_weighted::<1>(yh.add(x), block.as_ptr().add(x), d, w);
+                    }
                 }
             }
         }
     }
 }
 
+/// f16 → f32, one value at a time.
+fn widen(from: &[f16], to: &mut [f32]) {
+    for (t, f) in to.iter_mut().zip(from) {
+        *t = f.to_f32();
+    }
+}
+
 /// Σ q·k in eight lanes, so the loop vectorizes.
-#[inline(always)]
-fn dot<const FMA: bool>(q: &[f32], k: &[f32]) -> f32 {
-    let madd = |a: f32, b: f32, acc: f32| if FMA { a.mul_add(b, acc) } else { a * b + acc };
+fn dot(q: &[f32], k: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     for (q, k) in q.chunks_exact(8).zip(k.chunks_exact(8)) {
         for j in 0..8 {
-            lanes[j] = madd(q[j], k[j], lanes[j]);
+            lanes[j] += q[j] * k[j];
         }
     }
     let whole = q.len() - q.len() % 8;
     let mut dot = lanes.iter().sum::<f32>();
     for j in whole..q.len() {
-        dot = madd(q[j], k[j], dot);
+        dot += q[j] * k[j];
     }
     dot
+}
+
+/// f16 → f32, eight values at a time; `from.len()` is a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn widen_avx2(from: &[f16], to: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(from.len().is_multiple_of(8) && to.len() >= from.len());
+    for x in (0..from.len()).step_by(8) {
+        let h = _mm_loadu_si128(from.as_ptr().add(x) as *const __m128i);
+        _mm256_storeu_ps(to.as_mut_ptr().add(x), _mm256_cvtph_ps(h));
+    }
+}
+
+/// The sums of eight vectors' lanes, as one vector: lane j holds Σ a[j].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn sum_each(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7]
+    let ab = _mm256_hadd_ps(a[0], a[1]);
+    let cd = _mm256_hadd_ps(a[2], a[3]);
+    let ef = _mm256_hadd_ps(a[4], a[5]);
+    let gh = _mm256_hadd_ps(a[6], a[7]);
+    let abcd = _mm256_hadd_ps(ab, cd); // [Σa0..3, Σb0..3, Σc0..3, Σd0..3 | the same of 4..7]
+    let efgh = _mm256_hadd_ps(ef, gh);
+    let low = _mm256_permute2f128_ps::<0x20>(abcd, efgh);
+    let high = _mm256_permute2f128_ps::<0x31>(abcd, efgh);
+    _mm256_add_ps(low, high)
+}
+
+/// y[..8·W] += Σ_j w[j] · block[j·D..][..8·W], the positions j in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn add_weighted<const W: usize>(y: *mut f32, block: *const f32, d: usize, w: &[f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); W];
+    for (u, a) in acc.iter_mut().enumerate() {
+        *a = _mm256_loadu_ps(y.add(8 * u));
+    }
+    for (j, &wj) in w.iter().enumerate() {
+        let wj = _mm256_set1_ps(wj);
+        for (u, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(wj, _mm256_loadu_ps(block.add(j * d + 8 * u)), *a);
+        }
+    }
+    for (u, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(y.add(8 * u), *a);
+    }
 }
 
 /// Σ x in eight lanes, position i in lane i mod 8 (the tail too). A row shorter than the
@@ -243,11 +358,21 @@ mod tests {
     use super::*;
     use candle_core::{Device, D};
 
+    /// A random [1, KVH, cap, D] cache, stored as f16 like the model's.
+    fn f16_cache(kvh: usize, cap: usize, d: usize) -> Tensor {
+        let t = Tensor::randn(0f32, 1.0, (1, kvh, cap, d), &Device::Cpu).unwrap();
+        t.to_dtype(DType::F16).unwrap()
+    }
+
     /// candle's grouped attention, as `Attention::forward` computes it for longer inputs.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let (b, h, _, d) = q.dims4().unwrap();
         let kvh = k.dim(1).unwrap();
         let q = q.reshape((b, kvh, h / kvh, d)).unwrap();
+        let (k, v) = (
+            k.to_dtype(DType::F32).unwrap(),
+            v.to_dtype(DType::F32).unwrap(),
+        );
         let att = q.matmul(&k.t().unwrap()).unwrap();
         let att = match mask {
             Some(m) => att.broadcast_add(m).unwrap(),
@@ -264,11 +389,18 @@ mod tests {
     /// continuous batching relies on a job answering exactly as it does alone.
     #[test]
     fn a_row_gives_the_same_bits_under_a_longer_batch() {
+        // D = 20 takes the portable loops, 64 the AVX2 ones where the CPU has them.
+        for d in [20, 64] {
+            same_bits_under_a_longer_batch(d);
+        }
+    }
+
+    fn same_bits_under_a_longer_batch(d: usize) {
         let dev = Device::Cpu;
-        let (kvh, n_rep, d, cap) = (2, 3, 64, 64);
+        let (kvh, n_rep, cap) = (2, 3, 64);
         let q = Tensor::randn(0f32, 1.0, (1, kvh * n_rep, 1, d), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (1, kvh, cap, d), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (1, kvh, cap, d), &dev).unwrap();
+        let k = f16_cache(kvh, cap, d);
+        let v = f16_cache(kvh, cap, d);
         for own in [5, 13, 31, 39] {
             let view = |t: &Tensor, l| t.narrow(2, 0, l).unwrap();
             let alone = decode(&q, &view(&k, own), &view(&v, own), None).unwrap();
@@ -289,18 +421,29 @@ mod tests {
                     let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
                     v.iter().map(|x| x.to_bits()).collect()
                 };
-                assert_eq!(bits(&alone), bits(&batched), "length {own} under {longest}");
+                assert_eq!(bits(&alone), bits(&batched), "D {d}: {own} under {longest}");
             }
         }
     }
 
     #[test]
     fn matches_candles_attention_on_cache_views_with_masks() {
+        // D = 20 takes the portable loops; 64 and 72 the AVX2 ones, where the CPU has them.
+        for d in [20, 64, 72] {
+            matches_candles_attention(d);
+        }
+    }
+
+    fn matches_candles_attention(d: usize) {
         let dev = Device::Cpu;
-        let (b, kvh, n_rep, d, cap, l) = (3, 2, 3, 20, 16, 11);
+        let (b, kvh, n_rep, cap, l) = (3, 2, 3, 16, 11);
         let q = Tensor::randn(0f32, 1.0, (b, kvh * n_rep, 1, d), &dev).unwrap();
         let k = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
+        let (k, v) = (
+            k.to_dtype(DType::F16).unwrap(),
+            v.to_dtype(DType::F16).unwrap(),
+        );
         let (k, v) = (k.narrow(2, 0, l).unwrap(), v.narrow(2, 0, l).unwrap());
         // Hide the first 4 positions for every row, and per row a different tail.
         let shared: Vec<f32> = (0..n_rep * l)
@@ -332,7 +475,7 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(diff < 1e-5, "max difference {diff}");
+            assert!(diff < 1e-5, "D = {d}: max difference {diff}");
         }
     }
 }

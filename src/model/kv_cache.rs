@@ -4,6 +4,10 @@
 //! in place (`slice_set`) and attention reads a view up to the longest row, so a decode step
 //! copies nothing but the new token's keys and values. Capacity grows in chunks, not per step.
 //!
+//! On the CPU keys and values are stored as f16, as llama.cpp stores them by default: a decode
+//! step reads the whole cache of every row, and at 8 rows that read, not the arithmetic, is
+//! what attention costs. Elsewhere they stay f32.
+//!
 //! Rows may hold different lengths: samples of different requests share one batch (continuous
 //! batching). Each row writes at its own length; attention masks what lies past it.
 use anyhow::{bail, Result};
@@ -21,6 +25,7 @@ pub struct KvCache {
     lens: Vec<usize>,
     capacity: usize,
     max_len: usize,
+    dtype: DType,
     device: Device,
 }
 
@@ -41,6 +46,11 @@ impl KvCache {
             lens: vec![0; batch],
             capacity: 0,
             max_len,
+            dtype: if device.is_cpu() {
+                DType::F16
+            } else {
+                DType::F32
+            },
             device: device.clone(),
         };
         cache.layers = (0..n_layer)
@@ -51,7 +61,7 @@ impl KvCache {
 
     fn zeros(&self, cap: usize) -> Result<Tensor> {
         let shape = (self.batch, self.kv_heads, cap, self.head_dim);
-        Ok(Tensor::zeros(shape, DType::F32, &self.device)?)
+        Ok(Tensor::zeros(shape, self.dtype, &self.device)?)
     }
 
     /// Positions cached in the longest row.
@@ -108,9 +118,11 @@ impl KvCache {
     }
 
     /// Writes `k`, `v` (`[batch, kv_heads, t, head_dim]`, contiguous) after each row's cached
-    /// positions in `layer` and returns views up to the longest row, new entries included.
+    /// positions in `layer` and returns views up to the longest row, new entries included,
+    /// in the cache's type (f16 on the CPU).
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dim(2)?;
+        let (k, v) = (&k.to_dtype(self.dtype)?, &v.to_dtype(self.dtype)?);
         let (kc, vc) = &self.layers[layer];
         if self.is_uniform() {
             kc.slice_set(k, 2, self.lens[0])?;
@@ -169,7 +181,7 @@ impl KvCache {
         let rows = t.dim(0)?;
         let out = Tensor::zeros(
             (rows, self.kv_heads, cap, self.head_dim),
-            DType::F32,
+            self.dtype,
             &self.device,
         )?;
         if t.dim(2)? > 0 {
@@ -207,6 +219,7 @@ impl KvCache {
             lens,
             capacity: self.capacity,
             max_len: self.max_len,
+            dtype: self.dtype,
             device: self.device.clone(),
         })
     }

@@ -275,9 +275,10 @@ impl Attention {
             return self.o.forward(&y);
         }
 
-        // Grouped-query attention without copying K/V: the n_rep query heads that share a KV
-        // head are stacked along the row axis, [B, H, T, D] → [B, KVH, n_rep·T, D].
+        // Grouped-query attention: the n_rep query heads that share a KV head are stacked
+        // along the row axis, [B, H, T, D] → [B, KVH, n_rep·T, D].
         let n_rep = h / kvh;
+        let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?); // f16 cache → f32
         let q = (q * self.scale)?.reshape((b, kvh, n_rep * t, d))?;
         let att = q.matmul(&k.t()?)?; // [B, KVH, n_rep·T, L]
         let att = match mask {

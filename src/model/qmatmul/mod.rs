@@ -6,8 +6,9 @@
 //! `quantize_row_q8_0`, `ggml_vec_dot_q4_0_q8_0` …). Weight formats: Q4_0, Q4_1, Q5_0, Q5_1,
 //! Q8_0, Q4_K and Q6_K, in ggml's block layouts (`formats`).
 //!
-//! Four paths, chosen once at run time: AMX (Intel's tile multiply, on weights packed for it:
-//! `pack`), AVX-512 VNNI, AVX2+FMA, and scalar, the reference the others are tested against.
+//! Four paths; the fastest this CPU runs is chosen once at run time: AMX (Intel's tile
+//! multiply and VNNI, on weights packed for them at load: `pack`), AVX-512 VNNI, AVX2+FMA, and
+//! scalar, the reference the others are tested against.
 //! `CONCLAVE_SIMD=scalar|avx2|avx512|amx` picks one (an error if this CPU lacks it),
 //! `CONCLAVE_NO_SIMD=1` forces the scalar one.
 mod acts;
@@ -87,14 +88,12 @@ impl Simd {
     }
 
     /// The path asked for by `CONCLAVE_SIMD` (`scalar`, `avx2`, `avx512`, `amx`) or
-    /// `CONCLAVE_NO_SIMD`, else the fastest one this CPU runs other than `amx`.
+    /// `CONCLAVE_NO_SIMD`, else the fastest one this CPU runs.
     pub fn choose(simd: Option<&str>, no_simd: bool) -> Result<Simd> {
         let asked = match simd.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
             None | Some("") if no_simd => Simd::Scalar,
-            // AMX only when asked for: with it the engine's continuous batching does not yet
-            // answer exactly as alone (tests/engine.rs), though every product does.
             None | Some("") => {
-                let best = Simd::available().into_iter().rfind(|s| !s.packs());
+                let best = Simd::available().pop();
                 return Ok(best.unwrap_or(Simd::Scalar));
             }
             Some("scalar") => Simd::Scalar,

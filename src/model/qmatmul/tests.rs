@@ -247,8 +247,8 @@ fn bad_formats_and_shapes_are_errors() {
 
 #[test]
 fn the_path_comes_from_the_environment_values() {
-    let best = Simd::available().into_iter().rfind(|s| !s.packs());
-    assert_eq!(Simd::choose(None, false).unwrap(), best.unwrap());
+    let best = *Simd::available().last().unwrap();
+    assert_eq!(Simd::choose(None, false).unwrap(), best);
     assert_eq!(Simd::choose(None, true).unwrap(), Simd::Scalar);
     assert_eq!(Simd::choose(Some("Scalar"), false).unwrap(), Simd::Scalar);
     let e = Simd::choose(Some("avx9"), false).unwrap_err().to_string();
