@@ -13,7 +13,11 @@ pub fn exp(x: f32) -> f32 {
     // Adding and removing 1.5·2^23 rounds to an integer (see `qmatmul::acts::round`).
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
+    // The same integer from the bits: MAGIC + n differs from MAGIC by n units in the last
+    // place. `n as i32` would be a saturating conversion, which does not vectorize.
+    let ni = shifted.to_bits() as i32 - MAGIC.to_bits() as i32;
     let r = x - n * C1 - n * C2;
     let mut p = 1.987_569_1e-4;
     p = p * r + 1.398_2e-3;
@@ -23,7 +27,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 0.5; // Cephes: 5.0000001201e-1, which is 0.5 in f32
     let er = p * r * r + r + 1.0;
     // 2^n through the exponent bits: n is in [−126, 127] after the clamp.
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    er * f32::from_bits(((ni + 127) as u32) << 23)
 }
 
 /// GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (Hendrycks and Gimpel,
