@@ -2,39 +2,10 @@
 //!
 //! The order of the steps is llama.cpp's default sampler chain (`common/sampling.cpp`):
 //! repetition penalty, top-k, top-p, min-p, temperature, then a draw.
-use crate::model::math::exp;
+use crate::model::math::{exp, simd_here};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-
-/// Runs a whole-vocabulary scan (an `#[inline(always)]` call) compiled for AVX-512 or AVX2
-/// where the CPU has them: the default build targets plain x86-64, and these loops read 262k
-/// logits per row for gemma. The results are the same bits on every path (no fused
-/// multiply-adds are formed).
-macro_rules! simd_here {
-    ($call:expr) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn avx512<T>(f: impl FnOnce() -> T) -> T {
-                f()
-            }
-            #[target_feature(enable = "avx2")]
-            unsafe fn avx2<T>(f: impl FnOnce() -> T) -> T {
-                f()
-            }
-            if is_x86_feature_detected!("avx512f") {
-                // SAFETY: this CPU has AVX-512F.
-                return unsafe { avx512(|| $call) };
-            }
-            if is_x86_feature_detected!("avx2") {
-                // SAFETY: this CPU has AVX2.
-                return unsafe { avx2(|| $call) };
-            }
-        }
-        $call
-    }};
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

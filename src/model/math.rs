@@ -1,6 +1,37 @@
 //! Float functions for the hot loops, in plain operations the compiler vectorizes: the
 //! library's `expf` and `tanhf` are one call per value.
 
+/// Evaluates `$call` (a call of an `#[inline(always)]` function) compiled for AVX-512 or AVX2
+/// where the CPU has them, for plain loops the compiler vectorizes: the default build
+/// targets x86-64 (SSE2). Rust forms no fused multiply-adds on its own, so the results are
+/// the same bits on every path. It returns from the function it is in: write it as the
+/// whole body.
+macro_rules! simd_here {
+    ($call:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512<T>(f: impl FnOnce() -> T) -> T {
+                f()
+            }
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2<T>(f: impl FnOnce() -> T) -> T {
+                f()
+            }
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: this CPU has AVX-512F.
+                return unsafe { avx512(|| $call) };
+            }
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: this CPU has AVX2.
+                return unsafe { avx2(|| $call) };
+            }
+        }
+        $call
+    }};
+}
+pub(crate) use simd_here;
+
 /// e^x, within a few ulp, for x in [−87, 88] (clamped there: e^−87 ≈ 1.6e−38 and
 /// e^88 ≈ 1.7e38 are the ends of the normal f32 range). Range reduction x = n·ln2 + r and
 /// the polynomial for e^r are Cephes's `expf` (Stephen L. Moshier, Cephes Math Library,
@@ -10,7 +41,7 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    // Adding and removing 1.5·2^23 rounds to an integer (see `qmatmul::acts::round`).
+    // Adding and removing 1.5·2^23 rounds to an integer (see `qmatmul::acts::round_to_int`).
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
     let shifted = x * LOG2E + MAGIC;

@@ -5,6 +5,7 @@
 //! holds one unpacked weight block reads the activations of every row for it in one run, and
 //! loads the per-row sums of a tile as one vector.
 use super::formats::QK;
+use crate::model::math::simd_here;
 
 /// Quantized activations of `rows` rows, `blocks` blocks of 32 each.
 #[derive(Default)]
@@ -35,6 +36,11 @@ pub struct Acts {
 impl Acts {
     /// Quantizes `x`, `rows` rows of `blocks`·32 values, reusing the buffers.
     pub fn quantize(&mut self, x: &[f32], rows: usize, blocks: usize) {
+        simd_here!(self.quantize_body(x, rows, blocks))
+    }
+
+    #[inline(always)]
+    fn quantize_body(&mut self, x: &[f32], rows: usize, blocks: usize) {
         let stride = rows.next_multiple_of(2);
         self.rows = rows;
         self.stride = stride;
@@ -50,19 +56,15 @@ impl Acts {
         for r in 0..rows {
             for (b, c) in x[r * k..(r + 1) * k].chunks_exact(QK).enumerate() {
                 let at = b * stride + r;
-                let qs = &mut self.qs[at * QK..(at + 1) * QK];
-                let amax = c.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let d = amax / 127.0;
+                let c: &[f32; QK] = c.try_into().expect("a block of 32");
+                let d = abs_max(c) / 127.0;
                 let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-                let (mut lo, mut hi) = (0i32, 0i32);
-                for (i, (q, v)) in qs.iter_mut().zip(c).enumerate() {
-                    *q = round(v * id) as i8;
-                    if i < QK / 2 {
-                        lo += *q as i32;
-                    } else {
-                        hi += *q as i32;
-                    }
-                }
+                // Whole arrays, so the loops vectorize.
+                let q: [i32; QK] = c.map(|v| round_to_int(v * id));
+                let qs: &mut [i8; QK] = (&mut self.qs[at * QK..(at + 1) * QK]).try_into().unwrap();
+                *qs = q.map(|q| q as i8);
+                let lo: i32 = q[..QK / 2].iter().sum();
+                let hi: i32 = q[QK / 2..].iter().sum();
                 self.d[at] = d;
                 self.s[at] = d * (lo + hi) as f32;
                 self.s_lo[at] = d * lo as f32;
@@ -116,10 +118,78 @@ impl std::ops::DerefMut for Lines {
     }
 }
 
-/// Rounds to nearest (ties to even) for |v| < 2^22 by adding and removing 1.5·2^23, which
-/// pushes the fraction out of the mantissa: plain float adds that vectorize, unlike `round`,
-/// a library call on x86-64 without SSE4.1.
-fn round(v: f32) -> f32 {
+/// max |x|, by halving: each level is a lane-wise compare and select, which vectorizes where
+/// a running `f32::max` (a chain, with its NaN rule) did not.
+#[inline(always)]
+fn abs_max(x: &[f32; QK]) -> f32 {
+    let mut m = x.map(f32::abs);
+    let mut n = QK;
+    while n > 1 {
+        n /= 2;
+        for j in 0..n {
+            m[j] = if m[j + n] > m[j] { m[j + n] } else { m[j] };
+        }
+    }
+    m[0]
+}
+
+/// v rounded to the nearest integer (ties to even), for |v| < 2^22: adding 1.5·2^23 pushes
+/// the fraction out of the mantissa, and the sum's bits then differ from 1.5·2^23's by the
+/// integer. Plain float and integer adds that vectorize, unlike `round` (a library call on
+/// x86-64 without SSE4.1) and `as i32` (a saturating conversion).
+#[inline(always)]
+fn round_to_int(v: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC) - MAGIC
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against ggml's `quantize_row_q8_0`, written out: d = max|x|/127, q = round(x/d), ties
+    /// to even here (`round_to_int`); the sums of each half of the block.
+    #[test]
+    fn blocks_quantize_as_q8_0_with_their_sums() {
+        let (rows, blocks) = (3, 2);
+        let mut x: Vec<f32> = (0..rows * blocks * QK)
+            .map(|i| ((i * 37) % 101) as f32 * 0.173 - 8.0)
+            .collect();
+        x[5] = 0.0;
+        x[QK..2 * QK].fill(0.0); // an all-zero block: d = 0, every q = 0
+        let mut a = Acts::default();
+        a.quantize(&x, rows, blocks);
+        for r in 0..rows {
+            for b in 0..blocks {
+                let c = &x[(r * blocks + b) * QK..][..QK];
+                let d = c.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                let want: Vec<i8> = c.iter().map(|v| (v * id).round_ties_even() as i8).collect();
+                let at = a.at(b, r);
+                assert_eq!(
+                    &a.qs[at * QK..(at + 1) * QK],
+                    &want[..],
+                    "row {r} block {b}"
+                );
+                let lo: i32 = want[..QK / 2].iter().map(|&q| q as i32).sum();
+                let hi: i32 = want[QK / 2..].iter().map(|&q| q as i32).sum();
+                assert_eq!((a.d[at], a.qsum[at]), (d, lo + hi));
+                assert_eq!((a.s[at], a.s_lo[at]), (d * (lo + hi) as f32, d * lo as f32));
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_takes_ties_to_even() {
+        for (v, want) in [
+            (2.5, 2),
+            (3.5, 4),
+            (-2.5, -2),
+            (-0.4, 0),
+            (126.6, 127),
+            (-127.0, -127),
+        ] {
+            assert_eq!(round_to_int(v), want, "{v}");
+        }
+    }
 }
