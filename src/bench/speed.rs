@@ -84,7 +84,7 @@ pub fn run(
             let r = repeats as f64;
             seconds += (out.prefill_seconds + out.decode_seconds) / r;
             prefill_seconds += out.prefill_seconds / r;
-            prefill_tok_s += prompt.len() as f64 / out.prefill_seconds / r;
+            prefill_tok_s += out.prefill_tok_s() / r;
             decode_tok_s += out.decode_tok_s() / r;
         }
         let (base_tok_s, base_s) = results

@@ -156,15 +156,21 @@ fn argmax_body(logits: &[f32]) -> u32 {
     const LANES: usize = 16;
     let (mut best, mut chunk) = (f32::NEG_INFINITY, 0);
     for (c, ls) in logits.chunks(LANES).enumerate() {
-        let top = ls
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m });
+        let top = chunk_max(ls);
         if top > best {
             (best, chunk) = (top, c);
         }
     }
     let at = logits[chunk * LANES..].iter().position(|&l| l == best);
     (chunk * LANES + at.unwrap_or(0)) as u32
+}
+
+/// The largest of a chunk, NaNs passed over (−∞ when none is above it): a compare and
+/// select, which vectorizes where `f32::max`, with its NaN rule, does not.
+#[inline(always)]
+fn chunk_max(ls: &[f32]) -> f32 {
+    ls.iter()
+        .fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m })
 }
 
 /// Larger logit first; equal logits by token id, so the order (and so the draw) does not
@@ -191,9 +197,7 @@ fn top_k_body(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut cand: Vec<(u32, f32)> = Vec::with_capacity(4 * k);
     let mut floor = f32::NEG_INFINITY;
     for (c, chunk) in logits.chunks(LANES).enumerate() {
-        let top = chunk
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m });
+        let top = chunk_max(chunk);
         if top <= floor && cand.len() >= k {
             continue;
         }

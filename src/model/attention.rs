@@ -3,7 +3,7 @@
 //! products ([n_rep, D]·[D, L]) than on the arithmetic: with 8 rows on smollm2 its GEMM took
 //! about a sixth of the step (`perf`).
 use super::math::exp;
-use super::qmatmul::pool;
+use super::qmatmul::{pool, Simd};
 use anyhow::{bail, Result};
 use candle_core::{DType, Storage, Tensor};
 use half::f16;
@@ -53,12 +53,12 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
         d,
         out: Out(y.as_mut_ptr()),
     };
-    let simd = avx2_here() && d % 8 == 0;
+    let simd = Simd::Avx2.runs_here() && d % 8 == 0;
     // One task per (row, KV head): it writes the n_rep heads of that group.
     let task = |c: usize| {
         #[cfg(target_arch = "x86_64")]
         if simd {
-            // SAFETY: this CPU has AVX2, FMA and F16C (`avx2_here`), and D is a multiple of 8.
+            // SAFETY: this CPU has AVX2, FMA and F16C (`Simd::Avx2`), and D is a multiple of 8.
             return unsafe { heads.group_avx2(c) };
         }
         heads.group(c)
@@ -68,20 +68,6 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
     }
     drop((ks, vs));
     Ok(Tensor::from_vec(y, (b, 1, h * d), k.device())?)
-}
-
-/// Whether `Heads::group_avx2` runs here: the default build targets plain x86-64 (SSE2).
-fn avx2_here() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// A [B, KVH, L, D] cache view in its buffer: where it starts, and the steps of its first

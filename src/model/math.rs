@@ -32,6 +32,16 @@ macro_rules! simd_here {
 }
 pub(crate) use simd_here;
 
+/// v rounded to the nearest integer (ties to even), for |v| < 2^22: adding 1.5·2^23 pushes
+/// the fraction out of the mantissa, and the sum's bits then differ from 1.5·2^23's by the
+/// integer. Plain float and integer adds that vectorize, unlike `round` (a library call on
+/// x86-64 without SSE4.1) and `as i32` (a saturating conversion).
+#[inline(always)]
+pub fn round_to_int(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
 /// e^x, within a few ulp, for x in [−87, 88] (clamped there: e^−87 ≈ 1.6e−38 and
 /// e^88 ≈ 1.7e38 are the ends of the normal f32 range). Range reduction x = n·ln2 + r and
 /// the polynomial for e^r are Cephes's `expf` (Stephen L. Moshier, Cephes Math Library,
@@ -41,14 +51,9 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    // Adding and removing 1.5·2^23 rounds to an integer (see `qmatmul::acts::round_to_int`).
-    const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2E + MAGIC;
-    let n = shifted - MAGIC;
-    // The same integer from the bits: MAGIC + n differs from MAGIC by n units in the last
-    // place. `n as i32` would be a saturating conversion, which does not vectorize.
-    let ni = shifted.to_bits() as i32 - MAGIC.to_bits() as i32;
+    let ni = round_to_int(x * LOG2E);
+    let n = ni as f32;
     let r = x - n * C1 - n * C2;
     let mut p = 1.987_569_1e-4;
     p = p * r + 1.398_2e-3;
@@ -75,6 +80,20 @@ pub fn gelu_tanh(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounding_takes_ties_to_even() {
+        for (v, want) in [
+            (2.5, 2),
+            (3.5, 4),
+            (-2.5, -2),
+            (-0.4, 0),
+            (126.6, 127),
+            (-127.0, -127),
+        ] {
+            assert_eq!(round_to_int(v), want, "{v}");
+        }
+    }
 
     #[test]
     fn exp_matches_the_library() {

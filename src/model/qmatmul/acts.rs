@@ -5,7 +5,7 @@
 //! holds one unpacked weight block reads the activations of every row for it in one run, and
 //! loads the per-row sums of a tile as one vector.
 use super::formats::QK;
-use crate::model::math::simd_here;
+use crate::model::math::{round_to_int, simd_here};
 
 /// Quantized activations of `rows` rows, `blocks` blocks of 32 each.
 #[derive(Default)]
@@ -133,16 +133,6 @@ fn abs_max(x: &[f32; QK]) -> f32 {
     m[0]
 }
 
-/// v rounded to the nearest integer (ties to even), for |v| < 2^22: adding 1.5·2^23 pushes
-/// the fraction out of the mantissa, and the sum's bits then differ from 1.5·2^23's by the
-/// integer. Plain float and integer adds that vectorize, unlike `round` (a library call on
-/// x86-64 without SSE4.1) and `as i32` (a saturating conversion).
-#[inline(always)]
-fn round_to_int(v: f32) -> i32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,20 +166,6 @@ mod tests {
                 assert_eq!((a.d[at], a.qsum[at]), (d, lo + hi));
                 assert_eq!((a.s[at], a.s_lo[at]), (d * (lo + hi) as f32, d * lo as f32));
             }
-        }
-    }
-
-    #[test]
-    fn rounding_takes_ties_to_even() {
-        for (v, want) in [
-            (2.5, 2),
-            (3.5, 4),
-            (-2.5, -2),
-            (-0.4, 0),
-            (126.6, 127),
-            (-127.0, -127),
-        ] {
-            assert_eq!(round_to_int(v), want, "{v}");
         }
     }
 }

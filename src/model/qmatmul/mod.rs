@@ -57,7 +57,8 @@ impl Simd {
             .collect()
     }
 
-    fn runs_here(self) -> bool {
+    /// Whether this CPU has the instructions of the path (AVX2 includes FMA and F16C).
+    pub fn runs_here(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2")
@@ -92,10 +93,7 @@ impl Simd {
     pub fn choose(simd: Option<&str>, no_simd: bool) -> Result<Simd> {
         let asked = match simd.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
             None | Some("") if no_simd => Simd::Scalar,
-            None | Some("") => {
-                let best = Simd::available().pop();
-                return Ok(best.unwrap_or(Simd::Scalar));
-            }
+            None | Some("") => return Ok(*Simd::available().last().unwrap()),
             Some("scalar") => Simd::Scalar,
             Some("avx2") => Simd::Avx2,
             Some("avx512") => Simd::Avx512,
