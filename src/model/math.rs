@@ -77,6 +77,12 @@ pub fn gelu_tanh(x: f32) -> f32 {
     x / (1.0 + exp(-2.0 * u))
 }
 
+/// SiLU, x·σ(x) = x / (1 + e^(−x)).
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 use super::config::{Activation, Config, RopeStyle};
 use super::gguf::GgufFile;
 use super::kv_cache::KvCache;
+use super::math::{self, simd_here};
 use super::qmatmul;
 use anyhow::{Context, Result};
 use candle_core::quantized::{QMatMul, QTensor};
@@ -307,26 +308,39 @@ impl Mlp {
         let [gate, up]: [Tensor; 2] = mul_weights(&[&self.gate, &self.up], x)?
             .try_into()
             .expect("two projections");
-        let gate = match self.activation {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh => gelu(&gate)?,
-        };
-        let y = (gate * up)?;
-        mul_weight(&self.down, &y)
+        mul_weight(&self.down, &gated(&gate, &up, self.activation)?)
     }
 }
 
-/// GELU (tanh form) with `math::gelu_tanh` on the CPU: candle's calls `tanhf` per value,
-/// an eighth of gemma's prefill time.
-fn gelu(x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
-        return Ok(x.gelu()?);
+/// act(gate)·up. On the CPU one pass with `math`'s exp, compiled for AVX-512/AVX2: candle's
+/// SiLU and GELU call libm's `expf`/`tanhf` per value (SiLU's was 3–4 % of smollm2's 8-row
+/// decode, GELU an eighth of gemma's prefill), and the product is a second pass.
+fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tensor> {
+    if !gate.device().is_cpu() || gate.dtype() != DType::F32 {
+        let gate = match activation {
+            Activation::Silu => candle_nn::ops::silu(gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        return Ok((gate * up)?);
     }
-    let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    for e in v.iter_mut() {
-        *e = super::math::gelu_tanh(*e);
+    let mut g: Vec<f32> = gate.flatten_all()?.to_vec1()?;
+    let u: Vec<f32> = up.flatten_all()?.to_vec1()?;
+    gate_values(&mut g, &u, activation);
+    Ok(Tensor::from_vec(g, gate.shape(), gate.device())?)
+}
+
+fn gate_values(g: &mut [f32], u: &[f32], activation: Activation) {
+    simd_here!(gate_values_body(g, u, activation))
+}
+
+#[inline(always)]
+fn gate_values_body(g: &mut [f32], u: &[f32], activation: Activation) {
+    // One loop per function, each inlined and vectorized (a function pointer would not be).
+    let pairs = g.iter_mut().zip(u);
+    match activation {
+        Activation::Silu => pairs.for_each(|(g, u)| *g = math::silu(*g) * u),
+        Activation::GeluTanh => pairs.for_each(|(g, u)| *g = math::gelu_tanh(*g) * u),
     }
-    Ok(Tensor::from_vec(v, x.shape(), x.device())?)
 }
 
 struct Block {
