@@ -2,23 +2,27 @@
 //! f16 buffers. candle's batched matmul spends more on setting up each of the B·KV-heads tiny
 //! products ([n_rep, D]·[D, L]) than on the arithmetic: with 8 rows on smollm2 its GEMM took
 //! about a sixth of the step (`perf`).
+use super::kv_cache::LayerKv;
 use super::math::exp;
 use super::qmatmul::{pool, Simd};
 use anyhow::{bail, Result};
 use candle_core::{DType, Storage, Tensor};
 use half::f16;
+use std::ops::Range;
 
-/// q: [B, H, 1, D], already scaled; k, v: [B, KVH, L, D], f16 views of the cache whose last
-/// axis is contiguous; mask: additive, [n_rep, L] or per row [B, 1, n_rep, L]. → [B, 1, H·D].
-/// Query head h reads KV head h / n_rep, as the grouped layout of `Attention::forward` does.
-pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+/// Rows sharing a prefix that one task takes: their prefix blocks are widened once for all
+/// of them. 4 gives 8 rows of one request 2 tasks per KV head, one per core here.
+const ROWS_PER_TASK: usize = 4;
+
+/// q: [B, H, 1, D], already scaled; `kv`: the layer's f16 cache, whose last axis is
+/// contiguous, L = `kv.len` positions in the longest row; mask: additive, [n_rep, L] or per
+/// row [B, 1, n_rep, L]. → [B, 1, H·D]. Query head h reads KV head h / n_rep, as the grouped
+/// layout of `Attention::forward` does.
+pub fn decode(q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
-    let (_, kvh, l, _) = k.dims4()?;
+    let (_, kvh, own, _) = kv.k.dims4()?;
     if t != 1 || h % kvh != 0 {
         bail!("decode attention takes one position per row, and whole groups of heads");
-    }
-    if k.dtype() != DType::F16 || v.dtype() != DType::F16 {
-        bail!("decode attention reads an f16 cache");
     }
     let n_rep = h / kvh;
     let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
@@ -26,48 +30,98 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
         Some(m) => (m.flatten_all()?.to_vec1::<f32>()?, m.rank() == 4),
         None => (Vec::new(), false),
     };
-    let (ks, kl) = k.storage_and_layout();
-    let (vs, vl) = v.storage_and_layout();
-    let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*ks, &*vs) else {
-        bail!("decode attention runs on the CPU");
-    };
-    if kl.stride()[3] != 1 || vl.stride()[3] != 1 {
-        bail!("decode attention needs the cache's head dimension contiguous");
+    // The storage of every tensor read: the rows' own K and V, then each row's prefix.
+    let mut tensors = vec![&kv.k, &kv.v];
+    for (k, v) in kv.prefix.iter().flatten() {
+        tensors.extend([k, v]);
     }
-    let view = |data, layout: &candle_core::Layout| View {
-        data,
-        start: layout.start_offset(),
-        stride: [layout.stride()[0], layout.stride()[1], layout.stride()[2]],
-    };
-
+    if tensors.iter().any(|t| t.dtype() != DType::F16) {
+        bail!("decode attention reads an f16 cache");
+    }
+    let held: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut views = Vec::with_capacity(held.len());
+    for (storage, layout) in &held {
+        let Storage::Cpu(c) = &**storage else {
+            bail!("decode attention runs on the CPU");
+        };
+        if layout.stride()[3] != 1 {
+            bail!("decode attention needs the cache's head dimension contiguous");
+        }
+        views.push(View {
+            data: c.as_slice::<f16>()?,
+            start: layout.start_offset(),
+            stride: [layout.stride()[0], layout.stride()[1], layout.stride()[2]],
+        });
+    }
+    let mut views = views.into_iter();
+    let (k_own, v_own) = (views.next().unwrap(), views.next().unwrap());
+    let (mut k_pre, mut v_pre) = (Vec::with_capacity(b), Vec::with_capacity(b));
+    for r in 0..b {
+        let p = kv.prefix_len(r);
+        let (k, v) = match kv.prefix[r] {
+            Some(_) => (views.next(), views.next()),
+            None => (None, None),
+        };
+        k_pre.push((k, p));
+        v_pre.push((v, p));
+    }
+    let zeros = vec![f16::ZERO; d];
     let mut y = vec![0f32; b * h * d];
     let heads = Heads {
         q: &q,
-        k: view(kc.as_slice::<f16>()?, kl),
-        v: view(vc.as_slice::<f16>()?, vl),
+        k: Cached {
+            own: k_own,
+            own_len: own,
+            prefix: k_pre,
+            zeros: &zeros,
+        },
+        v: Cached {
+            own: v_own,
+            own_len: own,
+            prefix: v_pre,
+            zeros: &zeros,
+        },
         mask: &mask,
         per_row,
         kvh,
         n_rep,
-        l,
+        l: kv.len,
         d,
         out: Out(y.as_mut_ptr()),
     };
     let simd = Simd::Avx2.runs_here() && d % 8 == 0;
-    // One task per (row, KV head): it writes the n_rep heads of that group.
-    let task = |c: usize| {
+    // One task per KV head and run of rows: a run is up to ROWS_PER_TASK rows that share a
+    // prefix with AVX2 (which reads each prefix block once for the run), else one row. It
+    // writes the n_rep heads of that group in its rows.
+    let per_task = if simd { ROWS_PER_TASK } else { 1 };
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    for r in 0..b {
+        let id = |r: usize| kv.prefix[r].as_ref().map(|(k, _)| k.id());
+        match runs.last_mut() {
+            Some(run) if run.len() < per_task && id(r).is_some() && id(run.start) == id(r) => {
+                run.end = r + 1
+            }
+            _ => runs.push(r..r + 1),
+        }
+    }
+    let task = |t: usize| {
+        let (rows, g) = (runs[t / kvh].clone(), t % kvh);
         #[cfg(target_arch = "x86_64")]
         if simd {
-            // SAFETY: this CPU has AVX2, FMA and F16C (`Simd::Avx2`), and D is a multiple of 8.
-            return unsafe { heads.group_avx2(c) };
+            // SAFETY: this CPU has AVX2, FMA and F16C (`Simd::Avx2`), D is a multiple of 8,
+            // and task t alone has these rows of KV head g.
+            return unsafe { heads.chunk_avx2(rows, g) };
         }
-        heads.group(c)
+        for row in rows {
+            heads.group(row, g);
+        }
     };
-    if !pool::run(b * kvh, &task) {
-        (0..b * kvh).for_each(task);
+    let tasks = runs.len() * kvh;
+    if !pool::run(tasks, &task) {
+        (0..tasks).for_each(task);
     }
-    drop((ks, vs));
-    Ok(Tensor::from_vec(y, (b, 1, h * d), k.device())?)
+    drop(held);
+    Ok(Tensor::from_vec(y, (b, 1, h * d), kv.k.device())?)
 }
 
 /// A [B, KVH, L, D] cache view in its buffer: where it starts, and the steps of its first
@@ -76,6 +130,28 @@ struct View<'a> {
     data: &'a [f16],
     start: usize,
     stride: [usize; 3],
+}
+
+/// The K or V a row reads: its prefix's positions (a [1, KVH, P, D] view), then its own.
+struct Cached<'a> {
+    own: View<'a>,
+    own_len: usize,
+    /// Per row: the prefix, if any, and its length P (0 without).
+    prefix: Vec<(Option<View<'a>>, usize)>,
+    /// What a position past the row's end reads: its weight is 0, and 0·0 adds nothing.
+    zeros: &'a [f16],
+}
+
+impl Cached<'_> {
+    /// Position i's D values of (row, KV head g).
+    fn at(&self, row: usize, g: usize, i: usize, d: usize) -> &[f16] {
+        let (prefix, p) = &self.prefix[row];
+        match prefix {
+            Some(view) if i < *p => view.at(0, g, i, d),
+            _ if i - p < self.own_len => self.own.at(row, g, i - p, d),
+            _ => &self.zeros[..d],
+        }
+    }
 }
 
 impl View<'_> {
@@ -89,8 +165,8 @@ impl View<'_> {
 /// What every (row, KV head) task reads, and where it writes.
 struct Heads<'a> {
     q: &'a [f32],
-    k: View<'a>,
-    v: View<'a>,
+    k: Cached<'a>,
+    v: Cached<'a>,
     mask: &'a [f32],
     per_row: bool,
     kvh: usize,
@@ -109,7 +185,7 @@ impl Heads<'_> {
     /// The output of the group's n_rep heads, [n_rep·D].
     ///
     /// # Safety
-    /// Only task (row, g) may call it: it alone writes these heads, which lie next to each
+    /// Only the task that has (row, g) may call it: it alone writes these heads, which lie next to each
     /// other, and the output outlives the tasks.
     #[allow(clippy::mut_from_ref)]
     unsafe fn output(&self, row: usize, g: usize) -> &mut [f32] {
@@ -151,10 +227,9 @@ impl Heads<'_> {
         }
     }
 
-    /// The n_rep query heads of task c's (row, KV head), portably. Each key and value is
+    /// The n_rep query heads of (row, KV head g), portably. Each key and value is
     /// widened once for all of them (they share the KV head), not once per head.
-    fn group(&self, c: usize) {
-        let (row, g) = (c / self.kvh, c % self.kvh);
+    fn group(&self, row: usize, g: usize) {
         let (n_rep, l, d) = (self.n_rep, self.l, self.d);
         let mut p = vec![0f32; n_rep * l]; // [n_rep][L]
         let mut wide = vec![0f32; d];
@@ -165,7 +240,7 @@ impl Heads<'_> {
             }
         }
         self.softmax(row, &mut p, l);
-        // SAFETY: this is task (row, g).
+        // SAFETY: the caller's task has (row, g).
         let y = unsafe { self.output(row, g) };
         for i in 0..l {
             widen(self.v.at(row, g, i, d), &mut wide);
@@ -177,57 +252,130 @@ impl Heads<'_> {
         }
     }
 
-    /// `group` with AVX2: eight positions at a time, their keys or values widened into a
-    /// block once for all n_rep heads. A score is one position's dot product, summed the same
-    /// way wherever the position falls, and a row's output adds its positions in order, so a
-    /// row gives the same bits under any longer batch row (its hidden positions weigh 0).
+    /// `group` with AVX2 for several rows that share a prefix (or one row): eight positions
+    /// at a time, their keys or values widened into a block once for all n_rep heads, and a
+    /// prefix block once for every row of the chunk. A score is one position's dot product,
+    /// summed the same way wherever the position falls, and a row's output adds its positions
+    /// in order, so a row gives the same bits alone, under any longer batch row (its hidden
+    /// positions weigh 0), and reading its prefix shared or from its own buffer.
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C, and D is a multiple of 8.
+    /// The CPU has AVX2, FMA and F16C, D is a multiple of 8, and only this task writes these
+    /// rows' heads of KV head g.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group_avx2(&self, c: usize) {
-        use std::arch::x86_64::*;
-        let (row, g) = (c / self.kvh, c % self.kvh);
+    unsafe fn chunk_avx2(&self, rows: Range<usize>, g: usize) {
         let (n_rep, l, d) = (self.n_rep, self.l, self.d);
-        let lp = l.next_multiple_of(8);
-        let mut p = vec![0f32; n_rep * lp]; // [n_rep][L rounded up to 8]
+        // Blocks after a prefix start where it ends, not at a multiple of 8, and store 8
+        // lanes: room for 8 past L.
+        let lp = l.next_multiple_of(8) + 8;
+        let pre = self.k.prefix[rows.start].1;
+        let mut p = vec![0f32; rows.len() * n_rep * lp]; // [row][n_rep][lp]
         let mut block = vec![0f32; 8 * d]; // [8][D]
-        for i0 in (0..l).step_by(8) {
-            for j in 0..(l - i0).min(8) {
-                widen_avx2(self.k.at(row, g, i0 + j, d), &mut block[j * d..][..d]);
+                                           // Scores, prefix blocks first: the own blocks that follow overwrite the lanes a
+                                           // prefix block stores past its end.
+        let blocks =
+            |from: usize, to: usize| (from..to).step_by(8).map(move |i0| (i0, (to - i0).min(8)));
+        for (i0, n) in blocks(0, pre) {
+            for j in 0..n {
+                widen_avx2(
+                    self.k.at(rows.start, g, i0 + j, d),
+                    &mut block[j * d..][..d],
+                );
             }
-            for r in 0..n_rep {
-                let q = self.query(row, g, r).as_ptr();
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for x in (0..d).step_by(8) {
-                    let qx = _mm256_loadu_ps(q.add(x));
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a =
-                            _mm256_fmadd_ps(qx, _mm256_loadu_ps(block.as_ptr().add(j * d + x)), *a);
-                    }
-                }
-                _mm256_storeu_ps(p.as_mut_ptr().add(r * lp + i0), sum_each(acc));
+            for c in 0..rows.len() {
+                self.scores(rows.start + c, g, &block, &mut p[c * n_rep * lp..], lp, i0);
             }
         }
-        self.softmax(row, &mut p, lp);
-        let y = self.output(row, g);
-        for i0 in (0..l).step_by(8) {
-            let n = (l - i0).min(8);
-            for j in 0..n {
-                widen_avx2(self.v.at(row, g, i0 + j, d), &mut block[j * d..][..d]);
+        for (c, row) in rows.clone().enumerate() {
+            for (i0, n) in blocks(pre, l) {
+                for j in 0..n {
+                    widen_avx2(self.k.at(row, g, i0 + j, d), &mut block[j * d..][..d]);
+                }
+                self.scores(row, g, &block, &mut p[c * n_rep * lp..], lp, i0);
             }
-            for r in 0..n_rep {
-                let w = &p[r * lp + i0..][..n];
-                let yh = y[r * d..].as_mut_ptr();
-                if d % 64 == 0 {
-                    for x in (0..d).step_by(64) {
-                        add_weighted::<8>(yh.add(x), block.as_ptr().add(x), d, w);
-                    }
-                } else {
-                    for x in (0..d).step_by(8) {
-                        add_weighted::<1>(yh.add(x), block.as_ptr().add(x), d, w);
-                    }
+            self.softmax(row, &mut p[c * n_rep * lp..], lp);
+        }
+        // Values, in position order for every row.
+        for (i0, n) in blocks(0, pre) {
+            for j in 0..n {
+                widen_avx2(
+                    self.v.at(rows.start, g, i0 + j, d),
+                    &mut block[j * d..][..d],
+                );
+            }
+            for (c, row) in rows.clone().enumerate() {
+                self.add_values(row, g, &block, &p[c * n_rep * lp..], lp, i0, n);
+            }
+        }
+        for (c, row) in rows.clone().enumerate() {
+            for (i0, n) in blocks(pre, l) {
+                for j in 0..n {
+                    widen_avx2(self.v.at(row, g, i0 + j, d), &mut block[j * d..][..d]);
+                }
+                self.add_values(row, g, &block, &p[c * n_rep * lp..], lp, i0, n);
+            }
+        }
+    }
+
+    /// The scores of the 8 positions from i0 in `block`, for each of (row, g)'s heads:
+    /// `p[r·lp + i0..][..8]`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scores(
+        &self,
+        row: usize,
+        g: usize,
+        block: &[f32],
+        p: &mut [f32],
+        lp: usize,
+        i0: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let d = self.d;
+        for r in 0..self.n_rep {
+            let q = self.query(row, g, r).as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for x in (0..d).step_by(8) {
+                let qx = _mm256_loadu_ps(q.add(x));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qx, _mm256_loadu_ps(block.as_ptr().add(j * d + x)), *a);
+                }
+            }
+            let to = &mut p[r * lp + i0..][..8];
+            _mm256_storeu_ps(to.as_mut_ptr(), sum_each(acc));
+        }
+    }
+
+    /// Adds the n values in `block` (positions from i0), weighted, to (row, g)'s heads.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn add_values(
+        &self,
+        row: usize,
+        g: usize,
+        block: &[f32],
+        p: &[f32],
+        lp: usize,
+        i0: usize,
+        n: usize,
+    ) {
+        let d = self.d;
+        // SAFETY: the caller's task alone writes (row, g).
+        let y = self.output(row, g);
+        for r in 0..self.n_rep {
+            let w = &p[r * lp + i0..][..n];
+            let yh = y[r * d..].as_mut_ptr();
+            if d.is_multiple_of(64) {
+                for x in (0..d).step_by(64) {
+                    add_weighted::<8>(yh.add(x), block.as_ptr().add(x), d, w);
+                }
+            } else {
+                for x in (0..d).step_by(8) {
+                    add_weighted::<1>(yh.add(x), block.as_ptr().add(x), d, w);
                 }
             }
         }
@@ -344,6 +492,21 @@ mod tests {
     use super::*;
     use candle_core::{Device, D};
 
+    /// K and V read whole, without a prefix.
+    fn plain(k: &Tensor, v: &Tensor) -> LayerKv {
+        LayerKv {
+            k: k.clone(),
+            v: v.clone(),
+            prefix: vec![None; k.dim(0).unwrap()],
+            len: k.dim(2).unwrap(),
+        }
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     /// A random [1, KVH, cap, D] cache, stored as f16 like the model's.
     fn f16_cache(kvh: usize, cap: usize, d: usize) -> Tensor {
         let t = Tensor::randn(0f32, 1.0, (1, kvh, cap, d), &Device::Cpu).unwrap();
@@ -389,7 +552,7 @@ mod tests {
         let v = f16_cache(kvh, cap, d);
         for own in [5, 13, 31, 39] {
             let view = |t: &Tensor, l| t.narrow(2, 0, l).unwrap();
-            let alone = decode(&q, &view(&k, own), &view(&v, own), None).unwrap();
+            let alone = decode(&q, &plain(&view(&k, own), &view(&v, own)), None).unwrap();
             for longest in [own + 1, own + 9, cap] {
                 let hide: Vec<f32> = (0..n_rep * longest)
                     .map(|i| {
@@ -402,11 +565,7 @@ mod tests {
                     .collect();
                 let mask = Tensor::from_vec(hide, (1, 1, n_rep, longest), &dev).unwrap();
                 let (k, v) = (view(&k, longest), view(&v, longest));
-                let batched = decode(&q, &k, &v, Some(&mask)).unwrap();
-                let bits = |t: &Tensor| -> Vec<u32> {
-                    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-                    v.iter().map(|x| x.to_bits()).collect()
-                };
+                let batched = decode(&q, &plain(&k, &v), Some(&mask)).unwrap();
                 assert_eq!(bits(&alone), bits(&batched), "D {d}: {own} under {longest}");
             }
         }
@@ -447,7 +606,7 @@ mod tests {
             .collect();
         let rows = Tensor::from_vec(rows, (b, 1, n_rep, l), &dev).unwrap();
         for mask in [None, Some(&shared), Some(&rows)] {
-            let got = decode(&q, &k, &v, mask).unwrap();
+            let got = decode(&q, &plain(&k, &v), mask).unwrap();
             let want = reference(&q, &k, &v, mask);
             let diff = (got - want)
                 .unwrap()
@@ -463,5 +622,83 @@ mod tests {
                 .unwrap();
             assert!(diff < 1e-5, "D = {d}: max difference {diff}");
         }
+    }
+
+    /// Rows that read their first positions from a shared prefix get the bits they get
+    /// from one buffer holding everything, also when a longer prefix makes the batch's L
+    /// reach past a row's own positions.
+    #[test]
+    fn a_shared_prefix_reads_as_one_buffer() {
+        for d in [20, 64] {
+            shared_prefix_reads_as_one_buffer(d);
+        }
+    }
+
+    fn shared_prefix_reads_as_one_buffer(d: usize) {
+        let dev = Device::Cpu;
+        let (kvh, n_rep, own) = (2, 3, 11); // L = 32: blocks from 12 and 21 reach past it
+        let (b, h) = (3, kvh * n_rep);
+        let q = Tensor::randn(0f32, 1.0, (b, h, 1, d), &dev).unwrap();
+        // Row 0 and 1 continue a 12-long prefix, row 2 a 21-long one.
+        let (short, long) = (12, 21);
+        let pre = [f16_cache(kvh, long, d), f16_cache(kvh, long, d)];
+        let own_k = Tensor::cat(
+            &[
+                f16_cache(kvh, own, d),
+                f16_cache(kvh, own, d),
+                f16_cache(kvh, own, d),
+            ],
+            0,
+        )
+        .unwrap();
+        let own_v = Tensor::cat(
+            &[
+                f16_cache(kvh, own, d),
+                f16_cache(kvh, own, d),
+                f16_cache(kvh, own, d),
+            ],
+            0,
+        )
+        .unwrap();
+        let lens = [short + own, short + own, long + own];
+        let l = long + own;
+        let prefix = |p: usize| {
+            Some((
+                pre[0].narrow(2, 0, p).unwrap(),
+                pre[1].narrow(2, 0, p).unwrap(),
+            ))
+        };
+        let kv = LayerKv {
+            k: own_k.clone(),
+            v: own_v.clone(),
+            prefix: vec![prefix(short), prefix(short), prefix(long)],
+            len: l,
+        };
+        let hide: Vec<f32> = (0..b * n_rep * l)
+            .map(|i| {
+                if i % l < lens[i / (n_rep * l)] {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(hide, (b, 1, n_rep, l), &dev).unwrap();
+        let got = decode(&q, &kv, Some(&mask)).unwrap();
+        let (k, v) = kv.whole().unwrap();
+        assert_eq!(k.dims4().unwrap(), (b, kvh, l, d));
+        let want = decode(&q, &plain(&k, &v), Some(&mask)).unwrap();
+        assert_eq!(bits(&got), bits(&want), "D {d}");
+        // Row 0 alone, its prefix and own positions in one buffer.
+        let (k0, v0) = (
+            k.narrow(0, 0, 1).unwrap().narrow(2, 0, lens[0]).unwrap(),
+            v.narrow(0, 0, 1).unwrap().narrow(2, 0, lens[0]).unwrap(),
+        );
+        let alone = decode(&q.narrow(0, 0, 1).unwrap(), &plain(&k0, &v0), None).unwrap();
+        assert_eq!(
+            bits(&alone),
+            bits(&got.narrow(0, 0, 1).unwrap()),
+            "D {d}: row 0"
+        );
     }
 }

@@ -10,19 +10,94 @@
 //!
 //! Rows may hold different lengths: samples of different requests share one batch (continuous
 //! batching). Each row writes at its own length; attention masks what lies past it.
+//!
+//! The samples of one request continue one prompt. On the CPU, `fork` shares that prompt's
+//! keys and values (a `Prefix`) between the rows instead of copying them, and each row's
+//! buffer holds only the positions after it: at 8 rows, a decode step then reads the prompt
+//! once from cache instead of 8 copies from memory.
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
 
 /// Capacity grows in multiples of this many positions.
 const CHUNK: usize = 256;
 
+/// The keys and values of a prompt that several rows continue: per layer, views
+/// `[1, kv_heads, len, head_dim]` of the cache it was prefilled in.
+pub struct Prefix {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+}
+
+/// One layer's cached keys and values after `append`, new entries included.
+pub struct LayerKv {
+    /// `[batch, kv_heads, L_own, head_dim]`: the rows' own positions, those after their prefix.
+    pub k: Tensor,
+    pub v: Tensor,
+    /// Per row, the shared prefix its own positions follow (`[1, kv_heads, P, head_dim]` each).
+    pub prefix: Vec<Option<(Tensor, Tensor)>>,
+    /// Positions in the longest row, prefix included.
+    pub len: usize,
+}
+
+impl LayerKv {
+    /// Positions of row `r` held in its prefix.
+    pub fn prefix_len(&self, r: usize) -> usize {
+        self.prefix[r]
+            .as_ref()
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    /// `[batch, kv_heads, len, head_dim]` K and V: each row's prefix, then its own positions,
+    /// then zeros up to the longest row (the mask hides them). Without prefixes these are the
+    /// cache's views themselves; with them a copy, which only longer-than-one-token steps on
+    /// forked rows need (decode attention reads the parts in place).
+    pub fn whole(&self) -> Result<(Tensor, Tensor)> {
+        if self.prefix.iter().all(Option::is_none) {
+            return Ok((self.k.clone(), self.v.clone()));
+        }
+        let own = self.k.dim(2)?;
+        let row = |r: usize, t: &Tensor, p: Option<&Tensor>| -> Result<Tensor> {
+            let mut parts: Vec<Tensor> = p.into_iter().cloned().collect();
+            let p = self.prefix_len(r);
+            let take = own.min(self.len - p);
+            parts.push(t.narrow(0, r, 1)?.narrow(2, 0, take)?);
+            if p + take < self.len {
+                let (_, h, _, d) = t.dims4()?;
+                parts.push(Tensor::zeros(
+                    (1, h, self.len - p - take, d),
+                    t.dtype(),
+                    t.device(),
+                )?);
+            }
+            Ok(Tensor::cat(&parts, 2)?)
+        };
+        let batch = self.k.dim(0)?;
+        let mut ks = Vec::with_capacity(batch);
+        let mut vs = Vec::with_capacity(batch);
+        for r in 0..batch {
+            let (pk, pv) = match &self.prefix[r] {
+                Some((k, v)) => (Some(k), Some(v)),
+                None => (None, None),
+            };
+            ks.push(row(r, &self.k, pk)?);
+            vs.push(row(r, &self.v, pv)?);
+        }
+        Ok((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?))
+    }
+}
+
 pub struct KvCache {
+    /// Each row's own positions (those after its prefix): `[batch, kv_heads, capacity, head_dim]`.
     layers: Vec<(Tensor, Tensor)>,
     batch: usize,
     kv_heads: usize,
     head_dim: usize,
-    /// Positions cached, per row.
+    /// Positions cached, per row, prefix included.
     lens: Vec<usize>,
+    /// Per row, the prefix it shares with other rows.
+    prefixes: Vec<Option<Arc<Prefix>>>,
+    /// Own positions each row can hold.
     capacity: usize,
     max_len: usize,
     dtype: DType,
@@ -44,6 +119,7 @@ impl KvCache {
             kv_heads,
             head_dim,
             lens: vec![0; batch],
+            prefixes: vec![None; batch],
             capacity: 0,
             max_len,
             dtype: if device.is_cpu() {
@@ -83,6 +159,19 @@ impl KvCache {
         self.lens.windows(2).all(|w| w[0] == w[1])
     }
 
+    fn prefix_len(&self, r: usize) -> usize {
+        self.prefixes[r].as_ref().map_or(0, |p| p.len)
+    }
+
+    /// Positions row `r` holds in its own buffer.
+    fn own(&self, r: usize) -> usize {
+        self.lens[r] - self.prefix_len(r)
+    }
+
+    fn own_max(&self) -> usize {
+        (0..self.batch).map(|r| self.own(r)).max().unwrap_or(0)
+    }
+
     pub fn batch(&self) -> usize {
         self.batch
     }
@@ -100,6 +189,7 @@ impl KvCache {
                 self.max_len
             );
         }
+        let need = self.own_max() + extra;
         if need <= self.capacity {
             return Ok(());
         }
@@ -118,25 +208,36 @@ impl KvCache {
     }
 
     /// Writes `k`, `v` (`[batch, kv_heads, t, head_dim]`, contiguous) after each row's cached
-    /// positions in `layer` and returns views up to the longest row, new entries included,
-    /// in the cache's type (f16 on the CPU).
-    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// positions in `layer` and returns what the layer holds, new entries included, in the
+    /// cache's type (f16 on the CPU).
+    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<LayerKv> {
         let t = k.dim(2)?;
         let (k, v) = (&k.to_dtype(self.dtype)?, &v.to_dtype(self.dtype)?);
         let (kc, vc) = &self.layers[layer];
-        if self.is_uniform() {
-            kc.slice_set(k, 2, self.lens[0])?;
-            vc.slice_set(v, 2, self.lens[0])?;
+        let own: Vec<usize> = (0..self.batch).map(|r| self.own(r)).collect();
+        if own.windows(2).all(|w| w[0] == w[1]) {
+            kc.slice_set(k, 2, own[0])?;
+            vc.slice_set(v, 2, own[0])?;
         } else {
             // A row of a contiguous tensor is a contiguous view of the same storage, so each
             // row is written in place at its own length.
-            for (r, &at) in self.lens.iter().enumerate() {
+            for (r, &at) in own.iter().enumerate() {
                 kc.narrow(0, r, 1)?.slice_set(&k.narrow(0, r, 1)?, 2, at)?;
                 vc.narrow(0, r, 1)?.slice_set(&v.narrow(0, r, 1)?, 2, at)?;
             }
         }
-        let l = self.len() + t;
-        Ok((kc.narrow(2, 0, l)?, vc.narrow(2, 0, l)?))
+        let l = self.own_max() + t;
+        let prefix = self
+            .prefixes
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.layers[layer].clone()))
+            .collect();
+        Ok(LayerKv {
+            k: kc.narrow(2, 0, l)?,
+            v: vc.narrow(2, 0, l)?,
+            prefix,
+            len: self.len() + t,
+        })
     }
 
     /// Marks `t` positions written by every layer, in every row.
@@ -172,6 +273,7 @@ impl KvCache {
             .collect::<Result<_>>()?;
         self.batch += other.batch;
         self.lens.extend(other.lens);
+        self.prefixes.extend(other.prefixes);
         self.capacity = cap;
         Ok(())
     }
@@ -190,22 +292,59 @@ impl KvCache {
         Ok(out)
     }
 
-    /// A cache of `n` rows, each a copy of row 0: one prompt prefilled once, sampled `n` ways.
+    /// A cache of `n` rows, each continuing row 0: one prompt prefilled once, sampled `n`
+    /// ways. On the CPU the rows share row 0's positions as their prefix; elsewhere, or when
+    /// row 0 already continues a prefix, each row gets a copy.
     pub fn fork(&self, n: usize) -> Result<Self> {
-        let rows = Tensor::from_vec(vec![0u32; n], n, &self.device)?;
-        self.select(&rows, vec![self.lens[0]; n])
+        if !self.device.is_cpu() || self.prefixes[0].is_some() {
+            let rows = Tensor::from_vec(vec![0u32; n], n, &self.device)?;
+            return self.select(
+                &rows,
+                vec![self.lens[0]; n],
+                vec![self.prefixes[0].clone(); n],
+            );
+        }
+        let len = self.lens[0];
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.narrow(0, 0, 1)?.narrow(2, 0, len)?,
+                    v.narrow(0, 0, 1)?.narrow(2, 0, len)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let prefix = Arc::new(Prefix { layers, len });
+        let mut forked = Self::new(
+            self.layers.len(),
+            n,
+            self.kv_heads,
+            self.head_dim,
+            self.max_len,
+            &self.device,
+        )?;
+        forked.lens = vec![len; n];
+        forked.prefixes = vec![Some(prefix); n];
+        Ok(forked)
     }
 
     /// Keeps only the given rows, in that order (sequences that finished leave the batch).
     pub fn retain(&mut self, rows: &[usize]) -> Result<()> {
         let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let lens = rows.iter().map(|&r| self.lens[r]).collect();
+        let prefixes = rows.iter().map(|&r| self.prefixes[r].clone()).collect();
         let ids = Tensor::from_vec(ids, rows.len(), &self.device)?;
-        *self = self.select(&ids, lens)?;
+        *self = self.select(&ids, lens, prefixes)?;
         Ok(())
     }
 
-    fn select(&self, rows: &Tensor, lens: Vec<usize>) -> Result<Self> {
+    fn select(
+        &self,
+        rows: &Tensor,
+        lens: Vec<usize>,
+        prefixes: Vec<Option<Arc<Prefix>>>,
+    ) -> Result<Self> {
         let layers = self
             .layers
             .iter()
@@ -217,10 +356,89 @@ impl KvCache {
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
             lens,
+            prefixes,
             capacity: self.capacity,
             max_len: self.max_len,
             dtype: self.dtype,
             device: self.device.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(b: usize, t: usize) -> Tensor {
+        Tensor::randn(0f32, 1.0, (b, 2, t, 4), &Device::Cpu).unwrap()
+    }
+
+    /// The values as the CPU cache stores them (f16).
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// Forked rows read the prompt through one shared prefix, and whole() lays each row
+    /// out as a copy would: prompt, own positions, zeros up to the longest row; the rows
+    /// keep their prefix through join and retain.
+    #[test]
+    fn forked_rows_share_the_prompt_and_read_as_copies() {
+        let dev = Device::Cpu;
+        let mut c = KvCache::new(1, 1, 2, 4, 64, &dev).unwrap();
+        let (pk, pv) = (random(1, 5), random(1, 5));
+        c.reserve(5).unwrap();
+        c.append(0, &pk, &pv).unwrap();
+        c.advance(5);
+        let mut f = c.fork(3).unwrap();
+        assert_eq!(f.lens(), &[5, 5, 5]);
+        let (nk, nv) = (random(3, 1), random(3, 1));
+        f.reserve(1).unwrap();
+        let kv = f.append(0, &nk, &nv).unwrap();
+        f.advance(1);
+        assert_eq!((kv.k.dim(2).unwrap(), kv.len, kv.prefix_len(2)), (1, 6, 5));
+        let (k, _) = kv.whole().unwrap();
+        for r in 0..3 {
+            let want = Tensor::cat(&[pk.clone(), nk.narrow(0, r, 1).unwrap()], 2).unwrap();
+            assert_eq!(
+                values(&k.narrow(0, r, 1).unwrap()),
+                values(&want),
+                "row {r}"
+            );
+        }
+
+        // A 2-position request joins; rows 2 and the newcomer stay.
+        let mut other = KvCache::new(1, 1, 2, 4, 64, &dev).unwrap();
+        let (ok, ov) = (random(1, 2), random(1, 2));
+        other.reserve(2).unwrap();
+        other.append(0, &ok, &ov).unwrap();
+        other.advance(2);
+        f.join(other).unwrap();
+        f.retain(&[2, 3]).unwrap();
+        assert_eq!(f.lens(), &[6, 2]);
+        let (mk, mv) = (random(2, 1), random(2, 1));
+        f.reserve(1).unwrap();
+        let kv = f.append(0, &mk, &mv).unwrap();
+        let (k, _) = kv.whole().unwrap();
+        assert_eq!(k.dims4().unwrap(), (2, 2, 7, 4));
+        let row2 = Tensor::cat(
+            &[
+                pk.clone(),
+                nk.narrow(0, 2, 1).unwrap(),
+                mk.narrow(0, 0, 1).unwrap(),
+            ],
+            2,
+        )
+        .unwrap();
+        assert_eq!(values(&k.narrow(0, 0, 1).unwrap()), values(&row2));
+        let zeros = Tensor::zeros((1, 2, 4, 4), DType::F32, &dev).unwrap();
+        let newcomer = Tensor::cat(&[ok, mk.narrow(0, 1, 1).unwrap(), zeros], 2).unwrap();
+        assert_eq!(values(&k.narrow(0, 1, 1).unwrap()), values(&newcomer));
     }
 }

@@ -270,11 +270,12 @@ impl Attention {
         let q = rope.apply(&q.transpose(1, 2)?.contiguous()?)?; // [B, H, T, D]
         let k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?; // [B, KVH, T, D]
         let v = v.transpose(1, 2)?.contiguous()?;
-        let (k, v) = cache.append(layer, &k, &v)?; // [B, KVH, L, D] views
+        let kv = cache.append(layer, &k, &v)?;
         if t == 1 && x.device().is_cpu() {
-            let y = super::attention::decode(&(q * self.scale)?, &k, &v, mask)?; // [B, 1, H·D]
+            let y = super::attention::decode(&(q * self.scale)?, &kv, mask)?; // [B, 1, H·D]
             return self.o.forward(&y);
         }
+        let (k, v) = kv.whole()?; // [B, KVH, L, D]
 
         // Grouped-query attention: the n_rep query heads that share a KV head are stacked
         // along the row axis, [B, H, T, D] → [B, KVH, n_rep·T, D].
