@@ -97,8 +97,21 @@ pub unsafe fn rows<const F: u8>(w: &Packed, rows: Range<usize>, acts: &Acts, out
         unpacked.clear();
         for r0 in (0..acts.rows).step_by(TILE) {
             let m = TILE.min(acts.rows - r0);
-            let acc = if m <= VNNI_MAX {
-                vnni::<F>(w, group, acts, r0, m)
+            // The row count is a constant of each `vnni`, so its loops over rows unroll.
+            let vnni = match m {
+                m if m > VNNI_MAX => None,
+                1 => Some(vnni::<F, 1> as Vnni),
+                2 => Some(vnni::<F, 2> as Vnni),
+                3 => Some(vnni::<F, 3> as Vnni),
+                4 => Some(vnni::<F, 4> as Vnni),
+                5 => Some(vnni::<F, 5> as Vnni),
+                6 => Some(vnni::<F, 6> as Vnni),
+                7 => Some(vnni::<F, 7> as Vnni),
+                8 => Some(vnni::<F, 8> as Vnni),
+                _ => None,
+            };
+            let acc = if let Some(vnni) = vnni {
+                vnni(w, group, acts, r0)
             } else {
                 if unpacked.is_empty() && F != Q8_0 {
                     // Every sub-block of the group, once for all its tiles of rows.
@@ -232,17 +245,20 @@ unsafe fn tiles<const F: u8>(
 /// at 16 rows (128-row Q5_0 2048×640 product, 2 threads) and slower at 8.
 const VNNI_MAX: usize = 8;
 
-/// Rows r0..r0+m of a group with `vpdpbusd`: in VNNI order, 64 bytes of the weight tile hold
-/// 4 values of each of the 16 rows, so one `vpdpbusd` against 4 activation bytes broadcast
-/// adds them to each row's dot, and 8 make the whole dot, the same int32 AMX gives.
+type Vnni = unsafe fn(&Packed, *const u8, &Acts, usize) -> [__m512; TILE];
+
+/// Rows r0..r0+M (M ≤ `VNNI_MAX`) of a group with `vpdpbusd`: in VNNI order, 64 bytes of the
+/// weight tile hold 4 values of each of the 16 rows, so one `vpdpbusd` against 4 activation
+/// bytes broadcast adds them to each row's dot, and 8 make the whole dot, the same int32 AMX
+/// gives. The 8 steps go over all M rows in turn: M independent chains instead of each row's
+/// chain of 8 dependent `vpdpbusd` (the int32 sums are exact in any order).
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-unsafe fn vnni<const F: u8>(
+unsafe fn vnni<const F: u8, const M: usize>(
     w: &Packed,
     group: *const u8,
     acts: &Acts,
     r0: usize,
-    m: usize,
 ) -> [__m512; TILE] {
     let mut acc = [_mm512_setzero_ps(); TILE];
     let mut tile = Buf([_mm512_setzero_si512(); 8]);
@@ -267,50 +283,50 @@ unsafe fn vnni<const F: u8>(
                 unpack::<F>(unit, j, tile.0.as_mut_ptr() as *mut u8);
                 tile.0
             };
+            let mut dot = [_mm512_setzero_si512(); M];
             if F == Q6K {
+                // Each row's two halves apart: they have scales of their own.
+                let mut hi = [_mm512_setzero_si512(); M];
+                for g in 0..4 {
+                    for r in 0..M {
+                        let xr = x.add(8 * r);
+                        dot[r] = _mm512_dpbusd_epi32(dot[r], wt[g], _mm512_set1_epi32(*xr.add(g)));
+                        hi[r] = _mm512_dpbusd_epi32(
+                            hi[r],
+                            wt[4 + g],
+                            _mm512_set1_epi32(*xr.add(4 + g)),
+                        );
+                    }
+                }
                 let (dw_hi, mw_hi) = q6k_scales(unit, 2 * j + 1);
                 let s_lo = acts.s_lo.as_ptr().add(at);
                 let dm = _mm512_sub_ps(mw, mw_hi);
-                for (r, acc) in acc.iter_mut().enumerate().take(VNNI_MAX) {
-                    if r < m {
-                        let xr = x.add(8 * r);
-                        let mut lo = _mm512_setzero_si512();
-                        let mut hi = _mm512_setzero_si512();
-                        for g in 0..4 {
-                            lo = _mm512_dpbusd_epi32(lo, wt[g], _mm512_set1_epi32(*xr.add(g)));
-                            hi = _mm512_dpbusd_epi32(
-                                hi,
-                                wt[4 + g],
-                                _mm512_set1_epi32(*xr.add(4 + g)),
-                            );
-                        }
-                        let da = _mm512_set1_ps(*d.add(r));
-                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(dw, da), *acc);
-                        *acc =
-                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(dw_hi, da), *acc);
-                        *acc = _mm512_fmadd_ps(mw_hi, _mm512_set1_ps(*s.add(r)), *acc);
-                        *acc = _mm512_fmadd_ps(dm, _mm512_set1_ps(*s_lo.add(r)), *acc);
-                    }
+                for r in 0..M {
+                    let da = _mm512_set1_ps(*d.add(r));
+                    let a = &mut acc[r];
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(dw, da), *a);
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r]), _mm512_mul_ps(dw_hi, da), *a);
+                    *a = _mm512_fmadd_ps(mw_hi, _mm512_set1_ps(*s.add(r)), *a);
+                    *a = _mm512_fmadd_ps(dm, _mm512_set1_ps(*s_lo.add(r)), *a);
                 }
                 continue;
             }
-            for (r, acc) in acc.iter_mut().enumerate().take(VNNI_MAX) {
-                if r < m {
-                    let xr = x.add(8 * r);
-                    let mut dot = _mm512_setzero_si512();
-                    for (g, wt) in wt.iter().enumerate() {
-                        dot = _mm512_dpbusd_epi32(dot, *wt, _mm512_set1_epi32(*xr.add(g)));
-                    }
-                    if F == Q8_0 {
-                        // The weights were made unsigned by +128: take 128·Σx back off.
-                        let sx = 128 * *acts.qsum.as_ptr().add(at + r);
-                        dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(sx));
-                    }
-                    let da = _mm512_set1_ps(*d.add(r));
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, da), *acc);
-                    if F != Q8_0 {
-                        *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*s.add(r)), *acc);
-                    }
+            for (g, wt) in wt.iter().enumerate() {
+                for r in 0..M {
+                    dot[r] = _mm512_dpbusd_epi32(dot[r], *wt, _mm512_set1_epi32(*x.add(8 * r + g)));
+                }
+            }
+            for r in 0..M {
+                let mut dot = dot[r];
+                if F == Q8_0 {
+                    // The weights were made unsigned by +128: take 128·Σx back off.
+                    let sx = 128 * *acts.qsum.as_ptr().add(at + r);
+                    dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(sx));
+                }
+                let da = _mm512_set1_ps(*d.add(r));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, da), acc[r]);
+                if F != Q8_0 {
+                    acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*s.add(r)), acc[r]);
                 }
             }
         }
