@@ -143,6 +143,26 @@ struct Cached<'a> {
 }
 
 impl Cached<'_> {
+    /// Positions `at` of (row, KV head g), widened to f32 into `block` ([8][D]).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, and D is a multiple of 8.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn widen_avx2(
+        &self,
+        row: usize,
+        g: usize,
+        at: Range<usize>,
+        d: usize,
+        block: &mut [f32],
+    ) {
+        for (j, i) in at.enumerate() {
+            widen_avx2(self.at(row, g, i, d), &mut block[j * d..][..d]);
+        }
+    }
+
     /// Position i's D values of (row, KV head g).
     fn at(&self, row: usize, g: usize, i: usize, d: usize) -> &[f16] {
         let (prefix, p) = &self.prefix[row];
@@ -272,47 +292,33 @@ impl Heads<'_> {
         let pre = self.k.prefix[rows.start].1;
         let mut p = vec![0f32; rows.len() * n_rep * lp]; // [row][n_rep][lp]
         let mut block = vec![0f32; 8 * d]; // [8][D]
-                                           // Scores, prefix blocks first: the own blocks that follow overwrite the lanes a
-                                           // prefix block stores past its end.
         let blocks =
             |from: usize, to: usize| (from..to).step_by(8).map(move |i0| (i0, (to - i0).min(8)));
+        // Scores, prefix blocks first: the own blocks that follow overwrite the lanes a
+        // prefix block stores past its end.
         for (i0, n) in blocks(0, pre) {
-            for j in 0..n {
-                widen_avx2(
-                    self.k.at(rows.start, g, i0 + j, d),
-                    &mut block[j * d..][..d],
-                );
-            }
+            self.k.widen_avx2(rows.start, g, i0..i0 + n, d, &mut block);
             for c in 0..rows.len() {
                 self.scores(rows.start + c, g, &block, &mut p[c * n_rep * lp..], lp, i0);
             }
         }
         for (c, row) in rows.clone().enumerate() {
             for (i0, n) in blocks(pre, l) {
-                for j in 0..n {
-                    widen_avx2(self.k.at(row, g, i0 + j, d), &mut block[j * d..][..d]);
-                }
+                self.k.widen_avx2(row, g, i0..i0 + n, d, &mut block);
                 self.scores(row, g, &block, &mut p[c * n_rep * lp..], lp, i0);
             }
             self.softmax(row, &mut p[c * n_rep * lp..], lp);
         }
         // Values, in position order for every row.
         for (i0, n) in blocks(0, pre) {
-            for j in 0..n {
-                widen_avx2(
-                    self.v.at(rows.start, g, i0 + j, d),
-                    &mut block[j * d..][..d],
-                );
-            }
+            self.v.widen_avx2(rows.start, g, i0..i0 + n, d, &mut block);
             for (c, row) in rows.clone().enumerate() {
                 self.add_values(row, g, &block, &p[c * n_rep * lp..], lp, i0, n);
             }
         }
         for (c, row) in rows.clone().enumerate() {
             for (i0, n) in blocks(pre, l) {
-                for j in 0..n {
-                    widen_avx2(self.v.at(row, g, i0 + j, d), &mut block[j * d..][..d]);
-                }
+                self.v.widen_avx2(row, g, i0..i0 + n, d, &mut block);
                 self.add_values(row, g, &block, &p[c * n_rep * lp..], lp, i0, n);
             }
         }
