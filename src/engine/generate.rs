@@ -1,8 +1,9 @@
 //! Generation: one prefill of the prompt, then N samples decoded together as one batch.
-use super::sampler::{Sampler, SamplingParams};
+use super::sampler::{Pick, Sampler, SamplingParams};
 use crate::model::{KvCache, Model};
 use anyhow::{bail, Result};
 use serde::Serialize;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Prompts longer than this are prefilled in pieces, bounding the attention scratch memory.
@@ -116,9 +117,13 @@ pub fn generate(model: &Model, req: &Request, on_text: OnText) -> Result<Output>
     while !batch.is_empty() {
         let t = Instant::now();
         let logits = batch.step(model, |_, s| g.last_token(s))?;
-        for ((_, s), l) in batch.rows().to_vec().into_iter().zip(&logits) {
-            g.advance(model, s, l, on_text)?;
-        }
+        let steps: Vec<(usize, &[f32])> = batch
+            .rows()
+            .iter()
+            .zip(&logits)
+            .map(|(&(_, s), l)| (s, l.as_slice()))
+            .collect();
+        g.advance(model, &steps, on_text)?;
         g.add_decode_step(t.elapsed().as_secs_f64(), logits.len(), logits.len());
         batch.retain(|_, s| !g.is_finished(s))?;
     }
@@ -189,9 +194,8 @@ impl Generation {
             decode_tokens: 0,
             peak_batch: 0,
         };
-        for s in 0..n {
-            g.advance(model, s, &logits[0], on_text)?;
-        }
+        let steps: Vec<(usize, &[f32])> = (0..n).map(|s| (s, logits[0].as_slice())).collect();
+        g.advance(model, &steps, on_text)?;
         let cache = match g.active().len() {
             0 => None,
             1 => Some(cache),
@@ -224,22 +228,35 @@ impl Generation {
             .expect("a decoding sample has a token")
     }
 
-    /// Samples one token for `sample` from the logits of its last token.
+    /// Samples a token for each `(sample, logits of its last token)` in `steps`, the rows
+    /// spread over the model's threads (a gemma row's 262144 logits take about 240 µs), then
+    /// updates and streams the rows in the order given.
     pub fn advance(
         &mut self,
         model: &Model,
-        sample: usize,
-        logits: &[f32],
+        steps: &[(usize, &[f32])],
         on_text: OnText,
     ) -> Result<()> {
-        advance(
-            model,
-            &self.req,
-            &mut self.rows[sample],
-            logits,
-            self.max_tokens,
-            on_text,
-        )
+        let (req, max_tokens) = (&self.req, self.max_tokens);
+        let mut rows: Vec<Option<&mut Row>> = self.rows.iter_mut().map(Some).collect();
+        let drawn: Vec<Mutex<(&mut Row, Option<Pick>)>> = steps
+            .iter()
+            .map(|&(s, _)| {
+                let row = rows[s].take().expect("a sample advances once per step");
+                Mutex::new((row, None))
+            })
+            .collect();
+        crate::model::for_each_task(steps.len(), &|i| {
+            let mut slot = drawn[i].lock().unwrap_or_else(|e| e.into_inner());
+            let pick = draw(req, slot.0, steps[i].1);
+            slot.1 = Some(pick);
+        });
+        for slot in drawn {
+            let (row, pick) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+            let pick = pick.expect("every row was drawn");
+            apply(model, req, row, pick, max_tokens, on_text)?;
+        }
+        Ok(())
     }
 
     /// Counts a decode step this request took part in with `tokens` of the step's `rows`.
@@ -339,15 +356,8 @@ impl Batch {
     }
 }
 
-/// Samples one token for `row` from `logits`, updates its text and streams what is final.
-fn advance(
-    model: &Model,
-    req: &Request,
-    row: &mut Row,
-    logits: &[f32],
-    max_tokens: usize,
-    on_text: OnText,
-) -> Result<()> {
+/// Samples one token for `row` from `logits`.
+fn draw(req: &Request, row: &mut Row, logits: &[f32]) -> Pick {
     // The penalty looks back `repeat_last_n` tokens at most: copy only that window.
     let n = row.sampler.params().repeat_last_n;
     let from_prompt = n.saturating_sub(row.tokens.len()).min(req.prompt.len());
@@ -356,7 +366,18 @@ fn advance(
         .chain(&row.tokens[row.tokens.len().saturating_sub(n)..])
         .copied()
         .collect();
-    let pick = row.sampler.sample(logits, &recent);
+    row.sampler.sample(logits, &recent)
+}
+
+/// Takes `pick` as `row`'s next token: updates its text and streams what is final.
+fn apply(
+    model: &Model,
+    req: &Request,
+    row: &mut Row,
+    pick: Pick,
+    max_tokens: usize,
+    on_text: OnText,
+) -> Result<()> {
     if !req.ignore_eos && model.tokenizer.stop_ids.contains(&pick.token) {
         row.finish = Some(Finish::Eos);
     } else {

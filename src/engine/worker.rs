@@ -227,13 +227,19 @@ fn step(model: &Model, batch: &mut Batch, flight: &mut HashMap<u64, InFlight>) -
     }
     let t = Instant::now();
     let logits = batch.step(model, |k, s| flight[&k].generation.last_token(s))?;
-    let mut rows_of: HashMap<u64, usize> = HashMap::new();
+    // Each job's rows, in batch order.
+    let mut steps_of: HashMap<u64, Vec<(usize, &[f32])>> = HashMap::new();
     for (&(k, s), l) in batch.rows().iter().zip(&logits) {
+        steps_of.entry(k).or_default().push((s, l));
+    }
+    let mut rows_of = Vec::with_capacity(steps_of.len());
+    for (k, steps) in steps_of {
         let f = flight
             .get_mut(&k)
             .expect("a batch row belongs to a job in flight");
-        f.generation.advance(model, s, l, &mut forward(&f.stream))?;
-        *rows_of.entry(k).or_default() += 1;
+        f.generation
+            .advance(model, &steps, &mut forward(&f.stream))?;
+        rows_of.push((k, steps.len()));
     }
     let seconds = t.elapsed().as_secs_f64();
     for (k, rows) in rows_of {

@@ -117,9 +117,7 @@ pub fn decode(q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor>
         }
     };
     let tasks = runs.len() * kvh;
-    if !pool::run(tasks, &task) {
-        (0..tasks).for_each(task);
-    }
+    pool::for_each(tasks, &task);
     drop(held);
     Ok(Tensor::from_vec(y, (b, 1, h * d), kv.k.device())?)
 }

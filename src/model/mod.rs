@@ -21,6 +21,8 @@ use tokenizer::GgufTokenizer;
 use transformer::{Logits, Transformer};
 
 pub use kv_cache::KvCache;
+/// Runs independent tasks on the threads the forward pass uses (the engine samples rows so).
+pub use qmatmul::pool::for_each as for_each_task;
 
 /// A loaded model: weights, tokenizer and chat template from one GGUF.
 pub struct Model {

@@ -73,6 +73,13 @@ fn pool() -> Option<&'static Pool> {
     .as_ref()
 }
 
+/// `f(0)` … `f(tasks − 1)`, on the pool when it is free, else one after the other here.
+pub fn for_each(tasks: usize, f: &Task<'_>) {
+    if !run(tasks, f) {
+        (0..tasks).for_each(f);
+    }
+}
+
 /// Runs `f(0)` … `f(tasks − 1)` on this thread and the helpers, and returns when all are
 /// done; false (nothing run) when there is no pool or another thread is using it.
 pub fn run(tasks: usize, f: &Task<'_>) -> bool {
