@@ -312,8 +312,8 @@ unsafe fn vnni<const F: u8, const M: usize>(
                 continue;
             }
             for (g, wt) in wt.iter().enumerate() {
-                for r in 0..M {
-                    dot[r] = _mm512_dpbusd_epi32(dot[r], *wt, _mm512_set1_epi32(*x.add(8 * r + g)));
+                for (r, dot) in dot.iter_mut().enumerate() {
+                    *dot = _mm512_dpbusd_epi32(*dot, *wt, _mm512_set1_epi32(*x.add(8 * r + g)));
                 }
             }
             for r in 0..M {
