@@ -130,6 +130,10 @@ pub unsafe fn rows<const F: u8>(w: &Packed, rows: Range<usize>, acts: &Acts, out
             };
             let cols = GROUP.min(w.n - g * GROUP);
             for (r, acc) in acc.iter().enumerate().take(m) {
+                if cols == GROUP {
+                    _mm512_storeu_ps(out.at(r0 + r, g * GROUP), *acc);
+                    continue;
+                }
                 let mut v = [0f32; GROUP];
                 _mm512_storeu_ps(v.as_mut_ptr(), *acc);
                 for (i, &v) in v[..cols].iter().enumerate() {

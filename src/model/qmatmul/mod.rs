@@ -368,4 +368,12 @@ impl Out {
     unsafe fn write(&self, row: usize, col: usize, v: f32) {
         *self.ptr.add(row * self.n + col) = v;
     }
+
+    /// Where (row, col) lies.
+    ///
+    /// # Safety
+    /// As for `write`.
+    unsafe fn at(&self, row: usize, col: usize) -> *mut f32 {
+        self.ptr.add(row * self.n + col)
+    }
 }
