@@ -3,7 +3,7 @@
 //! products ([n_rep, D]·[D, L]) than on the arithmetic: with 8 rows on smollm2 its GEMM took
 //! about a sixth of the step (`perf`).
 use super::kv_cache::LayerKv;
-use super::math::exp;
+use super::math::{exp, with_f32};
 use super::qmatmul::{pool, Simd};
 use anyhow::{bail, Result};
 use candle_core::{DType, Storage, Tensor};
@@ -20,12 +20,23 @@ const ROWS_PER_TASK: usize = 4;
 /// layout of `Attention::forward` does.
 pub fn decode(q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
+    let dev = q.device().clone();
+    let y = with_f32(q, |q| decode_values(q, (b, h, t, d), kv, mask))??;
+    Ok(Tensor::from_vec(y, (b, 1, h * d), &dev)?)
+}
+
+/// `decode` on the query's values, [B, H, 1, D] → [B, H·D].
+fn decode_values(
+    q: &[f32],
+    (b, h, t, d): (usize, usize, usize, usize),
+    kv: &LayerKv,
+    mask: Option<&Tensor>,
+) -> Result<Vec<f32>> {
     let (_, kvh, own, _) = kv.k.dims4()?;
     if t != 1 || h % kvh != 0 {
         bail!("decode attention takes one position per row, and whole groups of heads");
     }
     let n_rep = h / kvh;
-    let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
     let (mask, per_row) = match mask {
         Some(m) => (m.flatten_all()?.to_vec1::<f32>()?, m.rank() == 4),
         None => (Vec::new(), false),
@@ -68,7 +79,7 @@ pub fn decode(q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor>
     let zeros = vec![f16::ZERO; d];
     let mut y = vec![0f32; b * h * d];
     let heads = Heads {
-        q: &q,
+        q,
         k: Cached {
             own: k_own,
             own_len: own,
@@ -119,7 +130,7 @@ pub fn decode(q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor>
     let tasks = runs.len() * kvh;
     pool::for_each(tasks, &task);
     drop(held);
-    Ok(Tensor::from_vec(y, (b, 1, h * d), kv.k.device())?)
+    Ok(y)
 }
 
 /// A [B, KVH, L, D] cache view in its buffer: where it starts, and the steps of its first

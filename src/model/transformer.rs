@@ -101,7 +101,6 @@ fn mul_weights(ws: &[&Proj], x: &Tensor) -> Result<Vec<Tensor>> {
             })
             .collect();
     }
-    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
     // The bytes of candle's tensors, which the weights below borrow.
     let data = ws
         .iter()
@@ -124,7 +123,7 @@ fn mul_weights(ws: &[&Proj], x: &Tensor) -> Result<Vec<Tensor>> {
     }
     let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; rows * w.n()]).collect();
     let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-    qmatmul::matmul_many(&weights, in_dim, &xs, &mut slices)?;
+    math::with_f32(x, |xs| qmatmul::matmul_many(&weights, in_dim, xs, &mut slices))??;
     outs.into_iter()
         .zip(&weights)
         .map(|(out, w)| {
@@ -324,23 +323,22 @@ fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tensor> {
         };
         return Ok((gate * up)?);
     }
-    let mut g: Vec<f32> = gate.flatten_all()?.to_vec1()?;
-    let u: Vec<f32> = up.flatten_all()?.to_vec1()?;
-    gate_values(&mut g, &u, activation);
-    Ok(Tensor::from_vec(g, gate.shape(), gate.device())?)
+    let mut y = vec![0f32; gate.elem_count()];
+    math::with_f32(gate, |g| math::with_f32(up, |u| gate_values(&mut y, g, u, activation)))??;
+    Ok(Tensor::from_vec(y, gate.shape(), gate.device())?)
 }
 
-fn gate_values(g: &mut [f32], u: &[f32], activation: Activation) {
-    simd_here!(gate_values_body(g, u, activation))
+fn gate_values(y: &mut [f32], g: &[f32], u: &[f32], activation: Activation) {
+    simd_here!(gate_values_body(y, g, u, activation))
 }
 
 #[inline(always)]
-fn gate_values_body(g: &mut [f32], u: &[f32], activation: Activation) {
+fn gate_values_body(y: &mut [f32], g: &[f32], u: &[f32], activation: Activation) {
     // One loop per function, each inlined and vectorized (a function pointer would not be).
-    let pairs = g.iter_mut().zip(u);
+    let each = y.iter_mut().zip(g.iter().zip(u));
     match activation {
-        Activation::Silu => pairs.for_each(|(g, u)| *g = math::silu(*g) * u),
-        Activation::GeluTanh => pairs.for_each(|(g, u)| *g = math::gelu_tanh(*g) * u),
+        Activation::Silu => each.for_each(|(y, (g, u))| *y = math::silu(*g) * u),
+        Activation::GeluTanh => each.for_each(|(y, (g, u))| *y = math::gelu_tanh(*g) * u),
     }
 }
 
