@@ -63,16 +63,18 @@ fn rms_norm_simd(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 #[inline(always)]
 fn rms_norm_body(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     for (y, x) in y.chunks_exact_mut(w.len()).zip(x.chunks_exact(w.len())) {
-        // Sixteen running sums, so the loop vectorizes.
-        let mut lanes = [0f32; 16];
+        // As ggml's `ggml_compute_forward_rms_norm_f32`: Σx² in double, scale = 1/√(mean + eps)
+        // in float, y = x·scale, then the weight (ggml's separate `mul`). Sixteen running
+        // sums, so the loop vectorizes.
+        let mut lanes = [0f64; 16];
         let whole = x.len() - x.len() % 16;
         for c in x[..whole].chunks_exact(16) {
             for (l, v) in lanes.iter_mut().zip(c) {
-                *l += v * v;
+                *l += (v * v) as f64;
             }
         }
-        let tail: f32 = x[whole..].iter().map(|v| v * v).sum();
-        let mean = (lanes.iter().sum::<f32>() + tail) / x.len() as f32;
+        let tail: f64 = x[whole..].iter().map(|v| (v * v) as f64).sum();
+        let mean = ((lanes.iter().sum::<f64>() + tail) / x.len() as f64) as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
             *y = x * scale * w;
@@ -665,25 +667,12 @@ mod tests {
             };
             let got = norm.forward(&x).unwrap();
             let want = candle_nn::ops::rms_norm(&x, &weight, 1e-6).unwrap();
-            let diff: f32 = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            let scale: f32 = want
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let max_abs = |t: Tensor| -> f32 {
+                let t = t.abs().unwrap().flatten_all().unwrap();
+                t.max(0).unwrap().to_scalar().unwrap()
+            };
+            let diff = max_abs((got - &want).unwrap());
+            let scale = max_abs(want);
             assert!(diff <= 1e-5 * scale, "width {width}: {diff}");
         }
         let mut y = [0f32; 10];
