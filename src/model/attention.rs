@@ -544,9 +544,9 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
-    /// A random [1, KVH, cap, D] cache, stored as f16 like the model's.
-    fn f16_cache(kvh: usize, cap: usize, d: usize) -> Tensor {
-        let t = Tensor::randn(0f32, 1.0, (1, kvh, cap, d), &Device::Cpu).unwrap();
+    /// A random [B, KVH, cap, D] cache, stored as f16 like the model's.
+    fn f16_cache(b: usize, kvh: usize, cap: usize, d: usize) -> Tensor {
+        let t = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &Device::Cpu).unwrap();
         t.to_dtype(DType::F16).unwrap()
     }
 
@@ -585,8 +585,8 @@ mod tests {
         let dev = Device::Cpu;
         let (kvh, n_rep, cap) = (2, 3, 64);
         let q = Tensor::randn(0f32, 1.0, (1, kvh * n_rep, 1, d), &dev).unwrap();
-        let k = f16_cache(kvh, cap, d);
-        let v = f16_cache(kvh, cap, d);
+        let k = f16_cache(1, kvh, cap, d);
+        let v = f16_cache(1, kvh, cap, d);
         for own in [5, 13, 31, 39] {
             let view = |t: &Tensor, l| t.narrow(2, 0, l).unwrap();
             let alone = decode(&q, &plain(&view(&k, own), &view(&v, own)), None).unwrap();
@@ -620,12 +620,8 @@ mod tests {
         let dev = Device::Cpu;
         let (b, kvh, n_rep, cap, l) = (3, 2, 3, 16, 11);
         let q = Tensor::randn(0f32, 1.0, (b, kvh * n_rep, 1, d), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
-        let (k, v) = (
-            k.to_dtype(DType::F16).unwrap(),
-            v.to_dtype(DType::F16).unwrap(),
-        );
+        let k = f16_cache(b, kvh, cap, d);
+        let v = f16_cache(b, kvh, cap, d);
         let (k, v) = (k.narrow(2, 0, l).unwrap(), v.narrow(2, 0, l).unwrap());
         // Hide the first 4 positions for every row, and per row a different tail.
         let shared: Vec<f32> = (0..n_rep * l)
@@ -678,25 +674,9 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (b, h, 1, d), &dev).unwrap();
         // Row 0 and 1 continue a 12-long prefix, row 2 a 21-long one.
         let (short, long) = (12, 21);
-        let pre = [f16_cache(kvh, long, d), f16_cache(kvh, long, d)];
-        let own_k = Tensor::cat(
-            &[
-                f16_cache(kvh, own, d),
-                f16_cache(kvh, own, d),
-                f16_cache(kvh, own, d),
-            ],
-            0,
-        )
-        .unwrap();
-        let own_v = Tensor::cat(
-            &[
-                f16_cache(kvh, own, d),
-                f16_cache(kvh, own, d),
-                f16_cache(kvh, own, d),
-            ],
-            0,
-        )
-        .unwrap();
+        let pre = [f16_cache(1, kvh, long, d), f16_cache(1, kvh, long, d)];
+        let own_k = f16_cache(b, kvh, own, d);
+        let own_v = f16_cache(b, kvh, own, d);
         let lens = [short + own, short + own, long + own];
         let l = long + own;
         let prefix = |p: usize| {
@@ -706,8 +686,8 @@ mod tests {
             ))
         };
         let kv = LayerKv {
-            k: own_k.clone(),
-            v: own_v.clone(),
+            k: own_k,
+            v: own_v,
             prefix: vec![prefix(short), prefix(short), prefix(long)],
             len: l,
         };

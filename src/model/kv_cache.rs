@@ -154,11 +154,6 @@ impl KvCache {
         &self.lens
     }
 
-    /// Whether every row holds the same number of positions.
-    pub fn is_uniform(&self) -> bool {
-        self.lens.windows(2).all(|w| w[0] == w[1])
-    }
-
     fn prefix_len(&self, r: usize) -> usize {
         self.prefixes[r].as_ref().map_or(0, |p| p.len)
     }
@@ -297,12 +292,7 @@ impl KvCache {
     /// row 0 already continues a prefix, each row gets a copy.
     pub fn fork(&self, n: usize) -> Result<Self> {
         if !self.device.is_cpu() || self.prefixes[0].is_some() {
-            let rows = Tensor::from_vec(vec![0u32; n], n, &self.device)?;
-            return self.select(
-                &rows,
-                vec![self.lens[0]; n],
-                vec![self.prefixes[0].clone(); n],
-            );
+            return self.select(&vec![0; n]);
         }
         let len = self.lens[0];
         let layers = self
@@ -331,25 +321,21 @@ impl KvCache {
 
     /// Keeps only the given rows, in that order (sequences that finished leave the batch).
     pub fn retain(&mut self, rows: &[usize]) -> Result<()> {
-        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let lens = rows.iter().map(|&r| self.lens[r]).collect();
-        let prefixes = rows.iter().map(|&r| self.prefixes[r].clone()).collect();
-        let ids = Tensor::from_vec(ids, rows.len(), &self.device)?;
-        *self = self.select(&ids, lens, prefixes)?;
+        *self = self.select(rows)?;
         Ok(())
     }
 
-    fn select(
-        &self,
-        rows: &Tensor,
-        lens: Vec<usize>,
-        prefixes: Vec<Option<Arc<Prefix>>>,
-    ) -> Result<Self> {
+    /// A cache of the given rows, in that order, each with its length and prefix.
+    fn select(&self, rows: &[usize]) -> Result<Self> {
+        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let ids = Tensor::from_vec(ids, rows.len(), &self.device)?;
         let layers = self
             .layers
             .iter()
-            .map(|(k, v)| Ok((k.index_select(rows, 0)?, v.index_select(rows, 0)?)))
+            .map(|(k, v)| Ok((k.index_select(&ids, 0)?, v.index_select(&ids, 0)?)))
             .collect::<Result<_>>()?;
+        let lens: Vec<usize> = rows.iter().map(|&r| self.lens[r]).collect();
+        let prefixes = rows.iter().map(|&r| self.prefixes[r].clone()).collect();
         Ok(Self {
             layers,
             batch: lens.len(),

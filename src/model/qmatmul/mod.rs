@@ -366,7 +366,7 @@ impl Out {
     /// # Safety
     /// `row` < m and `col` < n of the output this was made from.
     unsafe fn write(&self, row: usize, col: usize, v: f32) {
-        *self.ptr.add(row * self.n + col) = v;
+        *self.at(row, col) = v;
     }
 
     /// Where (row, col) lies.
