@@ -14,19 +14,51 @@ use std::ops::Range;
 /// of them. 4 gives 8 rows of one request 2 tasks per KV head, one per core here.
 const ROWS_PER_TASK: usize = 4;
 
+/// The loops decode attention runs in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    Portable,
+    /// AVX2, FMA and F16C, for D a multiple of 8.
+    Avx2,
+    /// AVX-512F, for D a multiple of 16: half the multiply-adds and conversions of AVX2. At
+    /// 8 smollm2 rows attention's `perf` samples went from 0.48 to 0.40 of the matmul's.
+    Avx512,
+}
+
+impl Kernel {
+    /// The kernels this CPU runs for head size d, slowest first.
+    fn here(d: usize) -> Vec<Kernel> {
+        let mut here = vec![Kernel::Portable];
+        if Simd::Avx2.runs_here() && d.is_multiple_of(8) {
+            here.push(Kernel::Avx2);
+        }
+        if Simd::Avx512.runs_here() && d.is_multiple_of(16) {
+            here.push(Kernel::Avx512);
+        }
+        here
+    }
+}
+
 /// q: [B, H, 1, D], already scaled; `kv`: the layer's f16 cache, whose last axis is
 /// contiguous, L = `kv.len` positions in the longest row; mask: additive, [n_rep, L] or per
 /// row [B, 1, n_rep, L]. → [B, 1, H·D]. Query head h reads KV head h / n_rep, as the grouped
 /// layout of `Attention::forward` does.
 pub fn decode(q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor> {
+    let kernel = *Kernel::here(q.dim(3)?).last().unwrap();
+    decode_on(kernel, q, kv, mask)
+}
+
+/// `decode` in the given kernel.
+fn decode_on(kernel: Kernel, q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let dev = q.device().clone();
-    let y = with_f32(q, |q| decode_values(q, (b, h, t, d), kv, mask))??;
+    let y = with_f32(q, |q| decode_values(kernel, q, (b, h, t, d), kv, mask))??;
     Ok(Tensor::from_vec(y, (b, 1, h * d), &dev)?)
 }
 
 /// `decode` on the query's values, [B, H, 1, D] → [B, H·D].
 fn decode_values(
+    kernel: Kernel,
     q: &[f32],
     (b, h, t, d): (usize, usize, usize, usize),
     kv: &LayerKv,
@@ -100,11 +132,13 @@ fn decode_values(
         d,
         out: Out(y.as_mut_ptr()),
     };
-    let simd = Simd::Avx2.runs_here() && d % 8 == 0;
     // One task per KV head and run of rows: a run is up to ROWS_PER_TASK rows that share a
-    // prefix with AVX2 (which reads each prefix block once for the run), else one row. It
+    // prefix with SIMD (which reads each prefix block once for the run), else one row. It
     // writes the n_rep heads of that group in its rows.
-    let per_task = if simd { ROWS_PER_TASK } else { 1 };
+    let per_task = match kernel {
+        Kernel::Portable => 1,
+        _ => ROWS_PER_TASK,
+    };
     let mut runs: Vec<Range<usize>> = Vec::new();
     for r in 0..b {
         let id = |r: usize| kv.prefix[r].as_ref().map(|(k, _)| k.id());
@@ -117,14 +151,14 @@ fn decode_values(
     }
     let task = |t: usize| {
         let (rows, g) = (runs[t / kvh].clone(), t % kvh);
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: this CPU has AVX2, FMA and F16C (`Simd::Avx2`), D is a multiple of 8,
-            // and task t alone has these rows of KV head g.
-            return unsafe { heads.chunk_avx2(rows, g) };
-        }
-        for row in rows {
-            heads.group(row, g);
+        // SAFETY: `Kernel::here` found the kernel's instructions on this CPU and D a multiple
+        // of its width; task t alone has these rows of KV head g.
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { heads.chunk_avx512(rows, g) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { heads.chunk_avx2(rows, g) },
+            _ => rows.for_each(|row| heads.group(row, g)),
         }
     };
     let tasks = runs.len() * kvh;
@@ -152,14 +186,13 @@ struct Cached<'a> {
 }
 
 impl Cached<'_> {
-    /// Positions `at` of (row, KV head g), widened to f32 into `block` ([8][D]).
+    /// Positions `at` of (row, KV head g), widened to f32 into `block` ([at.len()][D]).
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C, and D is a multiple of 8.
+    /// The CPU has L's instructions, and D is a multiple of L::W.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn widen_avx2(
+    #[inline(always)]
+    unsafe fn widen<L: Lanes>(
         &self,
         row: usize,
         g: usize,
@@ -167,20 +200,60 @@ impl Cached<'_> {
         d: usize,
         block: &mut [f32],
     ) {
-        for (j, i) in at.enumerate() {
-            widen_avx2(self.at(row, g, i, d), &mut block[j * d..][..d]);
+        let to = block[..at.len() * d].as_mut_ptr();
+        match self.span(row, g, &at, d) {
+            Some((from, step)) => {
+                for j in 0..at.len() {
+                    L::widen(from.add(j * step), to.add(j * d), d);
+                }
+            }
+            None => {
+                for (j, i) in at.enumerate() {
+                    L::widen(self.at(row, g, i, d).as_ptr(), to.add(j * d), d);
+                }
+            }
         }
     }
 
-    /// Asks for the positions `at` of (row, KV head g) into L2, a row ahead of their use.
+    /// Where positions `at` of (row, KV head g) lie when one buffer holds them all (the
+    /// prefix, or the row's own): the first one's values, and the step to the next. A block
+    /// finds them so but where a row ends before L, without a lookup per position.
+    fn span(
+        &self,
+        row: usize,
+        g: usize,
+        at: &Range<usize>,
+        d: usize,
+    ) -> Option<(*const f16, usize)> {
+        if at.is_empty() {
+            return None;
+        }
+        let (prefix, p) = &self.prefix[row];
+        let (view, r, i) = match prefix {
+            Some(view) if at.end <= *p => (view, 0, at.start),
+            _ if at.start >= *p && at.end - p <= self.own_len => (&self.own, row, at.start - p),
+            _ => return None,
+        };
+        // Bounds-checked at both ends: the positions between lie in the same buffer.
+        view.at(r, g, i + at.len() - 1, d);
+        Some((view.at(r, g, i, d).as_ptr(), view.stride[2]))
+    }
+
+    /// Asks for the row's own positions among `at` of (row, KV head g) into L2, a row
+    /// ahead of their use.
     #[cfg(target_arch = "x86_64")]
     fn prefetch_own(&self, row: usize, g: usize, at: Range<usize>, d: usize) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        for i in at {
-            let p = self.at(row, g, i, d).as_ptr() as *const i8;
+        let p = self.prefix[row].1;
+        let at = at.start.max(p)..at.end.min(p + self.own_len);
+        let Some((from, step)) = self.span(row, g, &at, d) else {
+            return;
+        };
+        for i in 0..at.len() {
+            let from = from.wrapping_add(i * step) as *const i8;
             for line in (0..2 * d).step_by(64) {
                 // SAFETY: a prefetch does not fault; the address lies in the cache's buffer.
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(line)) };
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(from.wrapping_add(line)) };
             }
         }
     }
@@ -294,34 +367,42 @@ impl Heads<'_> {
         }
     }
 
-    /// `group` with AVX2 for several rows that share a prefix (or one row): eight positions
-    /// at a time, their keys or values widened into a block once for all n_rep heads, and a
+    /// `group` with SIMD for several rows that share a prefix (or one row): W positions at
+    /// a time, their keys or values widened into a block once for all n_rep heads, and a
     /// prefix block once for every row of the chunk. A score is one position's dot product,
     /// summed the same way wherever the position falls, and a row's output adds its positions
     /// in order, so a row gives the same bits alone, under any longer batch row (its hidden
     /// positions weigh 0), and reading its prefix shared or from its own buffer.
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C, D is a multiple of 8, and only this task writes these
+    /// The CPU has L's instructions, D is a multiple of L::W, and only this task writes these
     /// rows' heads of KV head g.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn chunk_avx2(&self, rows: Range<usize>, g: usize) {
-        let (n_rep, l, d) = (self.n_rep, self.l, self.d);
-        // Blocks after a prefix start where it ends, not at a multiple of 8, and store 8
-        // lanes: room for 8 past L.
-        let lp = l.next_multiple_of(8) + 8;
+    #[inline(always)]
+    unsafe fn chunk<L: Lanes>(&self, rows: Range<usize>, g: usize) {
+        let (n_rep, l, d, w) = (self.n_rep, self.l, self.d, L::W);
+        // Blocks after a prefix start where it ends, not at a multiple of W, and store W
+        // lanes: room for W past L.
+        let lp = l.next_multiple_of(w) + w;
         let pre = self.k.prefix[rows.start].1;
         let mut p = vec![0f32; rows.len() * n_rep * lp]; // [row][n_rep][lp]
-        let mut block = vec![0f32; 8 * d]; // [8][D]
+        let mut block = vec![0f32; w * d]; // [W][D]
         let blocks =
-            |from: usize, to: usize| (from..to).step_by(8).map(move |i0| (i0, (to - i0).min(8)));
+            |from: usize, to: usize| (from..to).step_by(w).map(move |i0| (i0, (to - i0).min(w)));
         // Scores, prefix blocks first: the own blocks that follow overwrite the lanes a
         // prefix block stores past its end.
         for (i0, n) in blocks(0, pre) {
-            self.k.widen_avx2(rows.start, g, i0..i0 + n, d, &mut block);
+            self.k.widen::<L>(rows.start, g, i0..i0 + n, d, &mut block);
             for c in 0..rows.len() {
-                self.scores(rows.start + c, g, &block, &mut p[c * n_rep * lp..], lp, i0);
+                L::scores(
+                    self,
+                    rows.start + c,
+                    g,
+                    &block,
+                    &mut p[c * n_rep * lp..],
+                    lp,
+                    i0,
+                );
             }
         }
         self.k.prefetch_own(rows.start, g, pre..l, d);
@@ -332,16 +413,16 @@ impl Heads<'_> {
                 self.v.prefetch_own(rows.start, g, pre..l, d);
             }
             for (i0, n) in blocks(pre, l) {
-                self.k.widen_avx2(row, g, i0..i0 + n, d, &mut block);
-                self.scores(row, g, &block, &mut p[c * n_rep * lp..], lp, i0);
+                self.k.widen::<L>(row, g, i0..i0 + n, d, &mut block);
+                L::scores(self, row, g, &block, &mut p[c * n_rep * lp..], lp, i0);
             }
             self.softmax(row, &mut p[c * n_rep * lp..], lp);
         }
         // Values, in position order for every row.
         for (i0, n) in blocks(0, pre) {
-            self.v.widen_avx2(rows.start, g, i0..i0 + n, d, &mut block);
+            self.v.widen::<L>(rows.start, g, i0..i0 + n, d, &mut block);
             for (c, row) in rows.clone().enumerate() {
-                self.add_values(row, g, &block, &p[c * n_rep * lp..], lp, i0, n);
+                L::add_values(self, row, g, &block, &p[c * n_rep * lp..], lp, i0, n);
             }
         }
         for (c, row) in rows.clone().enumerate() {
@@ -349,19 +430,89 @@ impl Heads<'_> {
                 self.v.prefetch_own(row + 1, g, pre..l, d);
             }
             for (i0, n) in blocks(pre, l) {
-                self.v.widen_avx2(row, g, i0..i0 + n, d, &mut block);
-                self.add_values(row, g, &block, &p[c * n_rep * lp..], lp, i0, n);
+                self.v.widen::<L>(row, g, i0..i0 + n, d, &mut block);
+                L::add_values(self, row, g, &block, &p[c * n_rep * lp..], lp, i0, n);
             }
         }
     }
 
-    /// The scores of the 8 positions from i0 in `block`, for each of (row, g)'s heads:
-    /// `p[r·lp + i0..][..8]`.
+    /// `chunk` with AVX2.
+    ///
+    /// # Safety
+    /// As `chunk`, for `Avx2`.
     #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn chunk_avx2(&self, rows: Range<usize>, g: usize) {
+        self.chunk::<Avx2>(rows, g)
+    }
+
+    /// `chunk` with AVX-512.
+    ///
+    /// # Safety
+    /// As `chunk`, for `Avx512`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn chunk_avx512(&self, rows: Range<usize>, g: usize) {
+        self.chunk::<Avx512>(rows, g)
+    }
+}
+
+/// One SIMD width's pieces of `Heads::chunk`: W positions to a block. Each is compiled for
+/// its instructions, and inlined into the `chunk` compiled for them.
+#[cfg(target_arch = "x86_64")]
+trait Lanes {
+    const W: usize;
+
+    /// D f16 values at `from` → f32 at `to`.
+    unsafe fn widen(from: *const f16, to: *mut f32, d: usize);
+
+    /// The scores of the W positions from i0 in `block`, for each of (row, g)'s heads:
+    /// `p[r·lp + i0..][..W]`.
+    unsafe fn scores(
+        h: &Heads,
+        row: usize,
+        g: usize,
+        block: &[f32],
+        p: &mut [f32],
+        lp: usize,
+        i0: usize,
+    );
+
+    /// Adds the n values in `block` (positions from i0), weighted, to (row, g)'s heads.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn add_values(
+        h: &Heads,
+        row: usize,
+        g: usize,
+        block: &[f32],
+        p: &[f32],
+        lp: usize,
+        i0: usize,
+        n: usize,
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx2 {
+    const W: usize = 8;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn widen(from: *const f16, to: *mut f32, d: usize) {
+        use std::arch::x86_64::*;
+        for x in (0..d).step_by(8) {
+            let h = _mm_loadu_si128(from.add(x) as *const __m128i);
+            _mm256_storeu_ps(to.add(x), _mm256_cvtph_ps(h));
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn scores(
-        &self,
+        h: &Heads,
         row: usize,
         g: usize,
         block: &[f32],
@@ -370,9 +521,9 @@ impl Heads<'_> {
         i0: usize,
     ) {
         use std::arch::x86_64::*;
-        let d = self.d;
-        for r in 0..self.n_rep {
-            let q = self.query(row, g, r).as_ptr();
+        let d = h.d;
+        for r in 0..h.n_rep {
+            let q = h.query(row, g, r).as_ptr();
             let mut acc = [_mm256_setzero_ps(); 8];
             for x in (0..d).step_by(8) {
                 let qx = _mm256_loadu_ps(q.add(x));
@@ -381,17 +532,14 @@ impl Heads<'_> {
                 }
             }
             let to = &mut p[r * lp + i0..][..8];
-            _mm256_storeu_ps(to.as_mut_ptr(), sum_each(acc));
+            _mm256_storeu_ps(to.as_mut_ptr(), sum_each_avx2(acc));
         }
     }
 
-    /// Adds the n values in `block` (positions from i0), weighted, to (row, g)'s heads.
-    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn add_values(
-        &self,
+        h: &Heads,
         row: usize,
         g: usize,
         block: &[f32],
@@ -400,20 +548,93 @@ impl Heads<'_> {
         i0: usize,
         n: usize,
     ) {
-        let d = self.d;
+        let d = h.d;
         // SAFETY: the caller's task alone writes (row, g).
-        let y = self.output(row, g);
-        for r in 0..self.n_rep {
+        let y = h.output(row, g);
+        for r in 0..h.n_rep {
             let w = &p[r * lp + i0..][..n];
             let yh = y[r * d..].as_mut_ptr();
             if d.is_multiple_of(64) {
                 for x in (0..d).step_by(64) {
-                    add_weighted::<8>(yh.add(x), block.as_ptr().add(x), d, w);
+                    add_weighted_avx2::<8>(yh.add(x), block.as_ptr().add(x), d, w);
                 }
             } else {
                 for x in (0..d).step_by(8) {
-                    add_weighted::<1>(yh.add(x), block.as_ptr().add(x), d, w);
+                    add_weighted_avx2::<1>(yh.add(x), block.as_ptr().add(x), d, w);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx512 {
+    const W: usize = 16;
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn widen(from: *const f16, to: *mut f32, d: usize) {
+        use std::arch::x86_64::*;
+        for x in (0..d).step_by(16) {
+            let h = _mm256_loadu_si256(from.add(x) as *const __m256i);
+            _mm512_storeu_ps(to.add(x), _mm512_cvtph_ps(h));
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scores(
+        h: &Heads,
+        row: usize,
+        g: usize,
+        block: &[f32],
+        p: &mut [f32],
+        lp: usize,
+        i0: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let d = h.d;
+        for r in 0..h.n_rep {
+            let q = h.query(row, g, r).as_ptr();
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for x in (0..d).step_by(16) {
+                let qx = _mm512_loadu_ps(q.add(x));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(qx, _mm512_loadu_ps(block.as_ptr().add(j * d + x)), *a);
+                }
+            }
+            let to = &mut p[r * lp + i0..][..16];
+            _mm512_storeu_ps(to.as_mut_ptr(), sum_each_avx512(acc));
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn add_values(
+        h: &Heads,
+        row: usize,
+        g: usize,
+        block: &[f32],
+        p: &[f32],
+        lp: usize,
+        i0: usize,
+        n: usize,
+    ) {
+        // Three heads at a time: with 4 vectors per head, 12 sums in flight hide the
+        // latency of each one's chain of fused multiply-adds (4 alone ran at half speed).
+        let d = h.d;
+        // SAFETY: the caller's task alone writes (row, g).
+        let y = h.output(row, g).as_mut_ptr();
+        for r0 in (0..h.n_rep).step_by(3) {
+            let w = |r: usize| &p[(r0 + r) * lp + i0..][..n];
+            let y = y.add(r0 * d);
+            match h.n_rep - r0 {
+                1 => add_weighted_avx512::<1>(y, block.as_ptr(), d, [w(0)]),
+                2 => add_weighted_avx512::<2>(y, block.as_ptr(), d, [w(0), w(1)]),
+                _ => add_weighted_avx512::<3>(y, block.as_ptr(), d, [w(0), w(1), w(2)]),
             }
         }
     }
@@ -442,24 +663,11 @@ fn dot(q: &[f32], k: &[f32]) -> f32 {
     dot
 }
 
-/// f16 → f32, eight values at a time; `from.len()` is a multiple of 8.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn widen_avx2(from: &[f16], to: &mut [f32]) {
-    use std::arch::x86_64::*;
-    debug_assert!(from.len().is_multiple_of(8) && to.len() >= from.len());
-    for x in (0..from.len()).step_by(8) {
-        let h = _mm_loadu_si128(from.as_ptr().add(x) as *const __m128i);
-        _mm256_storeu_ps(to.as_mut_ptr().add(x), _mm256_cvtph_ps(h));
-    }
-}
-
 /// The sums of eight vectors' lanes, as one vector: lane j holds Σ a[j].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn sum_each(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 {
+unsafe fn sum_each_avx2(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7]
     let ab = _mm256_hadd_ps(a[0], a[1]);
@@ -477,7 +685,7 @@ unsafe fn sum_each(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m2
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn add_weighted<const W: usize>(y: *mut f32, block: *const f32, d: usize, w: &[f32]) {
+unsafe fn add_weighted_avx2<const W: usize>(y: *mut f32, block: *const f32, d: usize, w: &[f32]) {
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); W];
     for (u, a) in acc.iter_mut().enumerate() {
@@ -491,6 +699,100 @@ unsafe fn add_weighted<const W: usize>(y: *mut f32, block: *const f32, d: usize,
     }
     for (u, a) in acc.iter().enumerate() {
         _mm256_storeu_ps(y.add(8 * u), *a);
+    }
+}
+
+/// The sums of sixteen vectors' lanes, as one vector: lane j holds Σ a[j], every one summed
+/// in the same order (halves, quarters, then pairs): a position's score does not depend on
+/// its lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn sum_each_avx512(a: [std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // Two vectors into one: x's lanes i + (i + 8) in lanes 0..8, y's in 8..16.
+    let halves = |x: __m512, y: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(x, y),
+            _mm512_shuffle_f32x4::<0xEE>(x, y),
+        )
+    };
+    // Two of those into one: each 128-bit quarter a vector's lanes i + (i + 4).
+    let quarters = |x: __m512, y: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(x, y),
+            _mm512_shuffle_f32x4::<0xDD>(x, y),
+        )
+    };
+    let h: [__m512; 8] = std::array::from_fn(|i| halves(a[2 * i], a[2 * i + 1]));
+    // Quarter k of q[m] holds vector 4m + k.
+    let q: [__m512; 4] = std::array::from_fn(|m| quarters(h[2 * m], h[2 * m + 1]));
+    // Within each quarter: [x0 + x2, y0 + y2, x1 + x3, y1 + y3] of vectors k and k + 4
+    // (and 8 + k, 12 + k).
+    let pairs =
+        |x: __m512, y: __m512| _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+    let (lo, hi) = (pairs(q[0], q[1]), pairs(q[2], q[3]));
+    let (lo, hi) = (_mm512_castps_pd(lo), _mm512_castps_pd(hi));
+    // Lane 4k + m: vector k + 4m.
+    let sums = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi));
+    let sums = _mm512_add_ps(sums, _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi)));
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_permutexvar_ps(order, sums)
+}
+
+/// For each of H heads (their outputs D apart from y): y_r += Σ_j w_r[j] · block[j·D..][..D],
+/// the positions j in order, 64 values at a time (or 16 where D is not a multiple of 64):
+/// the same operations per value as `add_weighted_avx2`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn add_weighted_avx512<const H: usize>(
+    y: *mut f32,
+    block: *const f32,
+    d: usize,
+    w: [&[f32]; H],
+) {
+    if d.is_multiple_of(64) {
+        for x in (0..d).step_by(64) {
+            add_weighted_avx512_at::<H, 4>(y.add(x), block.add(x), d, w);
+        }
+    } else {
+        for x in (0..d).step_by(16) {
+            add_weighted_avx512_at::<H, 1>(y.add(x), block.add(x), d, w);
+        }
+    }
+}
+
+/// `add_weighted_avx512` for the 16·V values from y (and block).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn add_weighted_avx512_at<const H: usize, const V: usize>(
+    y: *mut f32,
+    block: *const f32,
+    d: usize,
+    w: [&[f32]; H],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); V]; H];
+    for (r, a) in acc.iter_mut().enumerate() {
+        for (u, a) in a.iter_mut().enumerate() {
+            *a = _mm512_loadu_ps(y.add(r * d + 16 * u));
+        }
+    }
+    for j in 0..w[0].len() {
+        let v: [__m512; V] = std::array::from_fn(|u| _mm512_loadu_ps(block.add(j * d + 16 * u)));
+        for (a, w) in acc.iter_mut().zip(&w) {
+            let wj = _mm512_set1_ps(*w.get_unchecked(j));
+            for (a, v) in a.iter_mut().zip(&v) {
+                *a = _mm512_fmadd_ps(wj, *v, *a);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (u, a) in a.iter().enumerate() {
+            _mm512_storeu_ps(y.add(r * d + 16 * u), *a);
+        }
     }
 }
 
@@ -575,13 +877,17 @@ mod tests {
     /// continuous batching relies on a job answering exactly as it does alone.
     #[test]
     fn a_row_gives_the_same_bits_under_a_longer_batch() {
-        // D = 20 takes the portable loops, 64 the AVX2 ones where the CPU has them.
+        // D = 20 runs only the portable loops, 64 every kernel of this CPU.
         for d in [20, 64] {
-            same_bits_under_a_longer_batch(d);
+            for kernel in Kernel::here(d) {
+                same_bits_under_a_longer_batch(kernel, d);
+            }
         }
     }
 
-    fn same_bits_under_a_longer_batch(d: usize) {
+    fn same_bits_under_a_longer_batch(kernel: Kernel, d: usize) {
+        let decode =
+            |q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>| decode_on(kernel, q, kv, mask);
         let dev = Device::Cpu;
         let (kvh, n_rep, cap) = (2, 3, 64);
         let q = Tensor::randn(0f32, 1.0, (1, kvh * n_rep, 1, d), &dev).unwrap();
@@ -603,20 +909,27 @@ mod tests {
                 let mask = Tensor::from_vec(hide, (1, 1, n_rep, longest), &dev).unwrap();
                 let (k, v) = (view(&k, longest), view(&v, longest));
                 let batched = decode(&q, &plain(&k, &v), Some(&mask)).unwrap();
-                assert_eq!(bits(&alone), bits(&batched), "D {d}: {own} under {longest}");
+                assert_eq!(
+                    bits(&alone),
+                    bits(&batched),
+                    "{kernel:?}, D {d}: {own} under {longest}"
+                );
             }
         }
     }
 
     #[test]
     fn matches_candles_attention_on_cache_views_with_masks() {
-        // D = 20 takes the portable loops; 64 and 72 the AVX2 ones, where the CPU has them.
-        for d in [20, 64, 72] {
-            matches_candles_attention(d);
+        // D = 20 runs the portable loops; 72 AVX2's narrow ones, 80 AVX-512's; 64 and 128
+        // the wide ones of both.
+        for d in [20, 64, 72, 80, 128] {
+            for kernel in Kernel::here(d) {
+                matches_candles_attention(kernel, d);
+            }
         }
     }
 
-    fn matches_candles_attention(d: usize) {
+    fn matches_candles_attention(kernel: Kernel, d: usize) {
         let dev = Device::Cpu;
         let (b, kvh, n_rep, cap, l) = (3, 2, 3, 16, 11);
         let q = Tensor::randn(0f32, 1.0, (b, kvh * n_rep, 1, d), &dev).unwrap();
@@ -639,7 +952,7 @@ mod tests {
             .collect();
         let rows = Tensor::from_vec(rows, (b, 1, n_rep, l), &dev).unwrap();
         for mask in [None, Some(&shared), Some(&rows)] {
-            let got = decode(&q, &plain(&k, &v), mask).unwrap();
+            let got = decode_on(kernel, &q, &plain(&k, &v), mask).unwrap();
             let want = reference(&q, &k, &v, mask);
             let diff = (got - want)
                 .unwrap()
@@ -653,7 +966,7 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(diff < 1e-5, "D = {d}: max difference {diff}");
+            assert!(diff < 1e-5, "{kernel:?}, D = {d}: max difference {diff}");
         }
     }
 
@@ -663,11 +976,15 @@ mod tests {
     #[test]
     fn a_shared_prefix_reads_as_one_buffer() {
         for d in [20, 64] {
-            shared_prefix_reads_as_one_buffer(d);
+            for kernel in Kernel::here(d) {
+                shared_prefix_reads_as_one_buffer(kernel, d);
+            }
         }
     }
 
-    fn shared_prefix_reads_as_one_buffer(d: usize) {
+    fn shared_prefix_reads_as_one_buffer(kernel: Kernel, d: usize) {
+        let decode =
+            |q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>| decode_on(kernel, q, kv, mask);
         let dev = Device::Cpu;
         let (kvh, n_rep, own) = (2, 3, 11); // L = 32: blocks from 12 and 21 reach past it
         let (b, h) = (3, kvh * n_rep);
@@ -705,7 +1022,7 @@ mod tests {
         let (k, v) = kv.whole().unwrap();
         assert_eq!(k.dims4().unwrap(), (b, kvh, l, d));
         let want = decode(&q, &plain(&k, &v), Some(&mask)).unwrap();
-        assert_eq!(bits(&got), bits(&want), "D {d}");
+        assert_eq!(bits(&got), bits(&want), "{kernel:?}, D {d}");
         // Row 0 alone, its prefix and own positions in one buffer.
         let (k0, v0) = (
             k.narrow(0, 0, 1).unwrap().narrow(2, 0, lens[0]).unwrap(),
@@ -715,7 +1032,7 @@ mod tests {
         assert_eq!(
             bits(&alone),
             bits(&got.narrow(0, 0, 1).unwrap()),
-            "D {d}: row 0"
+            "{kernel:?}, D {d}: row 0"
         );
     }
 }
