@@ -48,6 +48,17 @@ pub fn decode(q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor>
     decode_on(kernel, q, kv, mask)
 }
 
+/// `decode` on the query's values: q [B, H, D] → [B, H·D].
+pub fn decode_rows(
+    q: &[f32],
+    (b, h, d): (usize, usize, usize),
+    kv: &LayerKv,
+    mask: Option<&Tensor>,
+) -> Result<Vec<f32>> {
+    let kernel = *Kernel::here(d).last().unwrap();
+    decode_values(kernel, q, (b, h, 1, d), kv, mask)
+}
+
 /// `decode` in the given kernel.
 fn decode_on(kernel: Kernel, q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;

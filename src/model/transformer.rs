@@ -36,11 +36,15 @@ impl RmsNorm {
                 self.eps,
             )?);
         }
-        let mut y = vec![0f32; x.elem_count()];
-        math::with_f32(&self.weight, |w| {
-            math::with_f32(x, |x| rms_norm_rows(&mut y, x, w, self.eps))
-        })???;
+        let y = math::with_f32(x, |x| self.rows(x))??;
         Ok(Tensor::from_vec(y, x.shape(), x.device())?)
+    }
+
+    /// `forward` on a CPU step's values: each row of the weight's length.
+    fn rows(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let mut y = vec![0f32; x.len()];
+        math::with_f32(&self.weight, |w| rms_norm_rows(&mut y, x, w, self.eps))??;
+        Ok(y)
     }
 }
 
@@ -117,6 +121,15 @@ impl Proj {
         }
         Ok(Proj::Candle(QMatMul::from_arc(q)?))
     }
+
+    /// Output width.
+    fn out_dim(&self) -> Result<usize> {
+        Ok(match self {
+            Proj::Packed(p) => p.n,
+            Proj::Candle(QMatMul::QTensor(q)) => q.shape().dims2()?.0,
+            Proj::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dim(0)?,
+        })
+    }
 }
 
 /// x: [.., in] times a quantized weight [out, in] → [.., out].
@@ -125,21 +138,11 @@ fn mul_weight(w: &Proj, x: &Tensor) -> Result<Tensor> {
 }
 
 /// x: [.., in] times each of several quantized weights [out_i, in] → [.., out_i]. When our
-/// kernel takes them all, it does them in one call (`qmatmul::matmul_many`). Packed weights
-/// always go to it, having no candle copy left: at 128 rows the AMX path was 2–3.5× the
-/// AVX-512 kernel, which is about even with dequantize + GEMM there; above 256 rows the two
-/// have not been compared.
+/// kernel takes them all (`ours`), it does them in one call (`qmatmul::matmul_many`).
 fn mul_weights(ws: &[&Proj], x: &Tensor) -> Result<Vec<Tensor>> {
     let in_dim = x.dim(candle_core::D::Minus1)?;
     let rows = x.elem_count() / in_dim;
-    let ours = |w: &Proj| match w {
-        Proj::Packed(_) => true,
-        Proj::Candle(QMatMul::QTensor(q)) => {
-            rows < KERNEL_MAX_ROWS && x.device().is_cpu() && qmatmul::supported(q.dtype())
-        }
-        Proj::Candle(_) => false,
-    };
-    if !ws.iter().all(|w| ours(w)) {
+    if !x.device().is_cpu() || !ws.iter().all(|w| ours(w, rows)) {
         return ws
             .iter()
             .map(|w| match w {
@@ -148,6 +151,46 @@ fn mul_weights(ws: &[&Proj], x: &Tensor) -> Result<Vec<Tensor>> {
             })
             .collect();
     }
+    let outs = math::with_f32(x, |xs| kernel_rows(ws, xs, in_dim))??;
+    outs.into_iter()
+        .zip(ws)
+        .map(|(out, w)| {
+            let mut shape = x.dims().to_vec();
+            *shape.last_mut().unwrap() = w.out_dim()?;
+            Ok(Tensor::from_vec(out, shape, x.device())?)
+        })
+        .collect()
+}
+
+/// `mul_weights` on a CPU step's values, rows of `in_dim`.
+fn mul_rows(ws: &[&Proj], x: &[f32], in_dim: usize) -> Result<Vec<Vec<f32>>> {
+    let rows = x.len() / in_dim;
+    if ws.iter().all(|w| ours(w, rows)) {
+        return kernel_rows(ws, x, in_dim);
+    }
+    let x = Tensor::from_slice(x, (rows, in_dim), &Device::Cpu)?;
+    mul_weights(ws, &x)?
+        .into_iter()
+        .map(|y| Ok(y.flatten_all()?.to_vec1()?))
+        .collect()
+}
+
+/// Whether our kernel takes `w` for `rows` CPU rows. Packed weights always go to it, having
+/// no candle copy left: at 128 rows the AMX path was 2–3.5× the AVX-512 kernel, which is
+/// about even with dequantize + GEMM there; above 256 rows the two have not been compared.
+fn ours(w: &Proj, rows: usize) -> bool {
+    match w {
+        Proj::Packed(_) => true,
+        Proj::Candle(QMatMul::QTensor(q)) => {
+            rows < KERNEL_MAX_ROWS && q.device().is_cpu() && qmatmul::supported(q.dtype())
+        }
+        Proj::Candle(_) => false,
+    }
+}
+
+/// x (rows of `in_dim`) times each weight, all of which `ours` takes, in one kernel call.
+fn kernel_rows(ws: &[&Proj], x: &[f32], in_dim: usize) -> Result<Vec<Vec<f32>>> {
+    let rows = x.len() / in_dim;
     // The bytes of candle's tensors, which the weights below borrow.
     let data = ws
         .iter()
@@ -170,17 +213,8 @@ fn mul_weights(ws: &[&Proj], x: &Tensor) -> Result<Vec<Tensor>> {
     }
     let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; rows * w.n()]).collect();
     let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-    math::with_f32(x, |xs| {
-        qmatmul::matmul_many(&weights, in_dim, xs, &mut slices)
-    })??;
-    outs.into_iter()
-        .zip(&weights)
-        .map(|(out, w)| {
-            let mut shape = x.dims().to_vec();
-            *shape.last_mut().unwrap() = w.n();
-            Ok(Tensor::from_vec(out, shape, x.device())?)
-        })
-        .collect()
+    qmatmul::matmul_many(&weights, in_dim, x, &mut slices)?;
+    Ok(outs)
 }
 
 /// A product our kernel does not take: large batches and other formats or devices.
@@ -210,6 +244,22 @@ impl Linear {
         Ok(Self::forward_many(&[self], x)?.remove(0))
     }
 
+    /// `forward_many` on a CPU step's values, rows of `in_dim`.
+    fn rows(ls: &[&Linear], x: &[f32], in_dim: usize) -> Result<Vec<Vec<f32>>> {
+        let ws: Vec<&Proj> = ls.iter().map(|l| &l.weight).collect();
+        let mut ys = mul_rows(&ws, x, in_dim)?;
+        for (y, l) in ys.iter_mut().zip(ls) {
+            if let Some(bias) = &l.bias {
+                math::with_f32(bias, |bias| {
+                    for row in y.chunks_exact_mut(bias.len()) {
+                        row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+                    }
+                })?;
+            }
+        }
+        Ok(ys)
+    }
+
     /// Several projections of one input, in one call to the kernel where it can.
     fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
         let ws: Vec<&Proj> = ls.iter().map(|l| &l.weight).collect();
@@ -231,6 +281,8 @@ impl Linear {
 struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// The same values, for `apply_rows`.
+    values: (Vec<f32>, Vec<f32>),
     style: RopeStyle,
 }
 
@@ -253,21 +305,15 @@ impl Rope {
                 }
             }
         }
-        let (cos, sin) = if uniform {
-            (
-                Tensor::from_vec(cos, (t, half), device)?,
-                Tensor::from_vec(sin, (t, half), device)?,
-            )
+        let shape: &[usize] = if uniform {
+            &[t, half]
         } else {
-            let shape = (rows.len(), t, half);
-            (
-                Tensor::from_vec(cos, shape, device)?,
-                Tensor::from_vec(sin, shape, device)?,
-            )
+            &[rows.len(), t, half]
         };
         Ok(Self {
-            cos,
-            sin,
+            cos: Tensor::from_slice(&cos, shape, device)?,
+            sin: Tensor::from_slice(&sin, shape, device)?,
+            values: (cos, sin),
             style: cfg.rope_style,
         })
     }
@@ -278,6 +324,47 @@ impl Rope {
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, &self.cos, &self.sin)?,
             RopeStyle::Halves => candle_nn::rotary_emb::rope(x, &self.cos, &self.sin)?,
         })
+    }
+
+    /// `apply` in place on a one-position step's values, x: [B, heads, D], with candle's
+    /// arithmetic (`candle_nn::rotary_emb`'s CPU kernels): x₁·cos − x₂·sin, x₁·sin + x₂·cos.
+    fn apply_rows(&self, x: &mut [f32], b: usize, d: usize) {
+        let (cos, sin) = (&self.values.0, &self.values.1);
+        let half = d / 2;
+        let per_row = cos.len() > half;
+        for (r, row) in x.chunks_exact_mut(x.len() / b).enumerate() {
+            let at = if per_row { r * half } else { 0 };
+            rope_row(row, &cos[at..][..half], &sin[at..][..half], self.style);
+        }
+    }
+}
+
+/// Rotates each head of D = 2·cos.len() values in `x`.
+fn rope_row(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    simd_here!(rope_row_body(x, cos, sin, style))
+}
+
+#[inline(always)]
+fn rope_row_body(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = cos.len();
+    for head in x.chunks_exact_mut(2 * half) {
+        match style {
+            RopeStyle::Interleaved => {
+                for ((p, c), s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                    let (a, b) = (p[0], p[1]);
+                    p[0] = a * c - b * s;
+                    p[1] = a * s + b * c;
+                }
+            }
+            RopeStyle::Halves => {
+                let (lo, hi) = head.split_at_mut(half);
+                for (((a, b), c), s) in lo.iter_mut().zip(hi.iter_mut()).zip(cos).zip(sin) {
+                    let (x1, x2) = (*a, *b);
+                    *a = x1 * c - x2 * s;
+                    *b = x1 * s + x2 * c;
+                }
+            }
+        }
     }
 }
 
@@ -345,6 +432,46 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// `forward` for a one-position step on the CPU, on plain values: x [B, E] → [B, E]. For
+    /// T = 1, [B, T, H, D] and [B, H, T, D] are the same layout, so nothing is transposed.
+    fn decode_rows(
+        &self,
+        x: &[f32],
+        b: usize,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Vec<f32>> {
+        let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let [q, k, v]: [Vec<f32>; 3] = Linear::rows(&[&self.q, &self.k, &self.v], x, x.len() / b)?
+            .try_into()
+            .expect("three projections");
+        let mut q = match &self.q_norm {
+            Some(n) => n.rows(&q)?,
+            None => q,
+        };
+        let mut k = match &self.k_norm {
+            Some(n) => n.rows(&k)?,
+            None => k,
+        };
+        rope.apply_rows(&mut q, b, d);
+        rope.apply_rows(&mut k, b, d);
+        // As candle's `q * scale` (an affine map, v·mul + add).
+        let scale = self.scale as f32;
+        q.iter_mut().for_each(|q| *q = *q * scale + 0.0);
+        let dev = Device::Cpu;
+        let kv = cache.append(
+            layer,
+            &Tensor::from_vec(k, (b, kvh, 1, d), &dev)?,
+            &Tensor::from_vec(v, (b, kvh, 1, d), &dev)?,
+        )?;
+        let y = super::attention::decode_rows(&q, (b, h, d), &kv, mask)?; // [B, H·D]
+        Ok(Linear::rows(&[&self.o], &y, h * d)?.remove(0))
+    }
+}
+
 struct Mlp {
     gate: Proj,
     up: Proj,
@@ -358,6 +485,16 @@ impl Mlp {
             .try_into()
             .expect("two projections");
         mul_weight(&self.down, &gated(&gate, &up, self.activation)?)
+    }
+
+    /// `forward` on a CPU step's values, rows of `in_dim`.
+    fn rows(&self, x: &[f32], in_dim: usize) -> Result<Vec<f32>> {
+        let [gate, up]: [Vec<f32>; 2] = mul_rows(&[&self.gate, &self.up], x, in_dim)?
+            .try_into()
+            .expect("two projections");
+        let mut y = vec![0f32; gate.len()];
+        gate_values(&mut y, &gate, &up, self.activation);
+        Ok(mul_rows(&[&self.down], &y, gate.len() / (x.len() / in_dim))?.remove(0))
     }
 }
 
@@ -420,6 +557,35 @@ impl Block {
         let h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
         let h = RmsNorm::maybe(&self.post_ffn_norm, h)?;
         Ok((x + h)?)
+    }
+
+    /// `forward` for a one-position step on the CPU: x [B, E] in place, without a candle
+    /// tensor between the ops. At 8 smollm2 rows their copies, allocations and zero-fills
+    /// were about a tenth of the step (`perf`).
+    fn decode_rows(
+        &self,
+        x: &mut [f32],
+        b: usize,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<()> {
+        let e = x.len() / b;
+        let h = self.attn_norm.rows(x)?;
+        let h = self.attn.decode_rows(&h, b, rope, mask, cache, layer)?;
+        let h = match &self.post_attn_norm {
+            Some(n) => n.rows(&h)?,
+            None => h,
+        };
+        x.iter_mut().zip(&h).for_each(|(x, h)| *x += h);
+        let h = self.mlp.rows(&self.ffn_norm.rows(x)?, e)?;
+        let h = match &self.post_ffn_norm {
+            Some(n) => n.rows(&h)?,
+            None => h,
+        };
+        x.iter_mut().zip(&h).for_each(|(x, h)| *x += h);
+        Ok(())
     }
 }
 
@@ -549,11 +715,24 @@ impl Transformer {
         let n_rep = self.cfg.n_head / self.cfg.n_kv_head;
         let global_mask = self.mask(&starts, t, None, n_rep)?;
         let local_mask = self.mask(&starts, t, self.cfg.sliding_window, n_rep)?;
+        let layer = |i: usize| match (&local, self.blocks[i].local) {
+            (Some(r), true) => (r, local_mask.as_ref()),
+            _ => (&global, global_mask.as_ref()),
+        };
+        if t == 1 && self.device.is_cpu() && x.dtype() == DType::F32 {
+            let mut xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            for (i, block) in self.blocks.iter().enumerate() {
+                let (rope, mask) = layer(i);
+                block.decode_rows(&mut xs, b, rope, mask, cache, i)?;
+            }
+            cache.advance(1);
+            let x = self.norm.rows(&xs)?;
+            let logits = mul_rows(&[&self.output], &x, xs.len() / b)?.remove(0);
+            let vocab = logits.len() / b;
+            return Ok(Tensor::from_vec(logits, (b, 1, vocab), &self.device)?);
+        }
         for (i, block) in self.blocks.iter().enumerate() {
-            let (rope, mask) = match (&local, block.local) {
-                (Some(r), true) => (r, local_mask.as_ref()),
-                _ => (&global, global_mask.as_ref()),
-            };
+            let (rope, mask) = layer(i);
             x = block.forward(&x, rope, mask, cache, i)?;
         }
         cache.advance(t);
