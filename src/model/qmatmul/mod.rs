@@ -196,8 +196,8 @@ pub fn matmul_many(ws: &[Weight<'_>], k: usize, x: &[f32], outs: &mut [&mut [f32
 /// 2^17 69 / 35 / 21.9; 2^16 75 / – / 23.8; 0 (always split) 76 / – / 23.1.
 const SERIAL_WORK: usize = 1 << 18;
 
-/// Tasks per thread: enough that a thread slowed by other work is not waited for long.
-const TASKS_PER_THREAD: usize = 4;
+/// The fewest weight rows a task takes (a group of the packed layout).
+const MIN_TASK: usize = 16;
 
 thread_local! {
     /// Quantized activations, reused from call to call on the calling thread.
@@ -278,16 +278,21 @@ pub fn matmul_many_with(
                 run_rows(simd, f, w, 0..n, acts, out);
             }
         } else {
-            let mut chunk = rows.div_ceil(threads * TASKS_PER_THREAD);
-            if simd.packs() {
-                chunk = chunk.next_multiple_of(pack::GROUP);
+            // Guided sizes: each task a 2·threads-th of the rows left, down to one group, so
+            // that the tasks that end a job are short and no thread waits long for the last.
+            let step = if simd.packs() { pack::GROUP } else { 1 };
+            let mut tasks: Vec<(usize, Range<usize>)> = Vec::new();
+            let mut left = rows;
+            for (i, job) in jobs.iter().enumerate() {
+                let mut start = 0;
+                while start < job.2 {
+                    let size = (left / (2 * threads)).max(MIN_TASK).next_multiple_of(step);
+                    let end = job.2.min(start + size);
+                    tasks.push((i, start..end));
+                    left -= end - start;
+                    start = end;
+                }
             }
-            let tasks: Vec<(usize, Range<usize>)> = (0..jobs.len())
-                .flat_map(|i| {
-                    let n = jobs[i].2;
-                    (0..n.div_ceil(chunk)).map(move |c| (i, c * chunk..n.min((c + 1) * chunk)))
-                })
-                .collect();
             let task = |t: usize| {
                 let (i, ref range) = tasks[t];
                 let (f, w, _, out) = jobs[i];
