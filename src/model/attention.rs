@@ -337,7 +337,7 @@ impl Heads<'_> {
                     *s += m;
                 }
             }
-            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let max = max16(p);
             for s in p.iter_mut() {
                 *s = exp(*s - max);
             }
@@ -819,6 +819,21 @@ fn sum8(x: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>()
+}
+
+/// The largest of x: sixteen running maxima, so the loop vectorizes (one chain of `max`
+/// was a tenth of decode attention). The maximum is exact in any order.
+#[inline(always)]
+fn max16(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let whole = x.len() - x.len() % 16;
+    for c in x[..whole].chunks_exact(16) {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    let tail = x[whole..].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    lanes.iter().copied().fold(tail, f32::max)
 }
 
 /// The output shared by the tasks, each writing its own heads.
