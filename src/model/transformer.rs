@@ -444,7 +444,7 @@ impl Attention {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Vec<f32>> {
-        let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let (h, d) = (self.n_head, self.head_dim);
         let [q, k, v]: [Vec<f32>; 3] = Linear::rows(&[&self.q, &self.k, &self.v], x, x.len() / b)?
             .try_into()
             .expect("three projections");
@@ -461,12 +461,7 @@ impl Attention {
         // As candle's `q * scale` (an affine map, v·mul + add).
         let scale = self.scale as f32;
         q.iter_mut().for_each(|q| *q = *q * scale + 0.0);
-        let dev = Device::Cpu;
-        let kv = cache.append(
-            layer,
-            &Tensor::from_vec(k, (b, kvh, 1, d), &dev)?,
-            &Tensor::from_vec(v, (b, kvh, 1, d), &dev)?,
-        )?;
+        let kv = cache.append_rows(layer, &k, &v)?;
         let y = super::attention::decode_rows(&q, (b, h, d), &kv, mask)?; // [B, H·D]
         Ok(Linear::rows(&[&self.o], &y, h * d)?.remove(0))
     }
