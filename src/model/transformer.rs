@@ -191,6 +191,16 @@ fn ours(w: &Proj, rows: usize) -> bool {
 /// x (rows of `in_dim`) times each weight, all of which `ours` takes, in one kernel call.
 fn kernel_rows(ws: &[&Proj], x: &[f32], in_dim: usize) -> Result<Vec<Vec<f32>>> {
     let rows = x.len() / in_dim;
+    with_weights(ws, |weights| {
+        let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; rows * w.n()]).collect();
+        let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        qmatmul::matmul_many(weights, in_dim, x, &mut slices)?;
+        Ok(outs)
+    })
+}
+
+/// `f` of the kernel's view of weights that `ours` takes.
+fn with_weights<R>(ws: &[&Proj], f: impl FnOnce(&[qmatmul::Weight]) -> Result<R>) -> Result<R> {
     // The bytes of candle's tensors, which the weights below borrow.
     let data = ws
         .iter()
@@ -211,10 +221,7 @@ fn kernel_rows(ws: &[&Proj], x: &[f32], in_dim: usize) -> Result<Vec<Vec<f32>>> 
             _ => unreachable!("`ours` takes packed weights and candle's quantized tensors"),
         });
     }
-    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; rows * w.n()]).collect();
-    let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-    qmatmul::matmul_many(&weights, in_dim, x, &mut slices)?;
-    Ok(outs)
+    f(&weights)
 }
 
 /// A product our kernel does not take: large batches and other formats or devices.
@@ -482,14 +489,27 @@ impl Mlp {
         mul_weight(&self.down, &gated(&gate, &up, self.activation)?)
     }
 
-    /// `forward` on a CPU step's values, rows of `in_dim`.
+    /// `forward` on a CPU step's values, rows of `in_dim`. Where our kernel takes both
+    /// gate and up, it applies the activation inside the product (`qmatmul::matmul_gated`).
     fn rows(&self, x: &[f32], in_dim: usize) -> Result<Vec<f32>> {
-        let [gate, up]: [Vec<f32>; 2] = mul_rows(&[&self.gate, &self.up], x, in_dim)?
-            .try_into()
-            .expect("two projections");
-        let mut y = vec![0f32; gate.len()];
-        gate_values(&mut y, &gate, &up, self.activation);
-        Ok(mul_rows(&[&self.down], &y, gate.len() / (x.len() / in_dim))?.remove(0))
+        let rows = x.len() / in_dim;
+        let act = self.activation;
+        let y = if ours(&self.gate, rows) && ours(&self.up, rows) {
+            with_weights(&[&self.gate, &self.up], |w| {
+                let mut y = vec![0f32; rows * w[0].n()];
+                let gate = |y: &mut [f32], g: &[f32], u: &[f32]| gate_values(y, g, u, act);
+                qmatmul::matmul_gated([w[0], w[1]], in_dim, x, &gate, &mut y)?;
+                Ok(y)
+            })?
+        } else {
+            let [gate, up]: [Vec<f32>; 2] = mul_rows(&[&self.gate, &self.up], x, in_dim)?
+                .try_into()
+                .expect("two projections");
+            let mut y = vec![0f32; gate.len()];
+            gate_values(&mut y, &gate, &up, act);
+            y
+        };
+        Ok(mul_rows(&[&self.down], &y, y.len() / rows)?.remove(0))
     }
 }
 

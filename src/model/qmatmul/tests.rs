@@ -191,6 +191,64 @@ fn close_to_the_product_with_dequantized_weights() {
 
 /// Products run from many threads at once (each quantizes into its own scratch) and from
 /// inside rayon tasks, whose threads also run the product's own tasks.
+/// A gated pair gives the gate of its two products, on every path, split between the threads
+/// (n = 200, not a multiple of 16) and done on one (n = 21).
+#[test]
+fn a_gated_pair_gates_its_two_products() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let gate = |y: &mut [f32], g: &[f32], u: &[f32]| {
+        for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+            *y = g.max(0.0) * u;
+        }
+    };
+    for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
+        for (n, k, m) in [(200, 512, 8), (21, 256, 1)] {
+            let (wg, wu) = (
+                random_blocks(dtype, n, k, &mut rng),
+                random_blocks(dtype, n, k, &mut rng),
+            );
+            let ws = [
+                Weight::Rows {
+                    dtype,
+                    data: &wg,
+                    n,
+                },
+                Weight::Rows {
+                    dtype,
+                    data: &wu,
+                    n,
+                },
+            ];
+            let x = randn(m, k);
+            for simd in Simd::available() {
+                let (mut g, mut u) = (vec![0f32; m * n], vec![0f32; m * n]);
+                matmul_many_with(simd, &ws, k, &x, &mut [&mut g, &mut u]).unwrap();
+                let mut want = vec![0f32; m * n];
+                gate(&mut want, &g, &u);
+                let mut got = vec![f32::NAN; m * n];
+                matmul_gated_with(simd, ws, k, &x, &gate, &mut got).unwrap();
+                assert_eq!(got, want, "{dtype:?} {simd:?} {n}x{k}, {m} rows");
+            }
+        }
+    }
+    let w = random_blocks(GgmlDType::Q8_0, 21, 256, &mut rng);
+    let (short, long) = (
+        Weight::Rows {
+            dtype: GgmlDType::Q8_0,
+            data: &w[..w.len() / 21 * 20],
+            n: 20,
+        },
+        Weight::Rows {
+            dtype: GgmlDType::Q8_0,
+            data: &w,
+            n: 21,
+        },
+    );
+    let x = randn(1, 256);
+    let mut out = vec![0f32; 21];
+    assert!(matmul_gated([short, long], 256, &x, &gate, &mut out).is_err());
+}
+
 #[test]
 fn concurrent_products_agree() {
     let (n, k, m) = (64, 512, 9);
