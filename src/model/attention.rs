@@ -3,7 +3,7 @@
 //! products ([n_rep, D]·[D, L]) than on the arithmetic: with 8 rows on smollm2 its GEMM took
 //! about a sixth of the step (`perf`).
 use super::kv_cache::LayerKv;
-use super::math::{exp, with_f32};
+use super::math::exp;
 use super::qmatmul::{pool, Simd};
 use anyhow::{bail, Result};
 use candle_core::{DType, Storage, Tensor};
@@ -39,16 +39,10 @@ impl Kernel {
     }
 }
 
-/// q: [B, H, 1, D], already scaled; `kv`: the layer's f16 cache, whose last axis is
-/// contiguous, L = `kv.len` positions in the longest row; mask: additive, [n_rep, L] or per
-/// row [B, 1, n_rep, L]. → [B, 1, H·D]. Query head h reads KV head h / n_rep, as the grouped
-/// layout of `Attention::forward` does.
-pub fn decode(q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor> {
-    let kernel = *Kernel::here(q.dim(3)?).last().unwrap();
-    decode_on(kernel, q, kv, mask)
-}
-
-/// `decode` on the query's values: q [B, H, D] → [B, H·D].
+/// Decode attention for one new position per row. q: [B, H, D], already scaled; `kv`: the
+/// layer's f16 cache, whose last axis is contiguous, L = `kv.len` positions in the longest
+/// row; mask: additive, [n_rep, L] or per row [B, 1, n_rep, L]. → [B, H·D]. Query head h
+/// reads KV head h / n_rep, as the grouped layout of `Attention::forward` does.
 pub fn decode_rows(
     q: &[f32],
     (b, h, d): (usize, usize, usize),
@@ -59,15 +53,7 @@ pub fn decode_rows(
     decode_values(kernel, q, (b, h, 1, d), kv, mask)
 }
 
-/// `decode` in the given kernel.
-fn decode_on(kernel: Kernel, q: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
-    let dev = q.device().clone();
-    let y = with_f32(q, |q| decode_values(kernel, q, (b, h, t, d), kv, mask))??;
-    Ok(Tensor::from_vec(y, (b, 1, h * d), &dev)?)
-}
-
-/// `decode` on the query's values, [B, H, 1, D] → [B, H·D].
+/// `decode_rows` in the given kernel, q [B, H, T, D] (T must be 1) → [B, H·D].
 fn decode_values(
     kernel: Kernel,
     q: &[f32],
@@ -848,7 +834,7 @@ impl Out {
     }
 }
 
-// SAFETY: tasks write disjoint heads, and `decode` outlives them.
+// SAFETY: tasks write disjoint heads, and `decode_values` outlives them.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
@@ -856,6 +842,19 @@ unsafe impl Sync for Out {}
 mod tests {
     use super::*;
     use candle_core::{Device, D};
+
+    /// `decode_rows` in the given kernel, on tensors: q [B, H, 1, D] → [B, 1, H·D].
+    fn decode_on(
+        kernel: Kernel,
+        q: &Tensor,
+        kv: &LayerKv,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, h, t, d) = q.dims4()?;
+        let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
+        let y = decode_values(kernel, &q, (b, h, t, d), kv, mask)?;
+        Ok(Tensor::from_vec(y, (b, 1, h * d), &Device::Cpu)?)
+    }
 
     /// K and V read whole, without a prefix.
     fn plain(k: &Tensor, v: &Tensor) -> LayerKv {

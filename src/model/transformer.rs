@@ -333,7 +333,7 @@ impl Rope {
         })
     }
 
-    /// `apply` in place on a one-position step's values, x: [B, heads, D], with candle's
+    /// `apply` in place on a one-position step's values (T = 1), x: [B, heads, D], with candle's
     /// arithmetic (`candle_nn::rotary_emb`'s CPU kernels): x₁·cos − x₂·sin, x₁·sin + x₂·cos.
     fn apply_rows(&self, x: &mut [f32], b: usize, d: usize) {
         let (cos, sin) = (&self.values.0, &self.values.1);
@@ -413,10 +413,6 @@ impl Attention {
         let k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?; // [B, KVH, T, D]
         let v = v.transpose(1, 2)?.contiguous()?;
         let kv = cache.append(layer, &k, &v)?;
-        if t == 1 && x.device().is_cpu() {
-            let y = super::attention::decode(&(q * self.scale)?, &kv, mask)?; // [B, 1, H·D]
-            return self.o.forward(&y);
-        }
         let (k, v) = kv.whole()?; // [B, KVH, L, D]
 
         // Grouped-query attention: the n_rep query heads that share a KV head are stacked
@@ -437,9 +433,7 @@ impl Attention {
             .reshape((b, t, h * d))?;
         self.o.forward(&y)
     }
-}
 
-impl Attention {
     /// `forward` for a one-position step on the CPU, on plain values: x [B, E] → [B, E]. For
     /// T = 1, [B, T, H, D] and [B, H, T, D] are the same layout, so nothing is transposed.
     fn decode_rows(

@@ -363,12 +363,10 @@ fn products(
             // that the tasks that end a job are short and no thread waits long for the last.
             // A pair's tasks cover the columns of both products.
             let step = if simd.packs() { pack::GROUP } else { 1 };
-            let parts = if pair.is_some() {
-                &jobs[..1]
-            } else {
-                &jobs[..]
+            let (parts, mut left) = match pair {
+                Some(_) => (&jobs[..1], jobs[0].2),
+                None => (&jobs[..], rows),
             };
-            let mut left = rows / if pair.is_some() { 2 } else { 1 };
             let mut tasks: Vec<(usize, Range<usize>)> = Vec::new();
             for (i, job) in parts.iter().enumerate() {
                 let mut start = 0;
