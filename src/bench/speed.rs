@@ -1,8 +1,8 @@
 //! `conclave bench-speed`: what N samples of one prompt cost against one.
 //!
 //! Each size runs one prefill and N sequences decoded as one batch, exactly `max_tokens`
-//! each (end-of-turn tokens ignored), so sizes compare like for like. With `repeats` > 1 each
-//! size runs that many times and its row is the mean.
+//! each (end-of-turn tokens ignored), so sizes compare like for like. With `repeats` > 1 every
+//! size runs that many times, the sizes taking turns, and its row is the mean.
 use crate::engine::{self, generate, Message, Request, SamplingParams};
 use anyhow::Result;
 use serde::Serialize;
@@ -61,32 +61,37 @@ pub fn run(
         ..Default::default()
     };
     generate(&model, &warm, &mut |_, _| {})?;
-    let mut results: Vec<SpeedRow> = Vec::new();
-    for &n in sizes {
-        let samples = (0..n as u64)
-            .map(|s| SamplingParams {
-                seed: s,
-                ..Default::default()
-            })
-            .collect();
-        let req = Request {
+    let requests: Vec<Request> = sizes
+        .iter()
+        .map(|&n| Request {
             prompt: prompt.clone(),
             max_tokens,
-            samples,
+            samples: (0..n as u64)
+                .map(|s| SamplingParams {
+                    seed: s,
+                    ..Default::default()
+                })
+                .collect(),
             ignore_eos: true,
             ..Default::default()
-        };
-        // The mean over `repeats` runs, as llama-bench's `-r` reports its mean.
-        let (mut seconds, mut prefill_seconds, mut prefill_tok_s, mut decode_tok_s) =
-            (0.0, 0.0, 0.0, 0.0);
-        for _ in 0..repeats {
-            let out = generate(&model, &req, &mut |_, _| {})?;
+        })
+        .collect();
+    // The mean over `repeats` runs, as llama-bench's `-r` reports its mean. Each repeat runs
+    // every size in turn: the machine's speed drifts (here by up to 2× within minutes), and
+    // sizes measured minutes apart compared that drift more than themselves.
+    let mut sums = vec![[0f64; 4]; sizes.len()]; // seconds, prefill s, prefill tok/s, decode tok/s
+    for _ in 0..repeats {
+        for (req, sum) in requests.iter().zip(&mut sums) {
+            let out = generate(&model, req, &mut |_, _| {})?;
             let r = repeats as f64;
-            seconds += (out.prefill_seconds + out.decode_seconds) / r;
-            prefill_seconds += out.prefill_seconds / r;
-            prefill_tok_s += out.prefill_tok_s() / r;
-            decode_tok_s += out.decode_tok_s() / r;
+            sum[0] += (out.prefill_seconds + out.decode_seconds) / r;
+            sum[1] += out.prefill_seconds / r;
+            sum[2] += out.prefill_tok_s() / r;
+            sum[3] += out.decode_tok_s() / r;
         }
+    }
+    let mut results: Vec<SpeedRow> = Vec::new();
+    for (&n, &[seconds, prefill_seconds, prefill_tok_s, decode_tok_s]) in sizes.iter().zip(&sums) {
         let (base_tok_s, base_s) = results
             .first()
             .map(|r| (r.decode_tok_s, r.seconds))

@@ -18,7 +18,7 @@ pub struct BenchSpeedArgs {
     /// template), as llama-bench's `-p`; default: the prompt in the chat template.
     #[arg(long)]
     pub prompt_tokens: Option<usize>,
-    /// Runs per size; each row is their mean (llama-bench's `-r`).
+    /// Runs per size, the sizes taking turns; each row is their mean (llama-bench's `-r`).
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
     /// Print one JSON object instead of a table.
