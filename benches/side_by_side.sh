@@ -7,8 +7,8 @@
 # llama.cpp is built outside the repo (see issue 4 or the README's "Speed" paragraph):
 # `llama-bench` gives pp128 and tg64, `llama-batched-bench` decode at 1 and 8 sequences of one
 # prompt; `conclave bench-speed` the same for N = 1 and 8 samples, with sampling, the mean of
-# 3 runs as llama-bench's -r 3 (the sizes taking turns). Both batched runs make 128 new tokens per sequence, as issue
-# 4's target (N = 8 costs at most 2× the wall time of N = 1) is stated.
+# 3 runs as llama-bench's -r 3 (the sizes taking turns). Both batched runs make 128 new tokens
+# per sequence, as issue 4's target (N = 8 costs at most 2× the wall time of N = 1) is stated.
 set -euo pipefail
 bin=${LLAMA_CPP_BIN:?set LLAMA_CPP_BIN to the folder with llama-bench and llama-batched-bench}
 conclave=${CONCLAVE:-$(dirname "$0")/../target/release/conclave}
