@@ -10,6 +10,11 @@ use candle_core::{DType, Storage, Tensor};
 use half::f16;
 use std::ops::Range;
 
+thread_local! {
+    /// A task's scores and widened block, kept for the next task on the thread.
+    static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> = std::cell::Cell::default();
+}
+
 /// Rows sharing a prefix that one task takes: their prefix blocks are widened once for all
 /// of them. 4 gives 8 rows of one request 2 tasks per KV head, one per core here.
 const ROWS_PER_TASK: usize = 4;
@@ -382,8 +387,11 @@ impl Heads<'_> {
         // lanes: room for W past L.
         let lp = l.next_multiple_of(w) + w;
         let pre = self.k.prefix[rows.start].1;
-        let mut p = vec![0f32; rows.len() * n_rep * lp]; // [row][n_rep][lp]
-        let mut block = vec![0f32; w * d]; // [W][D]
+        // Reused from task to task on this thread: every value of p is written before it is
+        // read, and the lanes of a block past its positions make scores that are never read.
+        let (mut p, mut block) = SCRATCH.take();
+        p.resize(rows.len() * n_rep * lp, 0.0); // [row][n_rep][lp]
+        block.resize(w * d, 0.0); // [W][D]
         let blocks =
             |from: usize, to: usize| (from..to).step_by(w).map(move |i0| (i0, (to - i0).min(w)));
         // Scores, prefix blocks first: the own blocks that follow overwrite the lanes a
@@ -431,6 +439,7 @@ impl Heads<'_> {
                 L::add_values(self, row, g, &block, &p[c * n_rep * lp..], lp, i0, n);
             }
         }
+        SCRATCH.set((p, block));
     }
 
     /// `chunk` with AVX2.

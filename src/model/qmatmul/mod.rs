@@ -274,7 +274,14 @@ pub fn matmul_gated_with(
         };
         g.resize(out.len(), 0.0);
         u.resize(out.len(), 0.0);
-        products(simd, &ws, k, x, &mut [&mut g[..], &mut u[..]], Some((gate, out)))
+        products(
+            simd,
+            &ws,
+            k,
+            x,
+            &mut [&mut g[..], &mut u[..]],
+            Some((gate, out)),
+        )
     })
 }
 
