@@ -63,13 +63,20 @@ impl Acts {
         self.rows = rows;
         self.stride = stride;
         self.blocks = blocks;
-        self.qs.zeroed(blocks * stride * QK);
+        // Every entry of a row is written below, so only the padding row needs zeros: a
+        // fresh zero-fill of the arrays each call showed in an 8-row step's memset.
+        self.qs.resize(blocks * stride * QK);
         for v in [&mut self.d, &mut self.s, &mut self.s_lo] {
-            v.clear();
             v.resize(blocks * stride, 0.0);
         }
-        self.qsum.clear();
         self.qsum.resize(blocks * stride, 0);
+        for at in (rows..stride).flat_map(|r| (0..blocks).map(move |b| b * stride + r)) {
+            self.qs[at * QK..(at + 1) * QK].fill(0);
+            self.d[at] = 0.0;
+            self.s[at] = 0.0;
+            self.s_lo[at] = 0.0;
+            self.qsum[at] = 0;
+        }
         let k = blocks * QK;
         for r in 0..rows {
             for (b, c) in x[r * k..(r + 1) * k].chunks_exact(QK).enumerate() {
@@ -107,9 +114,9 @@ pub struct Lines {
 struct Line([i8; 64]);
 
 impl Lines {
-    /// `len` zero bytes, reusing the allocation.
-    pub fn zeroed(&mut self, len: usize) {
-        self.lines.clear();
+    /// `len` bytes, reusing the allocation: those held before keep their values, new ones
+    /// are zero.
+    pub fn resize(&mut self, len: usize) {
         self.lines.resize(len.div_ceil(64), Line([0; 64]));
         self.len = len;
     }

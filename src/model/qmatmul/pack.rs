@@ -94,8 +94,8 @@ impl Packed {
     pub fn new(f: u8, w: &[u8], n: usize, k: usize) -> Packed {
         let units = k / (subs(f) * QK);
         let group_bytes = units * unit_bytes(f);
-        let mut data = Lines::default();
-        data.zeroed(n.div_ceil(GROUP) * group_bytes);
+        let mut data = Lines::default(); // fresh, so resize gives zeros
+        data.resize(n.div_ceil(GROUP) * group_bytes);
         data.par_chunks_mut(group_bytes)
             .enumerate()
             .for_each(|(g, dst)| {
