@@ -3,7 +3,7 @@
 //! products ([n_rep, D]·[D, L]) than on the arithmetic: with 8 rows on smollm2 its GEMM took
 //! about a sixth of the step (`perf`).
 use super::kv_cache::LayerKv;
-use super::math::exp;
+use super::math::{exp, with_f32};
 use super::qmatmul::{pool, Simd};
 use anyhow::{bail, Result};
 use candle_core::{DType, Storage, Tensor};
@@ -58,23 +58,35 @@ pub fn decode_rows(
     decode_values(kernel, q, (b, h, 1, d), kv, mask)
 }
 
-/// `decode_rows` in the given kernel, q [B, H, T, D] (T must be 1) → [B, H·D].
+/// `decode_rows` in the given kernel, q [B, H, T, D] (T must be 1) → [B, H·D]. The mask's
+/// values are borrowed, not copied: every layer of a step reads the same mask.
 fn decode_values(
+    kernel: Kernel,
+    q: &[f32],
+    dims: (usize, usize, usize, usize),
+    kv: &LayerKv,
+    mask: Option<&Tensor>,
+) -> Result<Vec<f32>> {
+    match mask {
+        Some(m) => with_f32(m, |v| decode_masked(kernel, q, dims, kv, v, m.rank() == 4))?,
+        None => decode_masked(kernel, q, dims, kv, &[], false),
+    }
+}
+
+/// `decode_values` with the mask's values (empty: none), per row or shared.
+fn decode_masked(
     kernel: Kernel,
     q: &[f32],
     (b, h, t, d): (usize, usize, usize, usize),
     kv: &LayerKv,
-    mask: Option<&Tensor>,
+    mask: &[f32],
+    per_row: bool,
 ) -> Result<Vec<f32>> {
     let (_, kvh, own, _) = kv.k.dims4()?;
     if t != 1 || h % kvh != 0 {
         bail!("decode attention takes one position per row, and whole groups of heads");
     }
     let n_rep = h / kvh;
-    let (mask, per_row) = match mask {
-        Some(m) => (m.flatten_all()?.to_vec1::<f32>()?, m.rank() == 4),
-        None => (Vec::new(), false),
-    };
     // The storage of every tensor read: the rows' own K and V, then each row's prefix.
     let mut tensors = vec![&kv.k, &kv.v];
     for (k, v) in kv.prefix.iter().flatten() {
@@ -126,7 +138,7 @@ fn decode_values(
             prefix: v_pre,
             zeros: &zeros,
         },
-        mask: &mask,
+        mask,
         per_row,
         kvh,
         n_rep,
