@@ -26,6 +26,14 @@ impl RmsNorm {
         }
     }
 
+    /// `maybe` on a CPU step's values.
+    fn maybe_rows(norm: &Option<RmsNorm>, x: Vec<f32>) -> Result<Vec<f32>> {
+        match norm {
+            Some(n) => n.rows(&x),
+            None => Ok(x),
+        }
+    }
+
     /// On the CPU one pass over each row, compiled for AVX-512/AVX2 (candle's was 2 % of an
     /// 8-row smollm2 step); elsewhere candle's.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -449,14 +457,8 @@ impl Attention {
         let [q, k, v]: [Vec<f32>; 3] = Linear::rows(&[&self.q, &self.k, &self.v], x, x.len() / b)?
             .try_into()
             .expect("three projections");
-        let mut q = match &self.q_norm {
-            Some(n) => n.rows(&q)?,
-            None => q,
-        };
-        let mut k = match &self.k_norm {
-            Some(n) => n.rows(&k)?,
-            None => k,
-        };
+        let mut q = RmsNorm::maybe_rows(&self.q_norm, q)?;
+        let mut k = RmsNorm::maybe_rows(&self.k_norm, k)?;
         rope.apply_rows(&mut q, b, d);
         rope.apply_rows(&mut k, b, d);
         // As candle's `q * scale` (an affine map, v·mul + add).
@@ -583,16 +585,10 @@ impl Block {
         let e = x.len() / b;
         let h = self.attn_norm.rows(x)?;
         let h = self.attn.decode_rows(&h, b, rope, mask, cache, layer)?;
-        let h = match &self.post_attn_norm {
-            Some(n) => n.rows(&h)?,
-            None => h,
-        };
+        let h = RmsNorm::maybe_rows(&self.post_attn_norm, h)?;
         x.iter_mut().zip(&h).for_each(|(x, h)| *x += h);
         let h = self.mlp.rows(&self.ffn_norm.rows(x)?, e)?;
-        let h = match &self.post_ffn_norm {
-            Some(n) => n.rows(&h)?,
-            None => h,
-        };
+        let h = RmsNorm::maybe_rows(&self.post_ffn_norm, h)?;
         x.iter_mut().zip(&h).for_each(|(x, h)| *x += h);
         Ok(())
     }
