@@ -3,6 +3,7 @@
 mod common;
 use conclave::engine::sampler::argmax;
 use conclave::engine::Model;
+use conclave::model::RowLogits;
 
 /// Quantised activations make small differences expected (the issue allows 5 %).
 const MIN_TOP1_AGREEMENT: f64 = 0.95;
@@ -162,4 +163,32 @@ fn rows_of_different_lengths_decode_as_if_alone() {
         assert!(diff < 1e-3, "a row of the joined batch differs by {diff}");
     }
     assert_eq!(batch.lens(), [prompts[0].len() + 1, prompts[1].len() + 1]);
+}
+
+/// Logits written into a buffer that held a bigger batch's, then a prefill's, are those a fresh
+/// buffer gets: every row of the reused buffer is rewritten, none is left over.
+#[test]
+fn a_reused_logits_buffer_holds_each_step_alone() {
+    let model = common::smollm2();
+    let tokens = model.encode_text("One, two, three,").unwrap();
+    let mut cache = model.new_cache(1, tokens.len() + 3).unwrap();
+    let mut reused = RowLogits::default();
+    model
+        .step_into(std::slice::from_ref(&tokens), &mut cache, &mut reused)
+        .unwrap();
+    assert_eq!(reused.len(), 1);
+    let next = argmax(reused.row(0));
+    let (mut three, mut one) = (cache.fork(3).unwrap(), cache.fork(1).unwrap());
+    model
+        .step_into(&vec![vec![next]; 3], &mut three, &mut reused)
+        .unwrap();
+    assert_eq!(reused.len(), 3);
+    let fresh = model
+        .step(&[vec![next]], &mut one.fork(1).unwrap())
+        .unwrap();
+    model
+        .step_into(&[vec![next]], &mut one, &mut reused)
+        .unwrap();
+    assert_eq!(reused.len(), 1);
+    assert_eq!(reused.row(0), &fresh[0][..]);
 }

@@ -1,6 +1,6 @@
 //! Generation: one prefill of the prompt, then N samples decoded together as one batch.
 use super::sampler::{Pick, Sampler, SamplingParams};
-use crate::model::{KvCache, Model};
+use crate::model::{KvCache, Model, RowLogits};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::sync::Mutex;
@@ -116,12 +116,13 @@ pub fn generate(model: &Model, req: &Request, on_text: OnText) -> Result<Output>
     }
     while !batch.is_empty() {
         let t = Instant::now();
-        let logits = batch.step(model, |_, s| g.last_token(s))?;
+        batch.step(model, |_, s| g.last_token(s))?;
+        let logits = batch.logits();
         let steps: Vec<(usize, &[f32])> = batch
             .rows()
             .iter()
-            .zip(&logits)
-            .map(|(&(_, s), l)| (s, l.as_slice()))
+            .zip(logits.rows())
+            .map(|(&(_, s), l)| (s, l))
             .collect();
         g.advance(model, &steps, on_text)?;
         g.add_decode_step(t.elapsed().as_secs_f64(), logits.len(), logits.len());
@@ -295,6 +296,8 @@ impl Generation {
 pub struct Batch {
     cache: Option<KvCache>,
     rows: Vec<(u64, usize)>,
+    /// The last step's logits, in the order of `rows`.
+    logits: RowLogits,
 }
 
 impl Batch {
@@ -321,21 +324,23 @@ impl Batch {
     }
 
     /// One forward pass over every row; `last_token(key, sample)` gives each row's input.
-    /// Returns the logits of each row, in the order of [`Batch::rows`].
-    pub fn step(
-        &mut self,
-        model: &Model,
-        last_token: impl Fn(u64, usize) -> u32,
-    ) -> Result<Vec<Vec<f32>>> {
+    /// [`Batch::logits`] then holds each row's logits.
+    pub fn step(&mut self, model: &Model, last_token: impl Fn(u64, usize) -> u32) -> Result<()> {
         let Some(cache) = &mut self.cache else {
-            return Ok(Vec::new());
+            self.logits = RowLogits::default();
+            return Ok(());
         };
         let input: Vec<Vec<u32>> = self
             .rows
             .iter()
             .map(|&(k, s)| vec![last_token(k, s)])
             .collect();
-        model.step(&input, cache)
+        model.step_into(&input, cache, &mut self.logits)
+    }
+
+    /// The last step's logits, in the order of [`Batch::rows`].
+    pub fn logits(&self) -> &RowLogits {
+        &self.logits
     }
 
     /// Keeps the rows for which `keep(key, sample)` holds.

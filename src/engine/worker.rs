@@ -226,10 +226,11 @@ fn step(model: &Model, batch: &mut Batch, flight: &mut HashMap<u64, InFlight>) -
         return Ok(());
     }
     let t = Instant::now();
-    let logits = batch.step(model, |k, s| flight[&k].generation.last_token(s))?;
+    batch.step(model, |k, s| flight[&k].generation.last_token(s))?;
+    let logits = batch.logits();
     // Each job's rows, in batch order.
     let mut steps_of: HashMap<u64, Vec<(usize, &[f32])>> = HashMap::new();
-    for (&(k, s), l) in batch.rows().iter().zip(&logits) {
+    for (&(k, s), l) in batch.rows().iter().zip(logits.rows()) {
         steps_of.entry(k).or_default().push((s, l));
     }
     let mut rows_of = Vec::with_capacity(steps_of.len());

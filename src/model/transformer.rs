@@ -183,6 +183,20 @@ fn mul_rows(ws: &[&Proj], x: &[f32], in_dim: usize) -> Result<Vec<Vec<f32>>> {
         .collect()
 }
 
+/// `mul_rows` of one weight into `out`, reusing its allocation: a step's logits (1.5 MB at 8
+/// smollm2 rows) then cost neither a fresh zeroed buffer nor a copy.
+fn mul_rows_into(w: &Proj, x: &[f32], in_dim: usize, out: &mut Vec<f32>) -> Result<()> {
+    let rows = x.len() / in_dim;
+    if !ours(w, rows) {
+        *out = mul_rows(&[w], x, in_dim)?.remove(0);
+        return Ok(());
+    }
+    with_weights(&[w], |weights| {
+        out.resize(rows * weights[0].n(), 0.0);
+        qmatmul::matmul_many(weights, in_dim, x, &mut [&mut out[..]])
+    })
+}
+
 /// Whether our kernel takes `w` for `rows` CPU rows. Packed weights always go to it, having
 /// no candle copy left: at 128 rows the AMX path was 2–3.5× the AVX-512 kernel, which is
 /// about even with dequantize + GEMM there; above 256 rows the two have not been compared.
@@ -603,6 +617,32 @@ pub enum Logits {
     All,
 }
 
+/// What every layer of one forward pass shares: the rotations and masks of its positions.
+struct Step {
+    global: Rope,
+    /// Sliding-window layers' rotation (gemma3's local base), where the model has them.
+    local: Option<Rope>,
+    global_mask: Option<Tensor>,
+    local_mask: Option<Tensor>,
+    t: usize,
+    cpu: bool,
+}
+
+impl Step {
+    /// The rotation and mask of a layer.
+    fn layer(&self, local: bool) -> (&Rope, Option<&Tensor>) {
+        match (&self.local, local) {
+            (Some(r), true) => (r, self.local_mask.as_ref()),
+            _ => (&self.global, self.global_mask.as_ref()),
+        }
+    }
+
+    /// Whether the step runs on plain buffers: one position per row, on the CPU, in f32.
+    fn on_rows(&self, x: &Tensor) -> bool {
+        self.t == 1 && self.cpu && x.dtype() == DType::F32
+    }
+}
+
 pub struct Transformer {
     embed: Arc<QTensor>,
     blocks: Vec<Block>,
@@ -694,6 +734,58 @@ impl Transformer {
 
     /// tokens: [B, T] u32, appended after what `cache` holds → logits [B, T or 1, vocab].
     pub fn forward(&self, tokens: &Tensor, cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+        let b = tokens.dim(0)?;
+        let (x, step) = self.begin(tokens, cache)?;
+        if step.on_rows(&x) {
+            let mut out = Vec::new();
+            self.decode_rows(x, b, &step, cache, &mut out)?;
+            let vocab = out.len() / b;
+            return Ok(Tensor::from_vec(out, (b, 1, vocab), &self.device)?);
+        }
+        self.layers(x, &step, cache, logits)
+    }
+
+    /// `forward`'s logits of the last position of each row, as f32 `[B][vocab]` in `out`.
+    /// A one-position CPU step writes them there straight from the output product, into the
+    /// allocation `out` already has.
+    pub fn forward_into(
+        &self,
+        tokens: &Tensor,
+        cache: &mut KvCache,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let b = tokens.dim(0)?;
+        let (x, step) = self.begin(tokens, cache)?;
+        if step.on_rows(&x) {
+            return self.decode_rows(x, b, &step, cache, out);
+        }
+        let logits = self.layers(x, &step, cache, Logits::Last)?;
+        *out = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok(())
+    }
+
+    /// The layers on tensors, any number of positions, and the logits of `which`.
+    fn layers(
+        &self,
+        mut x: Tensor,
+        step: &Step,
+        cache: &mut KvCache,
+        which: Logits,
+    ) -> Result<Tensor> {
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (rope, mask) = step.layer(block.local);
+            x = block.forward(&x, rope, mask, cache, i)?;
+        }
+        cache.advance(step.t);
+        if which == Logits::Last && step.t > 1 {
+            x = x.narrow(1, step.t - 1, 1)?;
+        }
+        let x = self.norm.forward(&x)?;
+        mul_weight(&self.output, &x)
+    }
+
+    /// The embeddings of `tokens` ([B, T, E]) and what every layer of their step shares.
+    fn begin(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<(Tensor, Step)> {
         let (b, t) = tokens.dims2()?;
         anyhow::ensure!(
             b == cache.batch(),
@@ -718,34 +810,34 @@ impl Transformer {
             None => None,
         };
         let n_rep = self.cfg.n_head / self.cfg.n_kv_head;
-        let global_mask = self.mask(&starts, t, None, n_rep)?;
-        let local_mask = self.mask(&starts, t, self.cfg.sliding_window, n_rep)?;
-        let layer = |i: usize| match (&local, self.blocks[i].local) {
-            (Some(r), true) => (r, local_mask.as_ref()),
-            _ => (&global, global_mask.as_ref()),
+        let step = Step {
+            global_mask: self.mask(&starts, t, None, n_rep)?,
+            local_mask: self.mask(&starts, t, self.cfg.sliding_window, n_rep)?,
+            global,
+            local,
+            t,
+            cpu: self.device.is_cpu(),
         };
-        if t == 1 && self.device.is_cpu() && x.dtype() == DType::F32 {
-            let mut xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            for (i, block) in self.blocks.iter().enumerate() {
-                let (rope, mask) = layer(i);
-                block.decode_rows(&mut xs, b, rope, mask, cache, i)?;
-            }
-            cache.advance(1);
-            let x = self.norm.rows(&xs)?;
-            let logits = mul_rows(&[&self.output], &x, xs.len() / b)?.remove(0);
-            let vocab = logits.len() / b;
-            return Ok(Tensor::from_vec(logits, (b, 1, vocab), &self.device)?);
-        }
+        Ok((x, step))
+    }
+
+    /// A one-position CPU step on plain buffers (`Block::decode_rows`), its logits into `out`.
+    fn decode_rows(
+        &self,
+        x: Tensor,
+        b: usize,
+        step: &Step,
+        cache: &mut KvCache,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let mut xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         for (i, block) in self.blocks.iter().enumerate() {
-            let (rope, mask) = layer(i);
-            x = block.forward(&x, rope, mask, cache, i)?;
+            let (rope, mask) = step.layer(block.local);
+            block.decode_rows(&mut xs, b, rope, mask, cache, i)?;
         }
-        cache.advance(t);
-        if logits == Logits::Last && t > 1 {
-            x = x.narrow(1, t - 1, 1)?;
-        }
-        let x = self.norm.forward(&x)?;
-        mul_weight(&self.output, &x)
+        cache.advance(1);
+        let x = self.norm.rows(&xs)?;
+        mul_rows_into(&self.output, &x, xs.len() / b, out)
     }
 
     /// Additive mask hiding future positions, positions past a row's own length (rows of

@@ -412,16 +412,22 @@ fn products(
             }
         }
     };
+    let quantize = |acts: &mut Acts| {
+        acts.quantize(x, m, k / formats::QK);
+        if simd == Simd::Avx512 {
+            acts.spread_scales();
+        }
+    };
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut acts) => {
-            acts.quantize(x, m, k / formats::QK);
+            quantize(&mut acts);
             run(&acts);
         }
         // A nested call on this thread (a rayon worker running another product while it
         // waits) gets buffers of its own.
         Err(_) => {
             let mut acts = Acts::default();
-            acts.quantize(x, m, k / formats::QK);
+            quantize(&mut acts);
             run(&acts);
         }
     });
