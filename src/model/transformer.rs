@@ -186,15 +186,11 @@ fn mul_rows(ws: &[&Proj], x: &[f32], in_dim: usize) -> Result<Vec<Vec<f32>>> {
 /// `mul_rows` of one weight into `out`, reusing its allocation: a step's logits (1.5 MB at 8
 /// smollm2 rows) then cost neither a fresh zeroed buffer nor a copy.
 fn mul_rows_into(w: &Proj, x: &[f32], in_dim: usize, out: &mut Vec<f32>) -> Result<()> {
-    let rows = x.len() / in_dim;
-    if !ours(w, rows) {
+    if !ours(w, x.len() / in_dim) {
         *out = mul_rows(&[w], x, in_dim)?.remove(0);
         return Ok(());
     }
-    with_weights(&[w], |weights| {
-        out.resize(rows * weights[0].n(), 0.0);
-        qmatmul::matmul_many(weights, in_dim, x, &mut [&mut out[..]])
-    })
+    kernel_rows_into(&[w], x, in_dim, std::slice::from_mut(out))
 }
 
 /// Whether our kernel takes `w` for `rows` CPU rows. Packed weights always go to it, having
@@ -212,12 +208,21 @@ fn ours(w: &Proj, rows: usize) -> bool {
 
 /// x (rows of `in_dim`) times each weight, all of which `ours` takes, in one kernel call.
 fn kernel_rows(ws: &[&Proj], x: &[f32], in_dim: usize) -> Result<Vec<Vec<f32>>> {
+    let mut outs = vec![Vec::new(); ws.len()];
+    kernel_rows_into(ws, x, in_dim, &mut outs)?;
+    Ok(outs)
+}
+
+/// `kernel_rows` into `outs`, one per weight, each resized to its product (what it held is
+/// overwritten, its allocation kept).
+fn kernel_rows_into(ws: &[&Proj], x: &[f32], in_dim: usize, outs: &mut [Vec<f32>]) -> Result<()> {
     let rows = x.len() / in_dim;
     with_weights(ws, |weights| {
-        let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; rows * w.n()]).collect();
+        for (out, w) in outs.iter_mut().zip(weights) {
+            out.resize(rows * w.n(), 0.0);
+        }
         let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        qmatmul::matmul_many(weights, in_dim, x, &mut slices)?;
-        Ok(outs)
+        qmatmul::matmul_many(weights, in_dim, x, &mut slices)
     })
 }
 
