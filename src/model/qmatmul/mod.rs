@@ -20,6 +20,7 @@ mod avx2;
 mod avx512;
 mod formats;
 mod pack;
+mod pages;
 pub(super) mod pool;
 mod scalar;
 #[cfg(test)]

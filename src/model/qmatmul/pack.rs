@@ -25,10 +25,10 @@
 //! is tile byte t's. Q6_K's top two bits: bits 2s, 2s+1 of qh byte i belong to tile byte
 //! i + 128·s. Q4_K's scales and mins are stored unpacked (64 bytes a unit more than GGUF's).
 //! Quants are stored unsigned, as in GGUF; the zero points stay with the kernel.
-use super::acts::Lines;
 use super::formats::{
     block_bytes, decode, scale_min_k4, subs, Q4K, Q4_0, Q4_1, Q5_0, Q5_1, Q6K, Q8_0, QK,
 };
+use super::pages::Block;
 use rayon::prelude::*;
 
 /// Weight rows per unit: the columns of a tile.
@@ -75,7 +75,7 @@ pub struct Packed {
     pub f: u8,
     pub n: usize,
     pub k: usize,
-    data: Lines,
+    data: Block,
 }
 
 impl Packed {
@@ -94,8 +94,7 @@ impl Packed {
     pub fn new(f: u8, w: &[u8], n: usize, k: usize) -> Packed {
         let units = k / (subs(f) * QK);
         let group_bytes = units * unit_bytes(f);
-        let mut data = Lines::default(); // fresh, so resize gives zeros
-        data.resize(n.div_ceil(GROUP) * group_bytes);
+        let mut data = Block::zeroed(n.div_ceil(GROUP) * group_bytes);
         data.par_chunks_mut(group_bytes)
             .enumerate()
             .for_each(|(g, dst)| {
