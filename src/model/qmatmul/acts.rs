@@ -11,26 +11,17 @@ use crate::model::math::round_to_int;
 #[derive(Default)]
 pub struct Acts {
     pub rows: usize,
-    /// Rows per block in the arrays: `rows` rounded up to even, as the AVX-512 kernel reads
-    /// rows in pairs (the padding rows are zero and never written out).
-    pub stride: usize,
     pub blocks: usize,
-    /// [block][stride][32], from a 64-byte boundary: the AVX-512 kernel loads row pairs as
-    /// 64 bytes, and from a malloc'd (16-byte aligned) start every such load spanned two
-    /// cache lines.
+    /// [block][rows][32], from a 64-byte boundary.
     pub qs: Lines,
-    /// [block][stride]: the scale, x ≈ d·q.
+    /// [block][rows]: the scale, x ≈ d·q.
     pub d: Vec<f32>,
-    /// [block][stride]: d·Σq, for weight formats with an offset.
+    /// [block][rows]: d·Σq, for weight formats with an offset.
     pub s: Vec<f32>,
-    /// [block][stride]: d·Σq over the first 16 values, for Q6_K's two offsets per block.
+    /// [block][rows]: d·Σq over the first 16 values, for Q6_K's two offsets per block.
     pub s_lo: Vec<f32>,
-    /// [block][stride]: Σq.
+    /// [block][rows]: Σq.
     pub qsum: Vec<i32>,
-    /// [block][stride][8]: d eight times, so the AVX-512 kernel loads the scales of a row
-    /// pair as one vector instead of shuffling two of `d` into place (the shuffle port is
-    /// the busy one there). Only for more than one row, after `spread_scales`.
-    pub d8: Vec<f32>,
 }
 
 impl Acts {
@@ -59,28 +50,19 @@ impl Acts {
         blocks: usize,
         block: impl Fn(&[f32; QK], &mut [i8; QK]) -> (f32, i32, i32),
     ) {
-        let stride = rows.next_multiple_of(2);
         self.rows = rows;
-        self.stride = stride;
         self.blocks = blocks;
-        // Every entry of a row is written below, so only the padding row needs zeros: a
-        // fresh zero-fill of the arrays each call showed in an 8-row step's memset.
-        self.qs.resize(blocks * stride * QK);
+        // Every entry is written below, so the arrays are not cleared first: a fresh
+        // zero-fill each call showed in an 8-row step's memset.
+        self.qs.resize(blocks * rows * QK);
         for v in [&mut self.d, &mut self.s, &mut self.s_lo] {
-            v.resize(blocks * stride, 0.0);
+            v.resize(blocks * rows, 0.0);
         }
-        self.qsum.resize(blocks * stride, 0);
-        for at in (rows..stride).flat_map(|r| (0..blocks).map(move |b| b * stride + r)) {
-            self.qs[at * QK..(at + 1) * QK].fill(0);
-            self.d[at] = 0.0;
-            self.s[at] = 0.0;
-            self.s_lo[at] = 0.0;
-            self.qsum[at] = 0;
-        }
+        self.qsum.resize(blocks * rows, 0);
         let k = blocks * QK;
         for r in 0..rows {
             for (b, c) in x[r * k..(r + 1) * k].chunks_exact(QK).enumerate() {
-                let at = b * stride + r;
+                let at = b * rows + r;
                 let c: &[f32; QK] = c.try_into().expect("a block of 32");
                 let qs: &mut [i8; QK] = (&mut self.qs[at * QK..(at + 1) * QK]).try_into().unwrap();
                 let (d, lo, hi) = block(c, qs);
@@ -92,21 +74,9 @@ impl Acts {
         }
     }
 
-    /// Fills `d8`, which only the AVX-512 kernel reads: made for every product, it was a
-    /// fifth of the quantizing of 8 rows.
-    pub fn spread_scales(&mut self) {
-        self.d8.clear();
-        if self.rows > 1 {
-            self.d8.resize(self.d.len() * 8, 0.0);
-            for (d8, &d) in self.d8.chunks_exact_mut(8).zip(&self.d) {
-                d8.fill(d);
-            }
-        }
-    }
-
     /// Index of (block, row) in `d`, `s`, `s_lo`; times 32 in `qs`.
     pub fn at(&self, block: usize, row: usize) -> usize {
-        block * self.stride + row
+        block * self.rows + row
     }
 }
 

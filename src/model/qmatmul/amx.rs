@@ -14,9 +14,9 @@
 //! lends the tile registers only to a process that asks (`arch_prctl(ARCH_REQ_XCOMP_PERM)`,
 //! kernel documentation `arch/x86/xstate.rst`), which `available` does once.
 use super::acts::Acts;
-use super::avx2::{prefetch, zero_point};
-use super::formats::{subs, Q4K, Q4_1, Q5_0, Q5_1, Q6K, Q8_0, QK};
+use super::formats::{subs, Q6K, Q8_0, QK};
 use super::pack::{self, Packed, GROUP};
+use super::vnni::{self, q6k_scales, scales, unpack};
 use super::Out;
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -97,49 +97,34 @@ pub unsafe fn rows<const F: u8>(w: &Packed, rows: Range<usize>, acts: &Acts, out
         unpacked.clear();
         for r0 in (0..acts.rows).step_by(TILE) {
             let m = TILE.min(acts.rows - r0);
-            // The row count is a constant of each `vnni`, so its loops over rows unroll.
-            let vnni = match m {
-                m if m > VNNI_MAX => None,
-                1 => Some(vnni::<F, 1> as Vnni),
-                2 => Some(vnni::<F, 2> as Vnni),
-                3 => Some(vnni::<F, 3> as Vnni),
-                4 => Some(vnni::<F, 4> as Vnni),
-                5 => Some(vnni::<F, 5> as Vnni),
-                6 => Some(vnni::<F, 6> as Vnni),
-                7 => Some(vnni::<F, 7> as Vnni),
-                8 => Some(vnni::<F, 8> as Vnni),
-                _ => None,
-            };
-            let acc = if let Some(vnni) = vnni {
-                vnni(w, group, acts, r0)
-            } else {
-                if unpacked.is_empty() && F != Q8_0 {
-                    // Every sub-block of the group, once for all its tiles of rows.
-                    unpacked.resize_with(acts.blocks, || Buf([0; 512]));
-                    for (sb, t) in unpacked.iter_mut().enumerate() {
-                        let unit = group.add(sb / subs(F) * pack::unit_bytes(F));
-                        unpack::<F>(unit, sb % subs(F), t.0.as_mut_ptr());
-                    }
-                }
-                if m != configured {
-                    let cfg = Config::new(m, if F == Q6K { 16 } else { 32 });
-                    asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly));
-                    configured = m;
-                }
-                tiles::<F>(group, &unpacked, acts, r0, m, &mut c)
-            };
-            let cols = GROUP.min(w.n - g * GROUP);
-            for (r, acc) in acc.iter().enumerate().take(m) {
-                if cols == GROUP {
-                    _mm512_storeu_ps(out.at(r0 + r, g * GROUP), *acc);
-                    continue;
-                }
-                let mut v = [0f32; GROUP];
-                _mm512_storeu_ps(v.as_mut_ptr(), *acc);
-                for (i, &v) in v[..cols].iter().enumerate() {
-                    out.write(r0 + r, g * GROUP + i, v);
+            // Up to 8 rows go to `vnni`: both make the same int32 dot products and scale them
+            // alike. A tile step costs about as much at 1 row as at 16 (its store and the
+            // read-back of C dominate): against `vnni`, AMX was 1.3× faster at 16 rows
+            // (128-row Q5_0 2048×640 product, 2 threads) and slower at 8.
+            if m <= vnni::ROWS {
+                vnni::store(w, g, r0, &vnni::group::<F>(w, g, acts, r0, m)[..m], out);
+                continue;
+            }
+            if unpacked.is_empty() && F != Q8_0 {
+                // Every sub-block of the group, once for all its tiles of rows.
+                unpacked.resize_with(acts.blocks, || Buf([0; 512]));
+                for (sb, t) in unpacked.iter_mut().enumerate() {
+                    let unit = group.add(sb / subs(F) * pack::unit_bytes(F));
+                    unpack::<F>(unit, sb % subs(F), t.0.as_mut_ptr());
                 }
             }
+            if m != configured {
+                let cfg = Config::new(m, if F == Q6K { 16 } else { 32 });
+                asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly));
+                configured = m;
+            }
+            vnni::store(
+                w,
+                g,
+                r0,
+                &tiles::<F>(group, &unpacked, acts, r0, m, &mut c)[..m],
+                out,
+            );
         }
     }
     if configured != 0 {
@@ -168,7 +153,7 @@ macro_rules! step {
     };
 }
 
-/// Rows r0..r0+m (more than `VNNI_MAX`) of a group with AMX. A step is a sub-block (Q6_K:
+/// Rows r0..r0+m (more than `vnni::ROWS`) of a group with AMX. A step is a sub-block (Q6_K:
 /// half of one, 16 values with their own scale); consecutive steps use the two tile sets
 /// and C buffers in turn, and a step's tile work is issued before the previous step's
 /// scaling, so the two overlap instead of waiting on each other's tiles.
@@ -241,170 +226,4 @@ unsafe fn tiles<const F: u8>(
         }
     }
     acc
-}
-
-/// Tiles of more activation rows than this go to AMX, smaller ones to `vnni`: both make the
-/// same int32 dot products and scale them alike. A tile step costs about as much at 1 row as
-/// at 16 (its store and the read-back of C dominate): against `vnni`, AMX was 1.3× faster
-/// at 16 rows (128-row Q5_0 2048×640 product, 2 threads) and slower at 8.
-const VNNI_MAX: usize = 8;
-
-type Vnni = unsafe fn(&Packed, *const u8, &Acts, usize) -> [__m512; TILE];
-
-/// Rows r0..r0+M (M ≤ `VNNI_MAX`) of a group with `vpdpbusd`: in VNNI order, 64 bytes of the
-/// weight tile hold 4 values of each of the 16 rows, so one `vpdpbusd` against 4 activation
-/// bytes broadcast adds them to each row's dot, and 8 make the whole dot, the same int32 AMX
-/// gives. The 8 steps go over all M rows in turn: M independent chains instead of each row's
-/// chain of 8 dependent `vpdpbusd` (the int32 sums are exact in any order).
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-unsafe fn vnni<const F: u8, const M: usize>(
-    w: &Packed,
-    group: *const u8,
-    acts: &Acts,
-    r0: usize,
-) -> [__m512; TILE] {
-    let mut acc = [_mm512_setzero_ps(); TILE];
-    let mut tile = Buf([_mm512_setzero_si512(); 8]);
-    for u in 0..w.units() {
-        let unit = group.add(u * pack::unit_bytes(F));
-        // With up to 8 rows the weights stream, as in `avx2`'s kernel: at 8 rows of gemma's
-        // 262144×640 Q8_0 head, 65 % of the time went to waiting on their loads.
-        for line in (0..pack::unit_bytes(F)).step_by(64) {
-            prefetch(unit.add(line));
-        }
-        for j in 0..subs(F) {
-            let at = acts.at(u * subs(F) + j, r0);
-            let x = acts.qs.as_ptr().add(at * QK) as *const i32;
-            let (dw, mw) = scales::<F>(unit, j);
-            let (d, s) = (acts.d.as_ptr().add(at), acts.s.as_ptr().add(at));
-            let wt: [__m512i; 8] = if F == Q8_0 {
-                let q = unit.add(pack::q(F)) as *const __m512i;
-                std::array::from_fn(|g| {
-                    _mm512_xor_si512(_mm512_loadu_si512(q.add(g)), _mm512_set1_epi8(-128))
-                })
-            } else {
-                unpack::<F>(unit, j, tile.0.as_mut_ptr() as *mut u8);
-                tile.0
-            };
-            let mut dot = [_mm512_setzero_si512(); M];
-            if F == Q6K {
-                // Each row's two halves apart: they have scales of their own.
-                let mut hi = [_mm512_setzero_si512(); M];
-                for g in 0..4 {
-                    for r in 0..M {
-                        let xr = x.add(8 * r);
-                        dot[r] = _mm512_dpbusd_epi32(dot[r], wt[g], _mm512_set1_epi32(*xr.add(g)));
-                        hi[r] = _mm512_dpbusd_epi32(
-                            hi[r],
-                            wt[4 + g],
-                            _mm512_set1_epi32(*xr.add(4 + g)),
-                        );
-                    }
-                }
-                let (dw_hi, mw_hi) = q6k_scales(unit, 2 * j + 1);
-                let s_lo = acts.s_lo.as_ptr().add(at);
-                let dm = _mm512_sub_ps(mw, mw_hi);
-                for r in 0..M {
-                    let da = _mm512_set1_ps(*d.add(r));
-                    let a = &mut acc[r];
-                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(dw, da), *a);
-                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r]), _mm512_mul_ps(dw_hi, da), *a);
-                    *a = _mm512_fmadd_ps(mw_hi, _mm512_set1_ps(*s.add(r)), *a);
-                    *a = _mm512_fmadd_ps(dm, _mm512_set1_ps(*s_lo.add(r)), *a);
-                }
-                continue;
-            }
-            for (g, wt) in wt.iter().enumerate() {
-                for (r, dot) in dot.iter_mut().enumerate() {
-                    *dot = _mm512_dpbusd_epi32(*dot, *wt, _mm512_set1_epi32(*x.add(8 * r + g)));
-                }
-            }
-            for r in 0..M {
-                let mut dot = dot[r];
-                if F == Q8_0 {
-                    // The weights were made unsigned by +128: take 128·Σx back off.
-                    let sx = 128 * *acts.qsum.as_ptr().add(at + r);
-                    dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(sx));
-                }
-                let da = _mm512_set1_ps(*d.add(r));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, da), acc[r]);
-                if F != Q8_0 {
-                    acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*s.add(r)), acc[r]);
-                }
-            }
-        }
-    }
-    acc
-}
-
-/// Scale d and offset m of each of the unit's 16 rows for sub-block `j` (value = d·q + m;
-/// Q6_K: its first 16 values).
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn scales<const F: u8>(unit: *const u8, j: usize) -> (__m512, __m512) {
-    let half = |at: usize| _mm512_cvtph_ps(_mm256_loadu_si256(unit.add(at) as *const __m256i));
-    let bytes = |at: usize| {
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
-            unit.add(at) as *const __m128i
-        )))
-    };
-    match F {
-        Q4_1 | Q5_1 => (half(pack::D), half(pack::M)),
-        Q4K => {
-            let dw = _mm512_mul_ps(half(pack::D), bytes(pack::SC + 16 * j));
-            let mw = _mm512_mul_ps(half(pack::M), bytes(pack::MN + 16 * j));
-            (dw, _mm512_sub_ps(_mm512_setzero_ps(), mw))
-        }
-        Q6K => q6k_scales(unit, 2 * j),
-        _ => {
-            let d = half(pack::D);
-            (d, _mm512_mul_ps(_mm512_set1_ps(zero_point(F)), d))
-        }
-    }
-}
-
-/// Q6_K's scale and offset of 16-value half `h` for the unit's rows: d·sc and −32·d·sc.
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn q6k_scales(unit: *const u8, h: usize) -> (__m512, __m512) {
-    let d = _mm512_cvtph_ps(_mm256_loadu_si256(unit.add(pack::D) as *const __m256i));
-    let sc = _mm_loadu_si128(unit.add(pack::SC6 + 16 * h) as *const __m128i);
-    let dw = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
-    (dw, _mm512_mul_ps(_mm512_set1_ps(-32.0), dw))
-}
-
-/// Unpacks sub-block `j` of a unit into the 512-byte weight tile at `tile`.
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn unpack<const F: u8>(unit: *const u8, j: usize, tile: *mut u8) {
-    let q = unit.add(pack::q(F) + 256 * j);
-    let low = _mm512_set1_epi8(0x0F);
-    for c in 0..4 {
-        let raw = _mm512_loadu_si512(q.add(64 * c) as *const __m512i);
-        let mut lo = _mm512_and_si512(raw, low);
-        let mut hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
-        match F {
-            Q5_0 | Q5_1 => {
-                let qh = unit.add(pack::qh(F)) as *const u64;
-                let five = _mm512_set1_epi8(0x10);
-                lo = _mm512_mask_add_epi8(lo, qh.add(c).read_unaligned(), lo, five);
-                hi = _mm512_mask_add_epi8(hi, qh.add(4 + c).read_unaligned(), hi, five);
-            }
-            Q6K => {
-                // Tile byte t's top bits: bits 2·(t / 128) of qh byte t % 128.
-                let qh = unit.add(pack::QH6 + 128 * j);
-                let top = |t: usize| {
-                    let b = _mm512_loadu_si512(qh.add(t % 128) as *const __m512i);
-                    let b = _mm512_srl_epi16(b, _mm_cvtsi32_si128(2 * (t / 128) as i32));
-                    _mm512_slli_epi16(_mm512_and_si512(b, _mm512_set1_epi8(3)), 4)
-                };
-                lo = _mm512_or_si512(lo, top(64 * c));
-                hi = _mm512_or_si512(hi, top(256 + 64 * c));
-            }
-            _ => {}
-        }
-        _mm512_store_si512(tile.add(64 * c) as *mut __m512i, lo);
-        _mm512_store_si512(tile.add(256 + 64 * c) as *mut __m512i, hi);
-    }
 }

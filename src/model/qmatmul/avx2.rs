@@ -19,17 +19,17 @@ const TILE: usize = 4;
 /// Sums per row: even and odd activation blocks are summed apart and added at the end, so a
 /// single row does not wait on the latency of each FMA. Every kernel sums the same way, so a
 /// row gets the same result whatever else is in the batch (the forward tests check this).
-pub const SUMS: usize = 2;
+const SUMS: usize = 2;
 
 /// Scales and offsets of one weight block, per 16 values: value = d[h]·q + m[h].
-pub struct Scales {
+struct Scales {
     pub d: [f32; 16],
     pub m: [f32; 16],
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub unsafe fn f16(p: *const u8) -> f32 {
+unsafe fn f16(p: *const u8) -> f32 {
     let bits = (p as *const u16).read_unaligned();
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
@@ -48,7 +48,7 @@ pub const fn zero_point(f: u8) -> f32 {
 /// The scales and offsets of the block at `blk`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub unsafe fn scales<const F: u8>(blk: *const u8) -> Scales {
+unsafe fn scales<const F: u8>(blk: *const u8) -> Scales {
     let mut s = Scales {
         d: [0.0; 16],
         m: [0.0; 16],
@@ -123,7 +123,7 @@ unsafe fn shr_mask(v: __m256i, by: i32, mask: i8) -> __m256i {
 /// The 32 quants of sub-block `j` of the block at `blk` (unsigned, Q8_0 signed).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub unsafe fn quants<const F: u8>(blk: *const u8, j: usize) -> __m256i {
+unsafe fn quants<const F: u8>(blk: *const u8, j: usize) -> __m256i {
     match F {
         Q4_0 => nibbles(blk.add(2)),
         Q4_1 => nibbles(blk.add(4)),
@@ -151,7 +151,7 @@ pub unsafe fn quants<const F: u8>(blk: *const u8, j: usize) -> __m256i {
 /// 0..4 cover values 0..16, lanes 4..8 values 16..32.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub unsafe fn lane_scales<const F: u8>(s: &Scales, j: usize) -> __m256 {
+unsafe fn lane_scales<const F: u8>(s: &Scales, j: usize) -> __m256 {
     if F == Q6K {
         _mm256_set_m128(_mm_set1_ps(s.d[2 * j + 1]), _mm_set1_ps(s.d[2 * j]))
     } else {
@@ -161,7 +161,7 @@ pub unsafe fn lane_scales<const F: u8>(s: &Scales, j: usize) -> __m256 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub unsafe fn hsum(v: __m256) -> f32 {
+unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
@@ -219,7 +219,6 @@ macro_rules! walk {
         }
     }};
 }
-pub(super) use walk;
 
 /// How far ahead of the kernel weights are prefetched. A lone activation row makes the
 /// kernel stream weights, and the hardware prefetcher alone left it waiting on them: with

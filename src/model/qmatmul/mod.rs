@@ -7,8 +7,9 @@
 //! Q8_0, Q4_K and Q6_K, in ggml's block layouts (`formats`).
 //!
 //! Four paths; the fastest this CPU runs is chosen once at run time: AMX (Intel's tile
-//! multiply and VNNI, on weights packed for them at load: `pack`), AVX-512 VNNI, AVX2+FMA, and
-//! scalar, the reference the others are tested against.
+//! multiply, and VNNI for up to 8 rows) and AVX-512 VNNI (`vnni`), both on weights packed
+//! for them at load (`pack`); AVX2+FMA on GGUF's own blocks; and scalar, the reference the
+//! others are tested against.
 //! `CONCLAVE_SIMD=scalar|avx2|avx512|amx` picks one (an error if this CPU lacks it),
 //! `CONCLAVE_NO_SIMD=1` forces the scalar one.
 mod acts;
@@ -16,8 +17,6 @@ mod acts;
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 mod formats;
 mod pack;
 mod pages;
@@ -25,6 +24,8 @@ pub(super) mod pool;
 mod scalar;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use acts::Acts;
 use anyhow::{bail, Result};
@@ -86,7 +87,7 @@ impl Simd {
 
     /// Whether the path reads weights in the `pack` layout rather than GGUF's.
     pub fn packs(self) -> bool {
-        self == Simd::Amx
+        matches!(self, Simd::Amx | Simd::Avx512)
     }
 
     /// The path asked for by `CONCLAVE_SIMD` (`scalar`, `avx2`, `avx512`, `amx`) or
@@ -326,7 +327,7 @@ fn products(
             }
             Weight::Packed(p) if simd.packs() && p.k == k => (p.f, Src::Packed(p), p.n),
             Weight::Packed(p) => bail!(
-                "quantized matmul: weights packed for AMX ({}x{}) given to the {simd:?} path with k = {k}",
+                "quantized matmul: packed weights ({}x{}) given to the {simd:?} path with k = {k}",
                 p.n,
                 p.k
             ),
@@ -415,9 +416,6 @@ fn products(
     };
     let quantize = |acts: &mut Acts| {
         acts.quantize(x, m, k / formats::QK);
-        if simd == Simd::Avx512 {
-            acts.spread_scales();
-        }
     };
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut acts) => {
@@ -465,7 +463,7 @@ fn run_rows(simd: Simd, f: u8, w: Src, rows: Range<usize>, acts: &Acts, out: Out
         #[cfg(target_arch = "x86_64")]
         (Simd::Avx2, Src::Rows(w)) => unsafe { by_format!(avx2, w) },
         #[cfg(target_arch = "x86_64")]
-        (Simd::Avx512, Src::Rows(w)) => unsafe { by_format!(avx512, w) },
+        (Simd::Avx512, Src::Packed(w)) => unsafe { by_format!(vnni, w) },
         #[cfg(target_arch = "x86_64")]
         (Simd::Amx, Src::Packed(w)) => unsafe { by_format!(amx, w) },
         _ => unreachable!("matmul_many_with gives each path the layout it reads"),
