@@ -1,6 +1,6 @@
 //! The AMX kernel: one `tdpbsud` multiplies a block of up to 16 activation rows with a block
-//! of 16 weight rows (16 × 16 dot products of 32 bytes), where AVX-512 VNNI needs 8
-//! `vpdpbusd` and their unpacking per weight row.
+//! of 16 weight rows (16 × 16 dot products of 32 bytes), where the VNNI kernel (`vnni`) needs
+//! 8 `vpdpbusd` per activation row. Products of up to 8 rows go to that kernel.
 //!
 //! Tiles (Intel SDM vol. 1 ch. 18): A = activations, m rows of 32 signed bytes straight from
 //! `acts` (its block-major layout is a tile already); B = 16 weight rows in VNNI order,
