@@ -402,10 +402,11 @@ impl Heads<'_> {
         // Reused from task to task on this thread: every value of p is written before it is
         // read, and the lanes of a block past its positions make scores that are never read.
         let (mut p, mut scratch) = SCRATCH.take();
-        p.resize(rows.len() * n_rep * lp, 0.0); // [row][n_rep][lp]
-                                                // The block from a 64-byte boundary: each of its vectors is then one cache line, where
-                                                // from malloc's 16 bytes every store and load spanned two (8 smollm2 rows: 5–10 % of
-                                                // decode attention).
+        // [row][n_rep][lp]
+        p.resize(rows.len() * n_rep * lp, 0.0);
+        // The block from a 64-byte boundary: each of its vectors is then one cache line, where
+        // from malloc's 16 bytes every store and load spanned two (8 smollm2 rows: 5–10 % of
+        // decode attention).
         scratch.resize(w * d + 16, 0.0);
         let skew = scratch.as_ptr().align_offset(64).min(16);
         let block = &mut scratch[skew..skew + w * d]; // [W][D]

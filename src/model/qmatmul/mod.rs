@@ -414,19 +414,16 @@ fn products(
             }
         }
     };
-    let quantize = |acts: &mut Acts| {
-        acts.quantize(x, m, k / formats::QK);
-    };
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut acts) => {
-            quantize(&mut acts);
+            acts.quantize(x, m, k / formats::QK);
             run(&acts);
         }
         // A nested call on this thread (a rayon worker running another product while it
         // waits) gets buffers of its own.
         Err(_) => {
             let mut acts = Acts::default();
-            quantize(&mut acts);
+            acts.quantize(x, m, k / formats::QK);
             run(&acts);
         }
     });
