@@ -245,4 +245,13 @@ fn bench_speed_reports_each_size() {
     assert!(rows[0]["prefill_tok_s"].as_f64().unwrap() > 0.0);
     assert_eq!(rows[0]["ratio"], 1.0);
     assert!(rows[1]["decode_tok_s"].as_f64().unwrap() > 0.0);
+    // Each turn's N = 1 is its own base; the ratio of the means lies within the turns' range.
+    assert_eq!(rows[0]["wall_ratio_min"], 1.0);
+    assert_eq!(rows[0]["wall_ratio_max"], 1.0);
+    let f = |k: &str| rows[1][k].as_f64().unwrap();
+    let (lo, mean, hi) = (f("wall_ratio_min"), f("wall_ratio"), f("wall_ratio_max"));
+    assert!(
+        0.0 < lo && lo <= mean * (1.0 + 1e-9) && mean <= hi * (1.0 + 1e-9),
+        "{lo} {mean} {hi}"
+    );
 }

@@ -2,7 +2,8 @@
 //!
 //! Each size runs one prefill and N sequences decoded as one batch, exactly `max_tokens`
 //! each (end-of-turn tokens ignored), so sizes compare like for like. With `repeats` > 1 every
-//! size runs that many times, the sizes taking turns, and its row is the mean.
+//! size runs that many times, the sizes taking turns, and its row is the mean, with the
+//! range of the wall ratio over the turns.
 use crate::engine::{self, generate, Message, Request, SamplingParams};
 use anyhow::Result;
 use serde::Serialize;
@@ -21,6 +22,11 @@ pub struct SpeedRow {
     pub ratio: f64,
     /// Wall time relative to N = 1.
     pub wall_ratio: f64,
+    /// The lowest and highest wall ratio of a single repeat (this size's time over the first
+    /// size's in the same turn): how far the machine's drift moved it. `wall_ratio`, the
+    /// ratio of the means, lies between them.
+    pub wall_ratio_min: f64,
+    pub wall_ratio_max: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,18 +86,24 @@ pub fn run(
     // every size in turn: the machine's speed drifts (here by up to 2× within minutes), and
     // sizes measured minutes apart compared that drift more than themselves.
     let mut sums = vec![[0f64; 4]; sizes.len()]; // seconds, prefill s, prefill tok/s, decode tok/s
+    let mut spans = vec![(f64::INFINITY, 0f64); sizes.len()]; // lowest, highest wall ratio
     for _ in 0..repeats {
-        for (req, sum) in requests.iter().zip(&mut sums) {
+        let mut first = None;
+        for ((req, sum), span) in requests.iter().zip(&mut sums).zip(&mut spans) {
             let out = generate(&model, req, &mut |_, _| {})?;
             let r = repeats as f64;
-            sum[0] += (out.prefill_seconds + out.decode_seconds) / r;
+            let wall = out.prefill_seconds + out.decode_seconds;
+            sum[0] += wall / r;
             sum[1] += out.prefill_seconds / r;
             sum[2] += out.prefill_tok_s() / r;
             sum[3] += out.decode_tok_s() / r;
+            let ratio = wall / *first.get_or_insert(wall);
+            *span = (span.0.min(ratio), span.1.max(ratio));
         }
     }
     let mut results: Vec<SpeedRow> = Vec::new();
-    for (&n, &[seconds, prefill_seconds, prefill_tok_s, decode_tok_s]) in sizes.iter().zip(&sums) {
+    let rows = sizes.iter().zip(&sums).zip(&spans);
+    for ((&n, &[seconds, prefill_seconds, prefill_tok_s, decode_tok_s]), &span) in rows {
         let (base_tok_s, base_s) = results
             .first()
             .map(|r| (r.decode_tok_s, r.seconds))
@@ -104,6 +116,8 @@ pub fn run(
             decode_tok_s,
             ratio: decode_tok_s / base_tok_s,
             wall_ratio: seconds / base_s,
+            wall_ratio_min: span.0,
+            wall_ratio_max: span.1,
         };
         on_row(&row);
         results.push(row);

@@ -37,14 +37,15 @@ pub fn run(args: BenchSpeedArgs) -> Result<()> {
     );
     if !args.json {
         println!(
-            "{:>4}  {:>9}  {:>10}  {:>15}  {:>14}  {:>12}  {:>10}",
+            "{:>4}  {:>9}  {:>10}  {:>15}  {:>14}  {:>12}  {:>10}  {:>11}",
             "N",
             "seconds",
             "prefill s",
             "prefill tok/s",
             "decode tok/s",
             "tok/s ratio",
-            "wall ratio"
+            "wall ratio",
+            "wall range"
         );
     }
     let json = args.json;
@@ -57,14 +58,15 @@ pub fn run(args: BenchSpeedArgs) -> Result<()> {
         |r| {
             if !json {
                 println!(
-                    "{:>4}  {:>9.2}  {:>10.3}  {:>15.1}  {:>14.1}  {:>12.2}  {:>10.2}",
+                    "{:>4}  {:>9.2}  {:>10.3}  {:>15.1}  {:>14.1}  {:>12.2}  {:>10.2}  {:>11}",
                     r.n,
                     r.seconds,
                     r.prefill_seconds,
                     r.prefill_tok_s,
                     r.decode_tok_s,
                     r.ratio,
-                    r.wall_ratio
+                    r.wall_ratio,
+                    format!("{:.2}–{:.2}", r.wall_ratio_min, r.wall_ratio_max)
                 );
             }
         },
