@@ -16,7 +16,7 @@
 use super::acts::Acts;
 use super::formats::{subs, Q6K, Q8_0, QK};
 use super::pack::{self, Packed, GROUP};
-use super::vnni::{self, q6k_scales, scales, unpack};
+use super::vnni::{self, q6k_scales, scales, unpack, Buf};
 use super::Out;
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -78,9 +78,6 @@ impl Config {
         c
     }
 }
-
-#[repr(C, align(64))]
-struct Buf<T>(T);
 
 /// Weight rows `rows` of `w` (a multiple of 16 from the start, the end a multiple of 16 or
 /// n) against every activation row, into `out`.

@@ -22,8 +22,9 @@ use std::ops::Range;
 /// Activation rows a pass over a group takes: each needs a vector of dots and one of sums.
 pub const ROWS: usize = 8;
 
+/// A value from a 64-byte boundary: a weight tile, or AMX's tile buffers, a line per row.
 #[repr(C, align(64))]
-struct Tile([__m512i; 8]);
+pub struct Buf<T>(pub T);
 
 /// Weight rows `rows` of `w` (a multiple of 16 from the start, the end a multiple of 16 or
 /// n) against every activation row, into `out`.
@@ -103,7 +104,7 @@ unsafe fn vnni<const F: u8, const M: usize>(
     r0: usize,
 ) -> [__m512; ROWS] {
     let mut acc = [_mm512_setzero_ps(); ROWS];
-    let mut tile = Tile([_mm512_setzero_si512(); 8]);
+    let mut tile = Buf([_mm512_setzero_si512(); 8]);
     for u in 0..w.units() {
         let unit = group.add(u * pack::unit_bytes(F));
         // With up to 8 rows the weights stream, as in `avx2`'s kernel: at 8 rows of gemma's
