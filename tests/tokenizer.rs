@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use conclave::model::tokenizer::GgufTokenizer;
+use conclave::model::tokenizer::{GgufTokenizer, Incremental};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -82,6 +82,69 @@ fn round_trips(name: &str) {
             "{name}: decoding llama.cpp's ids"
         );
     }
+}
+
+/// Decoding token by token (`decode_more`, as generation does) gives, after every token, the
+/// decode of all tokens so far: on the ids of every fixture text (accents, CJK, emoji split
+/// over byte tokens, runs of spaces), each after a control token, which is skipped.
+fn decodes_incrementally(name: &str, tokenizer: &GgufTokenizer, marker: &str) {
+    let special = tokenizer.encode(marker, true).unwrap();
+    let mut tokens = 0;
+    for case in fixture(name).cases {
+        let text = tokenizer.encode(&case.text, true).unwrap();
+        let ids: Vec<u32> = special.iter().chain(&text).copied().collect();
+        let (mut at, mut text) = (Incremental::default(), String::new());
+        for n in 1..=ids.len() {
+            tokenizer
+                .decode_more(&ids[..n], &mut at, &mut text)
+                .unwrap();
+            let want = tokenizer.decode(&ids[..n], true).unwrap();
+            assert_eq!(text, want, "{name}: {:?} after {n} tokens", case.text);
+        }
+        tokens += ids.len();
+    }
+    assert!(tokens > 100, "{name}: only {tokens} tokens decoded");
+}
+
+#[test]
+fn smollm2_decodes_incrementally() {
+    decodes_incrementally("smollm2-135m", &load("smollm2-135m"), "<|im_start|>");
+}
+
+#[test]
+fn gemma3_decodes_incrementally() {
+    decodes_incrementally("gemma3-270m", &load("gemma3-270m"), "<start_of_turn>");
+}
+
+#[test]
+fn qwen25_decodes_incrementally() {
+    decodes_incrementally(
+        "qwen2.5-coder-0.5b",
+        &load("qwen2.5-coder-0.5b"),
+        "<|im_start|>",
+    );
+}
+
+/// A SentencePiece vocabulary with add_space_prefix (llama's, mistral's; gemma3's vocabulary
+/// here with the flag set) strips the leading space of every decode, so a window decoded on
+/// its own would lose the space before its first word.
+#[test]
+fn a_space_prefixed_vocabulary_decodes_incrementally() {
+    let path = common::model_path("gemma3-270m");
+    let mut file = std::fs::File::open(&path).unwrap();
+    let mut md = Content::read(&mut file).unwrap().metadata;
+    md.insert(
+        "tokenizer.ggml.add_space_prefix".to_string(),
+        Value::Bool(true),
+    );
+    let tokenizer = GgufTokenizer::from_metadata(&md).unwrap();
+    assert_eq!(
+        tokenizer
+            .decode(&tokenizer.encode("a b", true).unwrap(), true)
+            .unwrap(),
+        "a b"
+    );
+    decodes_incrementally("gemma3-270m", &tokenizer, "<start_of_turn>");
 }
 
 /// With parse_special=false a role marker in message content is ordinary text.

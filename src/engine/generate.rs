@@ -1,5 +1,6 @@
 //! Generation: one prefill of the prompt, then N samples decoded together as one batch.
 use super::sampler::{Pick, Sampler, SamplingParams};
+use crate::model::tokenizer::Incremental;
 use crate::model::{KvCache, Model, RowLogits};
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -102,6 +103,8 @@ struct Row {
     sampler: Sampler,
     tokens: Vec<u32>,
     text: String,
+    /// Where `text` was last settled, so that a token decodes only the latest few.
+    decoded: Incremental,
     emitted: usize,
     logprob_sum: f32,
     finish: Option<Finish>,
@@ -181,6 +184,7 @@ impl Generation {
                 sampler: Sampler::new(p.clone()),
                 tokens: Vec::new(),
                 text: String::new(),
+                decoded: Incremental::default(),
                 emitted: 0,
                 logprob_sum: 0.0,
                 finish: None,
@@ -229,9 +233,9 @@ impl Generation {
             .expect("a decoding sample has a token")
     }
 
-    /// Samples a token for each `(sample, logits of its last token)` in `steps`, the rows
-    /// spread over the model's threads (a gemma row's 262144 logits take about 240 µs), then
-    /// updates and streams the rows in the order given.
+    /// Samples a token for each `(sample, logits of its last token)` in `steps` and decodes
+    /// its text, the rows spread over the model's threads (a gemma row's 262144 logits take
+    /// about 240 µs), then streams the rows in the order given.
     pub fn advance(
         &mut self,
         model: &Model,
@@ -240,22 +244,23 @@ impl Generation {
     ) -> Result<()> {
         let (req, max_tokens) = (&self.req, self.max_tokens);
         let mut rows: Vec<Option<&mut Row>> = self.rows.iter_mut().map(Some).collect();
-        let drawn: Vec<Mutex<(&mut Row, Option<Pick>)>> = steps
+        let drawn: Vec<Mutex<(&mut Row, Result<()>)>> = steps
             .iter()
             .map(|&(s, _)| {
                 let row = rows[s].take().expect("a sample advances once per step");
-                Mutex::new((row, None))
+                Mutex::new((row, Ok(())))
             })
             .collect();
         crate::model::for_each_task(steps.len(), &|i| {
             let mut slot = drawn[i].lock().unwrap_or_else(|e| e.into_inner());
-            let pick = draw(req, slot.0, steps[i].1);
-            slot.1 = Some(pick);
+            let (row, taken) = &mut *slot;
+            let pick = draw(req, row, steps[i].1);
+            *taken = take(model, req, row, pick, max_tokens);
         });
         for slot in drawn {
-            let (row, pick) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
-            let pick = pick.expect("every row was drawn");
-            apply(model, req, row, pick, max_tokens, on_text)?;
+            let (row, taken) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+            taken?;
+            emit(req, row, on_text);
         }
         Ok(())
     }
@@ -374,29 +379,29 @@ fn draw(req: &Request, row: &mut Row, logits: &[f32]) -> Pick {
     row.sampler.sample(logits, &recent)
 }
 
-/// Takes `pick` as `row`'s next token: updates its text and streams what is final.
-fn apply(
-    model: &Model,
-    req: &Request,
-    row: &mut Row,
-    pick: Pick,
-    max_tokens: usize,
-    on_text: OnText,
-) -> Result<()> {
+/// Takes `pick` as `row`'s next token: its text, and whether it ends the row.
+fn take(model: &Model, req: &Request, row: &mut Row, pick: Pick, max_tokens: usize) -> Result<()> {
     if !req.ignore_eos && model.tokenizer.stop_ids.contains(&pick.token) {
         row.finish = Some(Finish::Eos);
-    } else {
-        row.tokens.push(pick.token);
-        row.logprob_sum += pick.logprob;
-        row.text = model.tokenizer.decode(&row.tokens, true)?;
-        if let Some(cut) = first_stop(&row.text, &req.stop) {
-            row.text.truncate(cut);
-            row.finish = Some(Finish::Stop);
-        } else if row.tokens.len() >= max_tokens {
-            row.finish = Some(Finish::Length);
-        }
+        return Ok(());
     }
-    // While running, hold back a partial UTF-8 character and anything that may begin a stop string.
+    row.tokens.push(pick.token);
+    row.logprob_sum += pick.logprob;
+    model
+        .tokenizer
+        .decode_more(&row.tokens, &mut row.decoded, &mut row.text)?;
+    if let Some(cut) = first_stop(&row.text, &req.stop) {
+        row.text.truncate(cut);
+        row.finish = Some(Finish::Stop);
+    } else if row.tokens.len() >= max_tokens {
+        row.finish = Some(Finish::Length);
+    }
+    Ok(())
+}
+
+/// Streams what of `row`'s text is final. While it runs, a partial UTF-8 character and
+/// anything that may begin a stop string are held back.
+fn emit(req: &Request, row: &mut Row, on_text: OnText) {
     let end = if row.finish.is_some() {
         row.text.len()
     } else {
@@ -406,7 +411,6 @@ fn apply(
         on_text(row.sample, &row.text[row.emitted..end]);
         row.emitted = end;
     }
-    Ok(())
 }
 
 fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
