@@ -20,10 +20,15 @@ struct Case {
     ids: Vec<u32>,
 }
 
-fn load(name: &str) -> GgufTokenizer {
+/// The model's GGUF header: metadata and tensor infos.
+fn content(name: &str) -> Content {
     let path = common::model_path(name);
     let mut file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let content = Content::read(&mut file).unwrap();
+    Content::read(&mut file).unwrap()
+}
+
+fn load(name: &str) -> GgufTokenizer {
+    let content = content(name);
     let start = Instant::now();
     let tokenizer = GgufTokenizer::from_gguf(&content).unwrap();
     eprintln!("{name}: tokenizer built in {:?}", start.elapsed());
@@ -133,9 +138,7 @@ fn qwen25_decodes_incrementally() {
 /// its own would lose the space before its first word.
 #[test]
 fn a_space_prefixed_vocabulary_decodes_incrementally() {
-    let path = common::model_path("gemma3-270m");
-    let mut file = std::fs::File::open(&path).unwrap();
-    let mut md = Content::read(&mut file).unwrap().metadata;
+    let mut md = content("gemma3-270m").metadata;
     md.insert(
         "tokenizer.ggml.add_space_prefix".to_string(),
         Value::Bool(true),

@@ -244,22 +244,22 @@ impl Generation {
     ) -> Result<()> {
         let (req, max_tokens) = (&self.req, self.max_tokens);
         let mut rows: Vec<Option<&mut Row>> = self.rows.iter_mut().map(Some).collect();
-        let drawn: Vec<Mutex<(&mut Row, Result<()>)>> = steps
+        let drawn: Vec<Mutex<_>> = steps
             .iter()
             .map(|&(s, _)| {
                 let row = rows[s].take().expect("a sample advances once per step");
-                Mutex::new((row, Ok(())))
+                Mutex::new((row, None))
             })
             .collect();
         crate::model::for_each_task(steps.len(), &|i| {
             let mut slot = drawn[i].lock().unwrap_or_else(|e| e.into_inner());
             let (row, taken) = &mut *slot;
             let pick = draw(req, row, steps[i].1);
-            *taken = take(model, req, row, pick, max_tokens);
+            *taken = Some(take(model, req, row, pick, max_tokens));
         });
         for slot in drawn {
             let (row, taken) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
-            taken?;
+            taken.expect("every row was drawn")?;
             emit(req, row, on_text);
         }
         Ok(())
