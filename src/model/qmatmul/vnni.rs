@@ -126,7 +126,18 @@ unsafe fn vnni<const F: u8, const M: usize>(
                 unpack::<F>(unit, j, tile.0.as_mut_ptr() as *mut u8);
                 tile.0
             };
-            let mut dot = [_mm512_setzero_si512(); M];
+            // Q8_0's weights were made unsigned by +128: each row's sum starts at −128·Σx,
+            // which takes that back off. A broadcast load, where a subtraction per row took
+            // a shift, a broadcast and a subtract on the vector ports: smollm2's head
+            // (49152×576 Q8_0, 8 rows, one thread) went from 1.48 to 1.34 ms (fastest of 20
+            // alternating runs).
+            let mut dot: [__m512i; M] = std::array::from_fn(|r| {
+                if F == Q8_0 {
+                    _mm512_set1_epi32(*acts.unsigned.as_ptr().add(at + r))
+                } else {
+                    _mm512_setzero_si512()
+                }
+            });
             if F == Q6K {
                 // Each row's two halves apart: they have scales of their own.
                 let mut hi = [_mm512_setzero_si512(); M];
@@ -160,14 +171,9 @@ unsafe fn vnni<const F: u8, const M: usize>(
                 }
             }
             for r in 0..M {
-                let mut dot = dot[r];
-                if F == Q8_0 {
-                    // The weights were made unsigned by +128: take 128·Σx back off.
-                    let sx = 128 * *acts.qsum.as_ptr().add(at + r);
-                    dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(sx));
-                }
                 let da = _mm512_set1_ps(*d.add(r));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, da), acc[r]);
+                let dot = _mm512_cvtepi32_ps(dot[r]);
+                acc[r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, da), acc[r]);
                 if F != Q8_0 {
                     acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*s.add(r)), acc[r]);
                 }
