@@ -20,9 +20,9 @@ pub struct Acts {
     pub s: Vec<f32>,
     /// [block][rows]: d·Σq over the first 16 values, for Q6_K's two offsets per block.
     pub s_lo: Vec<f32>,
-    /// [block][rows]: −128·Σq, which undoes in a dot product the +128 that makes Q8_0's
-    /// weights unsigned for `vpdpbusd` (`vnni`), when the sum starts from it.
-    pub unsigned: Vec<i32>,
+    /// [block][rows]: −128·Σq. A dot product that starts from it undoes the +128 bias that
+    /// makes Q8_0's weights unsigned for `vpdpbusd` (`vnni`).
+    pub unbias: Vec<i32>,
 }
 
 impl Acts {
@@ -59,7 +59,7 @@ impl Acts {
         for v in [&mut self.d, &mut self.s, &mut self.s_lo] {
             v.resize(blocks * rows, 0.0);
         }
-        self.unsigned.resize(blocks * rows, 0);
+        self.unbias.resize(blocks * rows, 0);
         let k = blocks * QK;
         for r in 0..rows {
             for (b, c) in x[r * k..(r + 1) * k].chunks_exact(QK).enumerate() {
@@ -70,7 +70,7 @@ impl Acts {
                 self.d[at] = d;
                 self.s[at] = d * (lo + hi) as f32;
                 self.s_lo[at] = d * lo as f32;
-                self.unsigned[at] = -128 * (lo + hi);
+                self.unbias[at] = -128 * (lo + hi);
             }
         }
     }
@@ -213,7 +213,7 @@ mod tests {
                 );
                 let lo: i32 = want[..QK / 2].iter().map(|&q| q as i32).sum();
                 let hi: i32 = want[QK / 2..].iter().map(|&q| q as i32).sum();
-                assert_eq!((a.d[at], a.unsigned[at]), (d, -128 * (lo + hi)));
+                assert_eq!((a.d[at], a.unbias[at]), (d, -128 * (lo + hi)));
                 assert_eq!((a.s[at], a.s_lo[at]), (d * (lo + hi) as f32, d * lo as f32));
             }
         }

@@ -129,11 +129,11 @@ unsafe fn vnni<const F: u8, const M: usize>(
             // Q8_0's weights were made unsigned by +128: each row's sum starts at −128·Σx,
             // which takes that back off. A broadcast load, where a subtraction per row took
             // a shift, a broadcast and a subtract on the vector ports: smollm2's head
-            // (49152×576 Q8_0, 8 rows, one thread) went from 1.48 to 1.34 ms (fastest of 20
-            // alternating runs).
+            // (49152×576 Q8_0, 8 rows, one thread) went from 1.48 to 1.34 ms (the fastest of
+            // 20 timings each, in 10 runs taking turns).
             let mut dot: [__m512i; M] = std::array::from_fn(|r| {
                 if F == Q8_0 {
-                    _mm512_set1_epi32(*acts.unsigned.as_ptr().add(at + r))
+                    _mm512_set1_epi32(*acts.unbias.as_ptr().add(at + r))
                 } else {
                     _mm512_setzero_si512()
                 }
