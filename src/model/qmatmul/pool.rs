@@ -215,6 +215,19 @@ fn helper(s: &'static Shared) {
 mod tests {
     use super::*;
 
+    /// A job of `tasks` tasks that count their runs: whether it ran on the pool, having
+    /// checked that each of its tasks then ran once.
+    fn counted_job(tasks: usize) -> bool {
+        let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+        let ran = run(tasks, &|i| {
+            hits[i].fetch_add(1, Ordering::Relaxed);
+        });
+        if ran {
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+        ran
+    }
+
     #[test]
     fn every_task_runs_once_per_job() {
         if rayon::current_num_threads() == 1 {
@@ -228,13 +241,7 @@ mod tests {
             if ran_jobs == 1000 || start.elapsed() > Duration::from_secs(20) {
                 break;
             }
-            let tasks = [0, 1, 2, 7, 64][job % 5];
-            let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
-            let ran = run(tasks, &|i| {
-                hits[i].fetch_add(1, Ordering::Relaxed);
-            });
-            if ran {
-                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            if counted_job([0, 1, 2, 7, 64][job % 5]) {
                 ran_jobs += 1;
             }
         }
@@ -265,13 +272,7 @@ mod tests {
         }
         let mut ran = false;
         while failed && !ran && in_time() {
-            let hits: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
-            ran = run(8, &|i| {
-                hits[i].fetch_add(1, Ordering::Relaxed);
-            });
-            if ran {
-                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
-            }
+            ran = counted_job(8);
         }
         assert!(failed && ran, "no job ran on the pool after the failed one");
     }
