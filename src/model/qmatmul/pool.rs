@@ -126,26 +126,53 @@ pub fn run(tasks: usize, f: &Task<'_>) -> bool {
     }
     work(s, epoch);
     // The helpers finish the tasks they claimed: short, but one may have lost its core.
-    let start = Instant::now();
-    let mut waited = Duration::ZERO;
-    for polls in 0u32.. {
-        if s.done.load(Ordering::Acquire) >= tasks {
-            break;
-        }
-        // As in `helper`, the clock is read every 64th poll.
-        if polls % 64 == 0 {
-            waited = start.elapsed();
-        }
-        if waited < SPIN {
-            std::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-        }
+    let mut wait = Backoff::new();
+    while s.done.load(Ordering::Acquire) < tasks {
+        wait.poll();
+        wait.pause();
     }
     if s.panicked.load(Ordering::Acquire) {
         panic!("a quantized matmul task panicked on a helper thread");
     }
     true
+}
+
+/// Waiting on another thread by polling: spinning for the first `SPIN`, then yielding the
+/// core between polls.
+struct Backoff {
+    start: Instant,
+    polls: u32,
+    /// The time waited at the last reading of the clock.
+    waited: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            start: Instant::now(),
+            polls: 0,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// Counts a poll; returns the time waited. Reading the clock costs more than a poll, so
+    /// it is read every 64th.
+    fn poll(&mut self) -> Duration {
+        if self.polls.is_multiple_of(64) {
+            self.waited = self.start.elapsed();
+        }
+        self.polls = self.polls.wrapping_add(1);
+        self.waited
+    }
+
+    /// The pause before the next poll.
+    fn pause(&self) {
+        if self.waited < SPIN {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// Claims and runs tasks of job `epoch` until none are left, then counts them done.
@@ -180,22 +207,15 @@ fn work(s: &Shared, epoch: u64) {
 fn helper(s: &'static Shared) {
     let mut seen = s.epoch.load(Ordering::Acquire);
     loop {
-        let start = Instant::now();
-        let mut idle = Duration::ZERO;
-        for polls in 0u32.. {
+        let mut idle = Backoff::new();
+        loop {
             let epoch = s.epoch.load(Ordering::SeqCst);
             if epoch != seen {
                 seen = epoch;
                 break;
             }
-            // Reading the clock costs more than a poll: every 64th.
-            if polls % 64 == 0 {
-                idle = start.elapsed();
-            }
-            if idle < SPIN {
-                std::hint::spin_loop();
-            } else if idle < SLEEP_AFTER {
-                std::thread::yield_now();
+            if idle.poll() < SLEEP_AFTER {
+                idle.pause();
             } else {
                 let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleeping.fetch_add(1, Ordering::SeqCst);
