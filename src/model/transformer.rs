@@ -505,26 +505,25 @@ impl Mlp {
         mul_weight(&self.down, &gated(&gate, &up, self.activation)?)
     }
 
-    /// `forward` on a CPU step's values, rows of `in_dim`. Where our kernel takes both
-    /// gate and up, it applies the activation inside the product (`qmatmul::matmul_gated`).
+    /// `forward` on a CPU step's values, rows of `in_dim`. Where our kernel takes all three
+    /// weights, it applies the activation inside the products (`qmatmul::matmul_mlp`).
     fn rows(&self, x: &[f32], in_dim: usize) -> Result<Vec<f32>> {
         let rows = x.len() / in_dim;
         let act = self.activation;
-        let y = if ours(&self.gate, rows) && ours(&self.up, rows) {
-            with_weights(&[&self.gate, &self.up], |w| {
-                let mut y = vec![0f32; rows * w[0].n()];
+        let ws = [&self.gate, &self.up, &self.down];
+        if ws.iter().all(|w| ours(w, rows)) {
+            return with_weights(&ws, |w| {
+                let mut y = vec![0f32; rows * w[2].n()];
                 let gate = |y: &mut [f32], g: &[f32], u: &[f32]| gate_values(y, g, u, act);
-                qmatmul::matmul_gated([w[0], w[1]], in_dim, x, &gate, &mut y)?;
+                qmatmul::matmul_mlp([w[0], w[1], w[2]], in_dim, x, &gate, &mut y)?;
                 Ok(y)
-            })?
-        } else {
-            let [gate, up]: [Vec<f32>; 2] = mul_rows(&[&self.gate, &self.up], x, in_dim)?
-                .try_into()
-                .expect("two projections");
-            let mut y = vec![0f32; gate.len()];
-            gate_values(&mut y, &gate, &up, act);
-            y
-        };
+            });
+        }
+        let [gate, up]: [Vec<f32>; 2] = mul_rows(&[&self.gate, &self.up], x, in_dim)?
+            .try_into()
+            .expect("two projections");
+        let mut y = vec![0f32; gate.len()];
+        gate_values(&mut y, &gate, &up, act);
         Ok(mul_rows(&[&self.down], &y, y.len() / rows)?.remove(0))
     }
 }

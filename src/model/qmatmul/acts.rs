@@ -6,6 +6,7 @@
 //! loads the per-row sums of a tile as one vector.
 use super::formats::QK;
 use crate::model::math::round_to_int;
+use std::ops::Range;
 
 /// Quantized activations of `rows` rows, `blocks` blocks of 32 each.
 #[derive(Default)]
@@ -28,56 +29,104 @@ pub struct Acts {
 impl Acts {
     /// Quantizes `x`, `rows` rows of `blocks`·32 values, reusing the buffers.
     pub fn quantize(&mut self, x: &[f32], rows: usize, blocks: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: this CPU has AVX2.
-            return unsafe { self.quantize_avx2(x, rows, blocks) };
+        let k = blocks * QK;
+        let parts = self.parts(rows, blocks);
+        for r in 0..rows {
+            // SAFETY: this thread alone writes through `parts`.
+            unsafe { parts.quantize(&x[r * k..(r + 1) * k], r, 0..blocks) };
         }
-        self.quantize_with(x, rows, blocks, block)
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn quantize_avx2(&mut self, x: &[f32], rows: usize, blocks: usize) {
-        self.quantize_with(x, rows, blocks, |c, qs| unsafe { block_avx2(c, qs) })
-    }
-
-    /// Fills the arrays, quantizing each block with `block` (d, Σq of each half).
-    #[inline(always)]
-    fn quantize_with(
-        &mut self,
-        x: &[f32],
-        rows: usize,
-        blocks: usize,
-        block: impl Fn(&[f32; QK], &mut [i8; QK]) -> (f32, i32, i32),
-    ) {
+    /// Sizes the arrays for `rows` rows of `blocks` blocks and gives a view through which
+    /// tasks quantize disjoint blocks at once, each in the thread that made their values
+    /// (`matmul_mlp`). Every entry must be written before the arrays are read: they are not
+    /// cleared first (a fresh zero-fill each call showed in an 8-row step's memset).
+    pub fn parts(&mut self, rows: usize, blocks: usize) -> Parts<'_> {
         self.rows = rows;
         self.blocks = blocks;
-        // Every entry is written below, so the arrays are not cleared first: a fresh
-        // zero-fill each call showed in an 8-row step's memset.
         self.qs.resize(blocks * rows * QK);
         for v in [&mut self.d, &mut self.s, &mut self.s_lo] {
             v.resize(blocks * rows, 0.0);
         }
         self.unbias.resize(blocks * rows, 0);
-        let k = blocks * QK;
-        for r in 0..rows {
-            for (b, c) in x[r * k..(r + 1) * k].chunks_exact(QK).enumerate() {
-                let at = b * rows + r;
-                let c: &[f32; QK] = c.try_into().expect("a block of 32");
-                let qs: &mut [i8; QK] = (&mut self.qs[at * QK..(at + 1) * QK]).try_into().unwrap();
-                let (d, lo, hi) = block(c, qs);
-                self.d[at] = d;
-                self.s[at] = d * (lo + hi) as f32;
-                self.s_lo[at] = d * lo as f32;
-                self.unbias[at] = -128 * (lo + hi);
-            }
+        Parts {
+            qs: self.qs.as_mut_ptr(),
+            d: self.d.as_mut_ptr(),
+            s: self.s.as_mut_ptr(),
+            s_lo: self.s_lo.as_mut_ptr(),
+            unbias: self.unbias.as_mut_ptr(),
+            rows,
+            blocks,
+            _acts: std::marker::PhantomData,
         }
     }
 
     /// Index of (block, row) in `d`, `s`, `s_lo`; times 32 in `qs`.
     pub fn at(&self, block: usize, row: usize) -> usize {
         block * self.rows + row
+    }
+}
+
+/// `Acts` being written by several tasks, each quantizing blocks no other one does.
+pub struct Parts<'a> {
+    qs: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    s_lo: *mut f32,
+    unbias: *mut i32,
+    rows: usize,
+    blocks: usize,
+    _acts: std::marker::PhantomData<&'a mut Acts>,
+}
+
+// SAFETY: the tasks that share it write disjoint entries (`quantize`'s contract), and the
+// borrow of the arrays outlives them.
+unsafe impl Send for Parts<'_> {}
+unsafe impl Sync for Parts<'_> {}
+
+impl Parts<'_> {
+    /// Quantizes `blocks` of row `row`, from x: their values, `blocks.len()`·32 of them.
+    ///
+    /// # Safety
+    /// No other thread writes these (row, block) entries meanwhile.
+    pub unsafe fn quantize(&self, x: &[f32], row: usize, blocks: Range<usize>) {
+        assert!(row < self.rows && blocks.end <= self.blocks && x.len() == blocks.len() * QK);
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: this CPU has AVX2; the caller's contract.
+            return unsafe { self.quantize_avx2(x, row, blocks) };
+        }
+        unsafe { self.quantize_with(x, row, blocks, block) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quantize_avx2(&self, x: &[f32], row: usize, blocks: Range<usize>) {
+        unsafe { self.quantize_with(x, row, blocks, |c, qs| block_avx2(c, qs)) }
+    }
+
+    /// Fills the entries, quantizing each block with `block` (d, Σq of each half).
+    #[inline(always)]
+    unsafe fn quantize_with(
+        &self,
+        x: &[f32],
+        row: usize,
+        blocks: Range<usize>,
+        block: impl Fn(&[f32; QK], &mut [i8; QK]) -> (f32, i32, i32),
+    ) {
+        for (c, b) in x.chunks_exact(QK).zip(blocks) {
+            let at = b * self.rows + row;
+            let c: &[f32; QK] = c.try_into().expect("a block of 32");
+            // SAFETY: `at` lies in the arrays sized by `Acts::parts`, and only this caller
+            // writes it.
+            unsafe {
+                let (d, lo, hi) = block(c, &mut *(self.qs.add(at * QK) as *mut [i8; QK]));
+                *self.d.add(at) = d;
+                *self.s.add(at) = d * (lo + hi) as f32;
+                *self.s_lo.add(at) = d * lo as f32;
+                *self.unbias.add(at) = -128 * (lo + hi);
+            }
+        }
     }
 }
 

@@ -204,10 +204,10 @@ const MIN_TASK: usize = 16;
 thread_local! {
     /// Quantized activations, reused from call to call on the calling thread.
     static SCRATCH: RefCell<Acts> = RefCell::default();
-    /// A gated pair's two products, reused likewise: every value is written before it is
-    /// read, so only growth needs zeros (a fresh pair was 96 KiB zeroed a layer at 8
-    /// smollm2 rows).
-    static PAIR: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::default();
+    /// An MLP's buffers between its products, reused likewise: every value is written
+    /// before it is read, so only growth needs zeros (a fresh pair was 96 KiB zeroed a layer
+    /// at 8 smollm2 rows).
+    static MLP: RefCell<Between> = RefCell::default();
 }
 
 /// `matmul` on a given path.
@@ -232,75 +232,113 @@ pub fn matmul_many_with(
     x: &[f32],
     outs: &mut [&mut [f32]],
 ) -> Result<()> {
-    products(simd, ws, k, x, outs, None)
+    products(simd, ws, k, Input::Values(x), outs, None)
 }
 
 /// What a gated MLP makes of its two products, for one row's range of columns:
 /// `gate(y, g, u)` writes y = act(g)·u.
 pub type Gate<'a> = &'a (dyn Fn(&mut [f32], &[f32], &[f32]) + Sync);
 
-/// out = gate(x · gᵀ, x · uᵀ) for the two weights of a gated MLP (`ws` = [g, u], the same n):
-/// each task makes both products for its columns and applies `gate` to them at once, while
-/// they are in its core's cache. As a pass after the products, the activation was serial
-/// and read values half of which the other core had written (at 8 smollm2 rows, 15 µs a
-/// layer).
-pub fn matmul_gated(
-    ws: [Weight<'_>; 2],
+/// A gated MLP, out = gate(x · gᵀ, x · uᵀ) · dᵀ for `ws` = [g, u, d] (g and u with the same n,
+/// d with that many columns). Each task makes both products for its columns and gates them
+/// at once, while they are in its core's cache; it then quantizes the gated values for d
+/// there too. As passes after the products, the gate was serial and read values half of
+/// which the other core had written (at 8 smollm2 rows, 15 µs a layer), and so was the
+/// quantizing of d's input.
+pub fn matmul_mlp(
+    ws: [Weight<'_>; 3],
     k: usize,
     x: &[f32],
     gate: Gate<'_>,
     out: &mut [f32],
 ) -> Result<()> {
-    matmul_gated_with(Simd::from_env()?, ws, k, x, gate, out)
+    matmul_mlp_with(Simd::from_env()?, ws, k, x, gate, out)
 }
 
-/// `matmul_gated` on a given path.
-pub fn matmul_gated_with(
+/// The values between an MLP's products: both products of the pair, the gated values, and
+/// those quantized for the last product.
+#[derive(Default)]
+struct Between {
+    g: Vec<f32>,
+    u: Vec<f32>,
+    y: Vec<f32>,
+    acts: Acts,
+}
+
+/// `matmul_mlp` on a given path.
+pub fn matmul_mlp_with(
     simd: Simd,
-    ws: [Weight<'_>; 2],
+    [g, u, d]: [Weight<'_>; 3],
     k: usize,
     x: &[f32],
     gate: Gate<'_>,
     out: &mut [f32],
 ) -> Result<()> {
-    if ws[0].n() != ws[1].n() || out.len() != ws[0].n() * (x.len() / k.max(1)) {
-        bail!("gated matmul: the two weights must have as many rows, the output one per row of x");
+    let n = g.n();
+    if u.n() != n || !n.is_multiple_of(formats::QK) {
+        bail!("gated matmul: the two weights must have as many rows, a multiple of 32");
     }
-    let mut fresh = (Vec::new(), Vec::new());
-    PAIR.with(|pair| {
+    let m = x.len() / k.max(1);
+    let mut fresh = Between::default();
+    MLP.with(|held| {
         // A nested call on this thread gets buffers of its own, as for `SCRATCH`.
-        let mut held = pair.try_borrow_mut();
-        let (g, u) = match held.as_deref_mut() {
-            Ok(pair) => pair,
+        let mut held = held.try_borrow_mut();
+        let b = match held.as_deref_mut() {
+            Ok(b) => b,
             Err(_) => &mut fresh,
         };
-        g.resize(out.len(), 0.0);
-        u.resize(out.len(), 0.0);
-        products(
-            simd,
-            &ws,
-            k,
-            x,
-            &mut [&mut g[..], &mut u[..]],
-            Some((gate, out)),
-        )
+        for v in [&mut b.g, &mut b.u, &mut b.y] {
+            v.resize(m * n, 0.0);
+        }
+        let next = b.acts.parts(m, n / formats::QK);
+        let pair = Pair {
+            gate,
+            y: Out {
+                ptr: b.y.as_mut_ptr(),
+                n,
+            },
+            next: &next,
+        };
+        let into = &mut [&mut b.g[..], &mut b.u[..]];
+        products(simd, &[g, u], k, Input::Values(x), into, Some(pair))?;
+        products(simd, &[d], n, Input::Quantized(&b.acts), &mut [out], None)
     })
 }
 
-/// The products of `matmul_many_with`, and with `pair` those of `matmul_gated_with` (`outs`
-/// then holds the two products, and `pair` the gate and where it writes).
+/// What a product multiplies: values it quantizes, or values quantized already.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Values(&'a [f32]),
+    Quantized(&'a Acts),
+}
+
+/// A gated pair's gate, where it writes ([m][n]), and where its tasks quantize what it wrote
+/// for the product that follows.
+#[derive(Clone, Copy)]
+struct Pair<'a> {
+    gate: Gate<'a>,
+    y: Out,
+    next: &'a acts::Parts<'a>,
+}
+
+/// The products of `matmul_many_with`, and with `pair` the gated pair of `matmul_mlp_with`
+/// (`outs` then holds the two products).
 fn products(
     simd: Simd,
     ws: &[Weight<'_>],
     k: usize,
-    x: &[f32],
+    input: Input<'_>,
     outs: &mut [&mut [f32]],
-    pair: Option<(Gate<'_>, &mut [f32])>,
+    pair: Option<Pair<'_>>,
 ) -> Result<()> {
-    if k == 0 || !x.len().is_multiple_of(k) || ws.len() != outs.len() {
-        bail!("quantized matmul: k = {k} must divide x's length, with one output per weight");
+    let m = match input {
+        Input::Values(x) if k > 0 && x.len().is_multiple_of(k) => x.len() / k,
+        Input::Quantized(acts) if acts.blocks * formats::QK == k => acts.rows,
+        _ => bail!("quantized matmul: k = {k} must divide x's length"),
+    };
+    if ws.len() != outs.len() || (pair.is_some() && ws.len() != 2) {
+        bail!("quantized matmul: one output per weight, two weights for a gated pair");
     }
-    let m = x.len() / k;
     if !simd.runs_here() {
         bail!("this CPU cannot run the {simd:?} kernels");
     }
@@ -341,19 +379,14 @@ fn products(
         };
         jobs.push((f, src, n, out));
     }
-    // With a pair, a task is a range of columns of both products, gated once both are made.
-    let pair = pair.map(|(gate, out)| {
-        let n = jobs[0].2;
-        (
-            gate,
-            Out {
-                ptr: out.as_mut_ptr(),
-                n,
-            },
-        )
-    });
-    let span = |range: Range<usize>, acts: &Acts, (gate, y): (Gate<'_>, Out)| {
+    if pair.is_some_and(|p| p.y.n != jobs[0].2 || jobs[1].2 != jobs[0].2) {
+        bail!("gated matmul: the two weights must have as many rows as the gate's output");
+    }
+    // With a pair, a task is a range of columns of both products, gated once both are made
+    // and then quantized for the next product.
+    let span = |range: Range<usize>, acts: &Acts, pair: Pair<'_>| {
         let [(f0, w0, n, g), (f1, w1, _, u)] = [jobs[0], jobs[1]];
+        let (gate, y) = (pair.gate, pair.y);
         run_rows(simd, f0, w0, range.clone(), acts, g);
         run_rows(simd, f1, w1, range.clone(), acts, u);
         for r in 0..m {
@@ -366,6 +399,11 @@ fn products(
                     std::slice::from_raw_parts(g.ptr.add(at), len),
                     std::slice::from_raw_parts(u.ptr.add(at), len),
                 );
+                // The columns fall on blocks: n is a multiple of 32 (`matmul_mlp_with`), and
+                // so is every task's size.
+                let blocks = range.start / formats::QK..range.end / formats::QK;
+                pair.next
+                    .quantize(std::slice::from_raw_parts(y.ptr.add(at), len), r, blocks);
             }
         }
     };
@@ -384,8 +422,14 @@ fn products(
         } else {
             // Guided sizes: each task a 2·threads-th of the rows left, down to one group, so
             // that the tasks that end a job are short and no thread waits long for the last.
-            // A pair's tasks cover the columns of both products.
-            let step = if simd.packs() { pack::GROUP } else { 1 };
+            // A pair's tasks cover the columns of both products, in whole blocks, which its
+            // tasks quantize (a group of the packed layout divides a block).
+            const _: () = assert!(formats::QK.is_multiple_of(pack::GROUP));
+            let step = match pair {
+                Some(_) => formats::QK,
+                None if simd.packs() => pack::GROUP,
+                None => 1,
+            };
             let (parts, mut left) = match pair {
                 Some(_) => (&jobs[..1], jobs[0].2),
                 None => (&jobs[..], rows),
@@ -413,6 +457,13 @@ fn products(
                 (0..tasks.len()).into_par_iter().for_each(task);
             }
         }
+    };
+    let x = match input {
+        Input::Quantized(acts) => {
+            run(acts);
+            return Ok(());
+        }
+        Input::Values(x) => x,
     };
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut acts) => {

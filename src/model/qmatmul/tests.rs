@@ -191,10 +191,14 @@ fn close_to_the_product_with_dequantized_weights() {
 
 /// Products run from many threads at once (each quantizes into its own scratch) and from
 /// inside rayon tasks, whose threads also run the product's own tasks.
-/// A gated pair gives the gate of its two products, on every path, split between the threads
-/// (n = 200, not a multiple of 16) and done on one (n = 21).
+/// A gated MLP gives the down product of the gate of its two products, with the same bits
+/// as those three steps one after the other, on every path: split between the threads (the
+/// middle width 224, not a multiple of 64) and done on one (32).
 #[test]
-fn a_gated_pair_gates_its_two_products() {
+fn a_gated_mlp_is_its_three_steps() {
+    fn rows(dtype: GgmlDType, data: &[u8], n: usize) -> Weight<'_> {
+        Weight::Rows { dtype, data, n }
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let gate = |y: &mut [f32], g: &[f32], u: &[f32]| {
         for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
@@ -202,51 +206,46 @@ fn a_gated_pair_gates_its_two_products() {
         }
     };
     for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
-        for (n, k, m) in [(200, 512, 8), (21, 256, 1)] {
+        for (n, k, m, out) in [(224, 512, 8, 96), (32, 256, 1, 40)] {
             let (wg, wu) = (
                 random_blocks(dtype, n, k, &mut rng),
                 random_blocks(dtype, n, k, &mut rng),
             );
+            // Q4_K needs widths of 256, so the down weight is Q8_0.
+            let wd = random_blocks(GgmlDType::Q8_0, out, n, &mut rng);
             let ws = [
-                Weight::Rows {
-                    dtype,
-                    data: &wg,
-                    n,
-                },
-                Weight::Rows {
-                    dtype,
-                    data: &wu,
-                    n,
-                },
+                rows(dtype, &wg, n),
+                rows(dtype, &wu, n),
+                rows(GgmlDType::Q8_0, &wd, out),
             ];
             let x = randn(m, k);
             for simd in Simd::available() {
                 let (mut g, mut u) = (vec![0f32; m * n], vec![0f32; m * n]);
-                matmul_many_with(simd, &ws, k, &x, &mut [&mut g, &mut u]).unwrap();
-                let mut want = vec![0f32; m * n];
-                gate(&mut want, &g, &u);
-                let mut got = vec![f32::NAN; m * n];
-                matmul_gated_with(simd, ws, k, &x, &gate, &mut got).unwrap();
+                matmul_many_with(simd, &ws[..2], k, &x, &mut [&mut g, &mut u]).unwrap();
+                let mut y = vec![0f32; m * n];
+                gate(&mut y, &g, &u);
+                let mut want = vec![0f32; m * out];
+                matmul_many_with(simd, &ws[2..], n, &y, &mut [&mut want]).unwrap();
+                let mut got = vec![f32::NAN; m * out];
+                matmul_mlp_with(simd, ws, k, &x, &gate, &mut got).unwrap();
                 assert_eq!(got, want, "{dtype:?} {simd:?} {n}x{k}, {m} rows");
             }
         }
     }
-    let w = random_blocks(GgmlDType::Q8_0, 21, 256, &mut rng);
-    let (short, long) = (
-        Weight::Rows {
-            dtype: GgmlDType::Q8_0,
-            data: &w[..w.len() / 21 * 20],
-            n: 20,
-        },
-        Weight::Rows {
-            dtype: GgmlDType::Q8_0,
-            data: &w,
-            n: 21,
-        },
-    );
+    // The pair's weights must have as many rows, and a multiple of 32.
+    let w = random_blocks(GgmlDType::Q8_0, 33, 256, &mut rng);
+    let per_row = w.len() / 33;
+    let wd = random_blocks(GgmlDType::Q8_0, 8, 32, &mut rng);
     let x = randn(1, 256);
-    let mut out = vec![0f32; 21];
-    assert!(matmul_gated([short, long], 256, &x, &gate, &mut out).is_err());
+    let mut out = vec![0f32; 8];
+    let (g32, g33) = (
+        rows(GgmlDType::Q8_0, &w[..32 * per_row], 32),
+        rows(GgmlDType::Q8_0, &w, 33),
+    );
+    let d = rows(GgmlDType::Q8_0, &wd, 8);
+    assert!(matmul_mlp([g32, g33, d], 256, &x, &gate, &mut out).is_err());
+    assert!(matmul_mlp([g33, g33, d], 256, &x, &gate, &mut out).is_err());
+    assert!(matmul_mlp([g32, g32, d], 256, &x, &gate, &mut out).is_ok());
 }
 
 #[test]
