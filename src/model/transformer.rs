@@ -513,10 +513,10 @@ impl Mlp {
         let ws = [&self.gate, &self.up, &self.down];
         if ws.iter().all(|w| ours(w, rows)) {
             return with_weights(&ws, |w| {
-                let mut y = vec![0f32; rows * w[2].n()];
+                let mut out = vec![0f32; rows * w[2].n()];
                 let gate = |y: &mut [f32], g: &[f32], u: &[f32]| gate_values(y, g, u, act);
-                qmatmul::matmul_mlp([w[0], w[1], w[2]], in_dim, x, &gate, &mut y)?;
-                Ok(y)
+                qmatmul::matmul_mlp([w[0], w[1], w[2]], in_dim, x, &gate, &mut out)?;
+                Ok(out)
             });
         }
         let [gate, up]: [Vec<f32>; 2] = mul_rows(&[&self.gate, &self.up], x, in_dim)?
