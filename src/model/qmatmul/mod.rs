@@ -322,7 +322,7 @@ struct Pair<'a> {
 }
 
 /// The products of `matmul_many_with`, and with `pair` the gated pair of `matmul_mlp_with`
-/// (`outs` then holds the two products).
+/// (`outs` then holds the two products; `matmul_mlp_with` has checked their shapes).
 fn products(
     simd: Simd,
     ws: &[Weight<'_>],
@@ -336,8 +336,8 @@ fn products(
         Input::Quantized(acts) if acts.blocks * formats::QK == k => acts.rows,
         _ => bail!("quantized matmul: k = {k} must divide x's length"),
     };
-    if ws.len() != outs.len() || (pair.is_some() && ws.len() != 2) {
-        bail!("quantized matmul: one output per weight, two weights for a gated pair");
+    if ws.len() != outs.len() {
+        bail!("quantized matmul: one output per weight");
     }
     if !simd.runs_here() {
         bail!("this CPU cannot run the {simd:?} kernels");
@@ -378,9 +378,6 @@ fn products(
             n,
         };
         jobs.push((f, src, n, out));
-    }
-    if pair.is_some_and(|p| p.y.n != jobs[0].2 || jobs[1].2 != jobs[0].2) {
-        bail!("gated matmul: the two weights must have as many rows as the gate's output");
     }
     // With a pair, a task is a range of columns of both products, gated once both are made
     // and then quantized for the next product.
