@@ -1,6 +1,9 @@
 //! Generation on a real model: batched samples, streaming, limits.
 mod common;
-use conclave::engine::{generate, Finish, Message, Request, SamplingParams};
+use conclave::engine::{
+    generate, Engine, Finish, Job, Message, Prompt, Request, SamplingParams,
+};
+use std::sync::atomic::Ordering;
 
 fn prompt(text: &str) -> Vec<u32> {
     common::smollm2()
@@ -34,25 +37,29 @@ fn streamed_pieces_make_the_final_text() {
     }
 }
 
+/// Through the engine, whose counters show the prefills: four samples of one job, one.
 #[test]
 fn batched_samples_share_one_prefill_and_differ_by_seed() {
-    let model = common::smollm2();
-    let samples: Vec<_> = (0..4).map(|s| sampling(1.0, 100 + s)).collect();
-    let req = Request {
-        prompt: prompt("Tell me a fun fact."),
+    common::model_path("smollm2-135m");
+    let engine = Engine::start();
+    let job = Job {
+        model: "smollm2-135m".into(),
+        prompt: Prompt::Chat(vec![Message::new("user", "Tell me a fun fact.")]),
         max_tokens: 24,
         stop: vec![],
-        samples,
-        ..Default::default()
+        samples: (0..4).map(|s| sampling(1.0, 100 + s)).collect(),
+        ignore_eos: false,
+        stream: None,
     };
-    let out = generate(model, &req, &mut |_, _| {}).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let out = rt.block_on(engine.generate(job)).unwrap();
+    assert_eq!(engine.stats().prefills.load(Ordering::SeqCst), 1);
     assert_eq!(out.completions.len(), 4);
     let texts: std::collections::HashSet<_> = out.completions.iter().map(|c| &c.text).collect();
     assert!(
         texts.len() >= 3,
         "seeds should give different samples: {texts:?}"
     );
-    assert_eq!(out.prompt_tokens, req.prompt.len());
 }
 
 #[test]

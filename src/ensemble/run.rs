@@ -117,7 +117,8 @@ pub struct Trace {
     /// Earlier debate or refine rounds; `agents` holds the last.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rounds: Vec<Vec<AgentTrace>>,
-    /// `refine` and `exec-vote`: the user prompt of each round, verifier feedback included.
+    /// `refine`, `exec-vote` and `debate`: the user prompt of each round, verifier feedback
+    /// or the last round's answers included.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub prompts: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -243,10 +244,13 @@ impl Runner {
                 }
             }
             let mut rounds = Vec::new();
+            let mut round_prompts = Vec::new();
             if ens.strategy == Strategy::Debate {
+                round_prompts.push(question.to_string());
                 for _ in 1..ens.rounds {
                     let previous: Vec<&str> = agents.iter().map(|a| a.text.as_str()).collect();
                     let prompt = prompts::debate(question, &previous);
+                    round_prompts.push(prompt.clone());
                     let mut revised = self
                         .answer(ens, &flat, &prompt, &mut usage, &mut notes)
                         .await?;
@@ -278,7 +282,7 @@ impl Runner {
                 tie_break: decision.tie_break,
                 agents,
                 rounds,
-                prompts: Vec::new(),
+                prompts: round_prompts,
                 judge,
                 usage,
                 seconds: start.elapsed().as_secs_f64(),
