@@ -78,7 +78,7 @@ def test_ensemble():
 
 def test_models():
     ids = [m.id for m in client.models.list()]
-    assert MODEL in ids and "conclave/vote8" in ids, ids
+    assert MODEL in ids and "conclave/tiny" in ids, ids
     assert client.models.retrieve(MODEL).id == MODEL
 
 
