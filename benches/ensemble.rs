@@ -2,7 +2,7 @@
 //! (one prefill, one batched forward per step) should make N = 8 far cheaper than 8 runs.
 //!
 //! `cargo bench --bench ensemble`; CONCLAVE_BENCH_MODEL picks the model.
-use conclave::engine::{self, generate, Message, Request, SamplingParams};
+use conclave::engine::{Engine, Job, Message, Prompt, SamplingParams};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
@@ -10,10 +10,8 @@ const TOKENS: usize = 32;
 
 fn bench(c: &mut Criterion) {
     let name = std::env::var("CONCLAVE_BENCH_MODEL").unwrap_or_else(|_| "smollm2-135m".into());
-    let model = engine::load(&name).expect("load model");
-    let prompt = model
-        .encode_chat(&[Message::new("user", "Write a haiku about the sea.")])
-        .unwrap();
+    let engine = Engine::start();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let mut group = c.benchmark_group(format!("{name}/ensemble"));
     group
         .sample_size(10)
@@ -25,17 +23,19 @@ fn bench(c: &mut Criterion) {
                 ..Default::default()
             })
             .collect();
-        let req = Request {
-            prompt: prompt.clone(),
+        let job = Job {
+            model: name.clone(),
+            prompt: Prompt::Chat(vec![Message::new("user", "Write a haiku about the sea.")]),
             max_tokens: TOKENS,
+            stop: vec![],
             samples,
             ignore_eos: true,
-            ..Default::default()
+            stream: None,
         };
         // Throughput in generated tokens, so N = 8 and N = 1 compare as tokens/s.
         group.throughput(Throughput::Elements((n * TOKENS) as u64));
-        group.bench_with_input(BenchmarkId::new("samples", n), &req, |b, req| {
-            b.iter(|| generate(&model, req, &mut |_, _| {}).unwrap())
+        group.bench_with_input(BenchmarkId::new("samples", n), &job, |b, job| {
+            b.iter(|| rt.block_on(engine.generate(job.clone())).unwrap())
         });
     }
     group.finish();

@@ -1,7 +1,9 @@
 //! Prefill and decode speed of the default model, in tokens per second.
 //!
 //! `cargo bench --bench generate`; set CONCLAVE_BENCH_MODEL to another catalog name or path.
-use conclave::engine::{self, generate, Request, SamplingParams};
+use conclave::engine::{Engine, Job, Prompt, SamplingParams};
+use conclave::model::Model;
+use conclave::store::fetch;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
 
@@ -10,7 +12,9 @@ const DECODE_TOKENS: usize = 64;
 
 fn bench(c: &mut Criterion) {
     let name = std::env::var("CONCLAVE_BENCH_MODEL").unwrap_or_else(|_| "smollm2-135m".into());
-    let model = engine::load(&name).expect("load model");
+    // The prefill is the model's own forward pass; generation goes through the engine.
+    let path = fetch::resolve(&name, true).expect("find the model");
+    let model = Model::load(&path, &name, &candle_core::Device::Cpu).expect("load model");
     // A fixed 128-token prompt: token ids of ordinary text, repeated.
     let text =
         "The history of science is the study of how people came to understand the natural world. ";
@@ -32,8 +36,9 @@ fn bench(c: &mut Criterion) {
     });
 
     // Exactly 64 tokens each time: end-of-turn tokens are ignored.
-    let req = Request {
-        prompt: prompt[..16].to_vec(),
+    let job = Job {
+        model: name.clone(),
+        prompt: Prompt::Text(text.into()),
         max_tokens: DECODE_TOKENS,
         stop: vec![],
         samples: vec![SamplingParams {
@@ -41,10 +46,13 @@ fn bench(c: &mut Criterion) {
             ..Default::default()
         }],
         ignore_eos: true,
+        stream: None,
     };
+    let engine = Engine::start();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     group.throughput(Throughput::Elements(DECODE_TOKENS as u64));
     group.bench_function("generate_64", |b| {
-        b.iter(|| generate(&model, &req, &mut |_, _| {}).unwrap())
+        b.iter(|| rt.block_on(engine.generate(job.clone())).unwrap())
     });
     group.finish();
 }

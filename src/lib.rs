@@ -3,11 +3,13 @@
 //! Data flows one way: `model` (GGUF, tokenizer, chat template, forward pass) → `engine`
 //! (sampling, batched generation, KV cache) → `ensemble` (agents, roles, aggregation) →
 //! front ends (`cli`, `server`, `bench`). `tools` (sandboxed Python, calculator) serves
-//! `ensemble` and the front ends.
+//! `ensemble` and the front ends. `store` (the catalog, fetching models) serves `engine` and
+//! the front ends that manage models.
 pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod ensemble;
 pub mod model;
 pub mod server;
+pub mod store;
 pub mod tools;

@@ -3,7 +3,8 @@ mod common;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use conclave::engine::{generate, Model, Request, SamplingParams};
+use conclave::engine::{Engine, Job, Prompt, SamplingParams};
+use conclave::model::Model;
 use std::path::Path;
 use std::process::Command;
 
@@ -80,15 +81,20 @@ fn unknown_architecture() {
 
 #[test]
 fn over_long_prompt_is_refused_before_any_work() {
-    let model = common::smollm2();
-    let req = Request {
-        prompt: vec![100; model.ctx_len() + 10],
+    common::model_path("smollm2-135m");
+    let job = Job {
+        model: "smollm2-135m".into(),
+        // More words than smollm2's 8192 tokens of context.
+        prompt: Prompt::Text("hello ".repeat(9000)),
         max_tokens: 8,
         stop: vec![],
         samples: vec![SamplingParams::default()],
-        ..Default::default()
+        ignore_eos: false,
+        stream: None,
     };
-    let err = format!("{:#}", generate(model, &req, &mut |_, _| {}).unwrap_err());
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let err = rt.block_on(Engine::start().generate(job)).unwrap_err();
+    let err = format!("{err:#}");
     assert!(err.contains("context of 8192 tokens"), "{err}");
 }
 

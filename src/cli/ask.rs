@@ -1,5 +1,9 @@
-//! `conclave ask`: one model answers one prompt.
-use crate::engine::{self, Message, Prompt, Request, SamplingParams, DEFAULT_MODEL};
+//! `conclave ask`: one model answers one prompt, through the engine as the server's requests do.
+use super::ensemble::{self, EnsembleArgs, Question};
+use crate::engine::sampler::random_seed;
+use crate::engine::{
+    model_name, Engine, Job, Message, Prompt, SamplingParams, DEFAULT_MAX_TOKENS, DEFAULT_MODEL,
+};
 use anyhow::Result;
 use serde_json::json;
 use std::io::Write;
@@ -18,23 +22,11 @@ pub struct AskArgs {
     /// System prompt; an empty string leaves the chat template's own default in place.
     #[arg(long, default_value = DEFAULT_SYSTEM)]
     pub system: String,
-    /// Sampling temperature; 0 always takes the most likely token.
-    #[arg(long, short, default_value_t = 0.8)]
-    pub temperature: f32,
-    /// Nucleus sampling: keep the most likely tokens up to this total probability (1 = off).
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Keep only the K most likely tokens (0 = off).
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.05)]
-    pub min_p: f32,
-    /// Penalise tokens seen in the last 64 (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub repeat_penalty: f32,
-    /// Most tokens to generate [default: 512, or the ensemble config's `max_tokens`].
-    #[arg(long, short = 'n')]
+    #[command(flatten)]
+    pub sampling: SamplingParams,
+    #[arg(long, short = 'n', help = format!(
+        "Most tokens to generate [default: {DEFAULT_MAX_TOKENS}, or the ensemble config's `max_tokens`]"
+    ))]
     pub max_tokens: Option<usize>,
     /// Random seed; the same seed gives the same answer. Random when not given.
     #[arg(long)]
@@ -49,14 +41,21 @@ pub struct AskArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub ensemble: super::ensemble::EnsembleArgs,
+    pub ensemble: EnsembleArgs,
 }
 
 pub fn run(args: AskArgs) -> Result<()> {
     if args.ensemble.is_requested() {
-        return super::ensemble::run(&args);
+        let question = Question {
+            prompt: &args.prompt,
+            model: &args.model,
+            temperature: args.sampling.temperature,
+            max_tokens: args.max_tokens,
+            seed: args.seed,
+            json: args.json,
+        };
+        return ensemble::run(&args.ensemble, &question);
     }
-    let model = engine::load(&args.model)?;
     let prompt = if args.raw {
         Prompt::Text(args.prompt.clone())
     } else {
@@ -67,38 +66,38 @@ pub fn run(args: AskArgs) -> Result<()> {
         messages.push(Message::new("user", &args.prompt));
         Prompt::Chat(messages)
     };
-    let (prompt, mut stop) = prompt.encode(&model)?;
-    tracing::debug!("prompt tokens: {prompt:?}");
     let seed = args.seed.unwrap_or_else(random_seed);
-    let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        seed,
-        ..Default::default()
-    };
-    stop.extend(args.stop.iter().cloned());
-    let req = Request {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let job = Job {
+        model: args.model.clone(),
         prompt,
-        max_tokens: args.max_tokens.unwrap_or(512),
-        stop,
-        samples: vec![sampling],
+        max_tokens: args.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        stop: args.stop.clone(),
+        samples: vec![SamplingParams {
+            seed,
+            ..args.sampling.clone()
+        }],
         ignore_eos: false,
+        stream: (!args.json).then_some(tx),
     };
-    let stream = !args.json;
-    let mut out = std::io::stdout();
-    let output = engine::generate(&model, &req, &mut |_, piece| {
-        if stream {
-            let _ = write!(out, "{piece}");
-            let _ = out.flush();
-        }
+    let engine = Engine::start();
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let output = rt.block_on(async {
+        // The stream ends when the engine drops the job's sender, after its last piece.
+        let print = async {
+            let mut out = std::io::stdout();
+            while let Some((_, piece)) = rx.recv().await {
+                let _ = write!(out, "{piece}");
+                let _ = out.flush();
+            }
+        };
+        let (output, ()) = tokio::join!(engine.generate(job), print);
+        output
     })?;
     let answer = &output.completions[0];
     if args.json {
         let v = json!({
-            "model": model.name,
+            "model": model_name(&args.model),
             "answer": answer.text,
             "finish_reason": answer.finish,
             "seed": seed,
@@ -116,12 +115,4 @@ pub fn run(args: AskArgs) -> Result<()> {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-pub fn random_seed() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
 }

@@ -1,6 +1,6 @@
 //! `conclave doctor`: what this machine offers — sandbox isolation, Python, models, CPU.
-use crate::engine::catalog::models_dir;
-use crate::engine::fetch::status;
+use crate::store::catalog::models_dir;
+use crate::store::fetch::status;
 use crate::tools::isolation;
 use anyhow::Result;
 use serde_json::json;

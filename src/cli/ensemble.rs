@@ -1,6 +1,6 @@
 //! `conclave ask --config FILE | --agents N …`: an ensemble answers, and the trace shows why.
-use super::ask::{random_seed, AskArgs};
-use crate::engine::Engine;
+use crate::engine::sampler::random_seed;
+use crate::engine::{Engine, DEFAULT_MAX_TOKENS};
 use crate::ensemble::config::Quick;
 use crate::ensemble::{AnswerKind, Ensemble, Runner, Strategy, Trace};
 use anyhow::{Context, Result};
@@ -44,13 +44,24 @@ impl EnsembleArgs {
     }
 }
 
-pub fn run(args: &AskArgs) -> Result<()> {
-    let e = &args.ensemble;
+/// What `ask` was given besides the ensemble options: a quick ensemble's defaults.
+pub struct Question<'a> {
+    pub prompt: &'a str,
+    pub model: &'a str,
+    pub temperature: f32,
+    /// Replaces a config's `max_tokens` when given.
+    pub max_tokens: Option<usize>,
+    /// Replaces a config's seed when given.
+    pub seed: Option<u64>,
+    pub json: bool,
+}
+
+pub fn run(e: &EnsembleArgs, args: &Question) -> Result<()> {
     let mut ens = match &e.config {
         Some(c) => Ensemble::load_seeded(c, args.seed)?,
         None => {
             let models = if e.models.is_empty() {
-                vec![args.model.clone()]
+                vec![args.model.to_string()]
             } else {
                 e.models.clone()
             };
@@ -66,7 +77,7 @@ pub fn run(args: &AskArgs) -> Result<()> {
                 temperatures: temps,
                 strategy: e.strategy.unwrap_or(Strategy::Vote),
                 answer: e.answer.unwrap_or(AnswerKind::Text),
-                max_tokens: args.max_tokens.unwrap_or(256),
+                max_tokens: args.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                 seed: args.seed.unwrap_or_else(random_seed),
             })?
         }
@@ -93,7 +104,7 @@ pub fn run(args: &AskArgs) -> Result<()> {
                 eprintln!();
             }
         });
-        runner.run(&ens, &args.prompt).await
+        runner.run(&ens, args.prompt).await
     })?;
     let json = serde_json::to_string_pretty(&trace)?;
     if let Some(path) = &e.trace {

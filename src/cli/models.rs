@@ -1,6 +1,6 @@
 //! `conclave models …`: list, pull and locate catalog models.
-use crate::engine::catalog::{human_size, models_dir, Catalog, DEFAULT_MODEL};
-use crate::engine::fetch::{pull, resolve, status, verify_sha256};
+use crate::store::catalog::{human_size, models_dir, Catalog, DEFAULT_MODEL};
+use crate::store::fetch::{pull, resolve, status, verify_sha256};
 use anyhow::{anyhow, Result};
 use std::path::{Path, PathBuf};
 

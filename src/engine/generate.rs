@@ -11,7 +11,7 @@ use std::time::Instant;
 const PREFILL_CHUNK: usize = 512;
 
 #[derive(Debug, Clone, Default)]
-pub struct Request {
+pub(crate) struct Request {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     /// Generation stops before the first of these strings; it is not part of the text.
@@ -95,7 +95,7 @@ impl Output {
 }
 
 /// Text produced so far by one sample, as `on_text(sample, piece)` calls.
-pub type OnText<'a> = &'a mut dyn FnMut(usize, &str);
+pub(crate) type OnText<'a> = &'a mut dyn FnMut(usize, &str);
 
 /// One sample while it decodes.
 struct Row {
@@ -110,33 +110,9 @@ struct Row {
     finish: Option<Finish>,
 }
 
-/// Runs `req` to completion: one prefill, then batched decode steps until every sample ends.
-pub fn generate(model: &Model, req: &Request, on_text: OnText) -> Result<Output> {
-    let (mut g, cache) = Generation::start(model, req.clone(), on_text)?;
-    let mut batch = Batch::default();
-    if let Some(cache) = cache {
-        batch.join(0, g.active(), cache)?;
-    }
-    while !batch.is_empty() {
-        let t = Instant::now();
-        batch.step(model, |_, s| g.last_token(s))?;
-        let logits = batch.logits();
-        let steps: Vec<(usize, &[f32])> = batch
-            .rows()
-            .iter()
-            .zip(logits.rows())
-            .map(|(&(_, s), l)| (s, l))
-            .collect();
-        g.advance(model, &steps, on_text)?;
-        g.add_decode_step(t.elapsed().as_secs_f64(), logits.len(), logits.len());
-        batch.retain(|_, s| !g.is_finished(s))?;
-    }
-    Ok(g.finish())
-}
-
 /// One request's samples from prefill to their last token. Their KV rows live in a [`Batch`],
 /// which the engine thread shares between requests for the same model.
-pub struct Generation {
+pub(crate) struct Generation {
     req: Request,
     rows: Vec<Row>,
     max_tokens: usize,
@@ -298,7 +274,7 @@ impl Generation {
 /// (continuous batching): requests join after their prefill and rows leave as they finish.
 /// A row is named by `(request key, sample)`.
 #[derive(Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     cache: Option<KvCache>,
     rows: Vec<(u64, usize)>,
     /// The last step's logits, in the order of `rows`.

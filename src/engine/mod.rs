@@ -1,15 +1,16 @@
-//! Sampling and batched generation on top of a loaded model.
-pub mod generate;
-pub mod load;
+//! The only door to a model: front ends send [`Job`]s to the [`Engine`] thread, which loads
+//! models, samples and batches generation; no front end holds a model itself.
+mod generate;
+mod load;
 pub mod sampler;
-pub mod worker;
+mod worker;
 
-pub use crate::model::catalog::DEFAULT_MODEL;
 pub use crate::model::chat::Message;
-pub use crate::model::Model;
-/// The model catalog and its download logic, for front ends that manage models.
-pub use crate::model::{catalog, fetch};
-pub use generate::{generate, Completion, Finish, JobError, Output, Request};
-pub use load::{load, load_tokenizer};
+pub use crate::store::catalog::DEFAULT_MODEL;
+pub use generate::{Completion, Finish, JobError, Output};
+pub use load::{load_tokenizer, model_name};
 pub use sampler::{Sampler, SamplingParams};
-pub use worker::{Engine, Job, Prompt, Stats};
+pub use worker::{Engine, Job, Prompt, Stats, Stream};
+
+/// Most tokens a reply gets when the caller names no limit (`ask`, the API, ensembles).
+pub const DEFAULT_MAX_TOKENS: usize = 512;

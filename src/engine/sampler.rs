@@ -7,37 +7,61 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How one sample draws its tokens; the `ask` options and an API request's sampling fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct SamplingParams {
-    /// 0 means greedy.
+    /// Sampling temperature; 0 always takes the most likely token.
+    #[arg(long, short, default_value_t = Self::DEFAULT.temperature)]
     pub temperature: f32,
-    /// 0 turns top-k off.
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = Self::DEFAULT.top_k)]
     pub top_k: usize,
-    /// 1.0 turns top-p off.
+    /// Nucleus sampling: keep the most likely tokens up to this total probability (1 = off).
+    #[arg(long, default_value_t = Self::DEFAULT.top_p)]
     pub top_p: f32,
-    /// 0.0 turns min-p off.
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = Self::DEFAULT.min_p)]
     pub min_p: f32,
-    /// 1.0 turns the penalty off.
+    /// Penalise tokens seen in the last --repeat-last-n (1 = off).
+    #[arg(long, default_value_t = Self::DEFAULT.repeat_penalty)]
     pub repeat_penalty: f32,
     /// How many of the latest tokens the penalty looks at.
+    #[arg(long, default_value_t = Self::DEFAULT.repeat_last_n)]
     pub repeat_last_n: usize,
+    /// The command line's `--seed` is optional (random when not given), so it is its own
+    /// option there.
+    #[arg(skip)]
     pub seed: u64,
 }
 
+impl SamplingParams {
+    /// llama.cpp's defaults (`common/common.h`), with its penalty window; the command line's
+    /// defaults too.
+    pub const DEFAULT: Self = Self {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        repeat_penalty: 1.0,
+        repeat_last_n: 64,
+        seed: 0,
+    };
+}
+
 impl Default for SamplingParams {
-    /// llama.cpp's defaults (`common/common.h`), with its penalty window.
     fn default() -> Self {
-        Self {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            min_p: 0.05,
-            repeat_penalty: 1.0,
-            repeat_last_n: 64,
-            seed: 0,
-        }
+        Self::DEFAULT
     }
+}
+
+/// A seed for callers that were given none: different from run to run and process to process.
+pub fn random_seed() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
 }
 
 pub struct Sampler {

@@ -26,15 +26,22 @@ use tokio::sync::oneshot;
 pub enum Prompt {
     Chat(Vec<Message>),
     Text(String),
+    /// Exactly `tokens` prompt tokens: `text`'s tokens repeated, no template (what
+    /// llama-bench's `-p` measures).
+    Filler { text: String, tokens: usize },
 }
 
 impl Prompt {
     /// The prompt's tokens, and the stop strings its format implies (the plain chat format's
     /// next-turn marker; raw text implies none).
-    pub fn encode(&self, model: &Model) -> Result<(Vec<u32>, Vec<String>)> {
+    pub(crate) fn encode(&self, model: &Model) -> Result<(Vec<u32>, Vec<String>)> {
         Ok(match self {
             Prompt::Chat(messages) => (model.encode_chat(messages)?, model.default_stops()),
             Prompt::Text(text) => (model.encode_text(text)?, Vec::new()),
+            Prompt::Filler { text, tokens } => {
+                let ids = model.encode_text(text)?;
+                (ids.iter().copied().cycle().take(*tokens).collect(), Vec::new())
+            }
         })
     }
 }
@@ -264,6 +271,7 @@ fn start(
     }
     let model = &models[&job.model];
     let (prompt, mut stop) = job.prompt.encode(model)?;
+    tracing::debug!("prompt tokens: {prompt:?}");
     stop.extend(job.stop.iter().cloned());
     let req = Request {
         prompt,

@@ -1,9 +1,7 @@
 //! Everything about one model: the GGUF file, its tokenizer and chat template, and the forward pass.
 mod attention;
-pub mod catalog;
 pub mod chat;
 pub mod config;
-pub mod fetch;
 pub mod gguf;
 pub mod kv_cache;
 pub mod math;

@@ -157,7 +157,7 @@ impl Common {
         }
         // A negative seed is a valid integer in OpenAI's schema: keep its bits.
         let seed = self.seed.map(|s| s as u64);
-        let base = seed.unwrap_or_else(crate::cli::ask::random_seed);
+        let base = seed.unwrap_or_else(crate::engine::sampler::random_seed);
         let samples = (0..n as u64)
             .map(|i| SamplingParams {
                 temperature,

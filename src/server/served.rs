@@ -4,7 +4,7 @@
 //! Requests name models only from these lists: a request can never make the server read a
 //! file, download a model or load one it was not started with.
 use super::errors::ApiError;
-use crate::engine::fetch;
+use crate::store::fetch;
 use crate::ensemble::config::{preset_names, WeightBy};
 use crate::ensemble::{AnswerKind, Ensemble, Member, Strategy};
 use anyhow::{bail, Context, Result};

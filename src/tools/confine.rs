@@ -1,6 +1,7 @@
-//! Confining a child process with what this machine allows, found once by trying it.
+//! Confining a child process: the layers a run may use (which of them this machine allows is
+//! found by `isolation`, which tries them).
 //!
-//! Layers, strongest first; each is used only if a probe run under it works:
+//! Layers, strongest first:
 //! - `userns`: a user namespace, for callers that are not root (it grants the rights that the
 //!   namespaces below need);
 //! - `netns`: a new network namespace holding only a downed loopback: no network at all;
@@ -12,18 +13,46 @@
 //! - `pids-cgroup`: one cgroup per run with `pids.max`, where the pids controller is writable;
 //!   it caps a fork bomb whoever the code runs as;
 //! - `rlimits`: CPU time, address space, file size, process count, no core files: always.
-use super::sandbox::{self, Limits, Status};
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::time::Duration;
 
 /// uid and gid of `nobody` on Debian and most Linux systems.
 pub(crate) const NOBODY: u32 = 65534;
+
+/// What one run may use.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock time.
+    pub timeout: Duration,
+    /// CPU time of each process (RLIMIT_CPU).
+    pub cpu_seconds: u64,
+    /// Address space of each process (RLIMIT_AS).
+    pub memory_mb: u64,
+    /// Bytes kept of stdout and of stderr; more stops the run.
+    pub max_output_bytes: usize,
+    /// Processes and threads at once.
+    pub max_processes: u64,
+    /// Largest file the code may write (RLIMIT_FSIZE).
+    pub file_size_mb: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            cpu_seconds: 10,
+            memory_mb: 512,
+            max_output_bytes: 1 << 20,
+            max_processes: 64,
+            file_size_mb: 16,
+        }
+    }
+}
 
 /// Which layers a run uses.
 #[derive(Debug, Clone, Default)]
@@ -34,31 +63,6 @@ pub(crate) struct Plan {
     /// The `unshare` binary that wraps the code in a PID namespace.
     pub unshare: Option<PathBuf>,
     pub nobody: bool,
-}
-
-/// One isolation layer, whether it is active here and, if not, why.
-#[derive(Debug, Clone, Serialize)]
-pub struct Layer {
-    pub name: &'static str,
-    pub active: bool,
-    pub note: String,
-}
-
-/// What the sandbox uses on this machine: the interpreter and the layers that work.
-#[derive(Debug)]
-pub struct Isolation {
-    pub(crate) plan: Plan,
-    pub python: PathBuf,
-    /// Where per-run pids cgroups are made, if the pids controller is writable.
-    pub cgroup: Option<PathBuf>,
-    pub layers: Vec<Layer>,
-}
-
-impl Isolation {
-    /// The active layers, e.g. "netns+ro-fs+pidns+nobody+pids-cgroup+rlimits".
-    pub fn label(&self) -> String {
-        label(&self.plan, self.cgroup.is_some())
-    }
 }
 
 /// The layers of a run, joined by "+".
@@ -74,196 +78,6 @@ pub(crate) fn label(plan: &Plan, cgroup: bool) -> String {
     ];
     let names: Vec<&str> = layers.iter().filter(|l| l.1).map(|l| l.0).collect();
     names.join("+")
-}
-
-/// The isolation this machine allows, probed on first use (a few short runs of Python).
-pub fn isolation() -> Result<&'static Isolation> {
-    static ISO: OnceLock<Result<Isolation, String>> = OnceLock::new();
-    ISO.get_or_init(|| probe().map_err(|e| format!("{e:#}")))
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-fn probe() -> Result<Isolation> {
-    let pythons = pythons()?;
-    let root = unsafe { libc::geteuid() } == 0;
-    let unshare = which("unshare");
-    let cgroup = pids_cgroup();
-    let full = Plan {
-        userns: !root,
-        netns: true,
-        readonly: true,
-        unshare: unshare.clone(),
-        nobody: root,
-    };
-    // Weaker plans in order; a root caller whose interpreter `nobody` cannot run (say under
-    // /root) falls back to running as root.
-    let mut plans = vec![
-        full.clone(),
-        Plan {
-            unshare: None,
-            ..full.clone()
-        },
-        Plan {
-            readonly: false,
-            unshare: None,
-            ..full.clone()
-        },
-        Plan {
-            userns: false,
-            nobody: root,
-            ..Plan::default()
-        },
-    ];
-    if root {
-        let as_root: Vec<Plan> = plans
-            .iter()
-            .map(|p| Plan {
-                nobody: false,
-                ..p.clone()
-            })
-            .collect();
-        plans.extend(as_root);
-    }
-    let mut tried = Vec::new();
-    for plan in &plans {
-        for py in &pythons {
-            let limits = Limits {
-                timeout: std::time::Duration::from_secs(20),
-                ..Limits::default()
-            };
-            match sandbox::run_with(plan, py, None, "print('ok')", None, &limits) {
-                Ok(o) if o.status == Status::Ok && o.stdout.trim() == "ok" => {
-                    let layers = layers(plan, &unshare, &cgroup, root);
-                    return Ok(Isolation {
-                        plan: plan.clone(),
-                        python: py.clone(),
-                        cgroup,
-                        layers,
-                    });
-                }
-                Ok(o) => tried.push(format!("{}: {}", py.display(), o.reason)),
-                Err(e) => tried.push(format!("{}: {e:#}", py.display())),
-            }
-        }
-    }
-    bail!(
-        "the sandbox cannot run Python here: {}",
-        tried.last().cloned().unwrap_or_default()
-    )
-}
-
-fn layers(
-    plan: &Plan,
-    unshare: &Option<PathBuf>,
-    cgroup: &Option<PathBuf>,
-    root: bool,
-) -> Vec<Layer> {
-    let layer = |name, active: bool, why: &str| Layer {
-        name,
-        active,
-        note: if active { String::new() } else { why.into() },
-    };
-    let ns_why = "the kernel refused the namespace (unprivileged user namespaces off?)";
-    vec![
-        layer(
-            "userns",
-            plan.userns,
-            if root {
-                "not needed: running as root"
-            } else {
-                ns_why
-            },
-        ),
-        layer("netns", plan.netns, ns_why),
-        layer("ro-fs", plan.readonly, ns_why),
-        layer(
-            "pidns",
-            plan.unshare.is_some(),
-            if unshare.is_none() {
-                "`unshare` (util-linux) not found on PATH"
-            } else {
-                "`unshare --pid` failed here"
-            },
-        ),
-        layer(
-            "nobody",
-            plan.nobody,
-            if root {
-                "no interpreter that uid 65534 can run: code runs as root"
-            } else {
-                "not needed: not running as root"
-            },
-        ),
-        layer(
-            "pids-cgroup",
-            cgroup.is_some(),
-            "no writable pids cgroup controller",
-        ),
-        layer("rlimits", true, ""),
-    ]
-}
-
-/// Interpreters to try: `$CONCLAVE_PYTHON` alone if set; else the real binary behind
-/// `python3` on PATH (which may be a pyenv shim that needs the caller's environment), then
-/// the system's.
-fn pythons() -> Result<Vec<PathBuf>> {
-    if let Some(p) = std::env::var_os("CONCLAVE_PYTHON").filter(|p| !p.is_empty()) {
-        return Ok(vec![PathBuf::from(p)]);
-    }
-    let mut out = Vec::new();
-    let real = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .stdin(std::process::Stdio::null())
-        .output();
-    if let Some(o) = real.ok().filter(|o| o.status.success()) {
-        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-        if p.is_file() {
-            out.push(p);
-        }
-    }
-    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
-        let p = PathBuf::from(p);
-        if p.is_file() && !out.contains(&p) {
-            out.push(p);
-        }
-    }
-    if out.is_empty() {
-        bail!("python3 not found: install Python 3 (e.g. `apt-get install python3`) or set CONCLAVE_PYTHON to an interpreter");
-    }
-    Ok(out)
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// A directory under which this process may make pids cgroups: cgroup v1's `pids`
-/// hierarchy, or cgroup v2's root when it delegates the pids controller.
-fn pids_cgroup() -> Option<PathBuf> {
-    let v1 = Path::new("/sys/fs/cgroup/pids");
-    let v2 = Path::new("/sys/fs/cgroup");
-    let v2_has_pids = std::fs::read_to_string(v2.join("cgroup.subtree_control"))
-        .is_ok_and(|s| s.split_whitespace().any(|c| c == "pids"));
-    let root = if v1.join("cgroup.procs").exists() {
-        v1
-    } else if v2_has_pids {
-        v2
-    } else {
-        return None;
-    };
-    let base = root.join("conclave");
-    let _ = std::fs::create_dir(&base);
-    if root == v2 {
-        // Children of `conclave` get pids.max only if it passes the controller down.
-        std::fs::write(base.join("cgroup.subtree_control"), "+pids").ok()?;
-    }
-    let probe = RunCgroup::create(&base, 1).ok()?;
-    drop(probe);
-    Some(base)
 }
 
 /// One run's pids cgroup; dropping it kills what is left inside and removes it.

@@ -4,10 +4,12 @@
 //! that run an agent's code or check its arithmetic refuse agents without the permission.
 pub mod calc;
 mod confine;
+mod isolation;
 pub mod sandbox;
 
-pub use confine::{isolation, Isolation, Layer};
-pub use sandbox::{run_python, Limits, Outcome, Status};
+pub use confine::Limits;
+pub use isolation::{isolation, run_python, Isolation, Layer};
+pub use sandbox::{Outcome, Status};
 
 use serde::{Deserialize, Serialize};
 

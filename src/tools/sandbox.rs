@@ -3,7 +3,7 @@
 //! Every run gets a fresh work dir (its cwd, HOME and TMPDIR, removed afterwards), an empty
 //! environment but for PATH, HOME, LANG and TMPDIR, limits on wall time, CPU time, memory,
 //! file size, processes and output, and on any limit its whole process tree is killed.
-use super::confine::{isolation, label, Confine, Plan, RunCgroup, NOBODY};
+use super::confine::{label, Confine, Limits, Plan, RunCgroup, NOBODY};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::io::{Read, Write};
@@ -13,36 +13,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// What one run may use.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Wall-clock time.
-    pub timeout: Duration,
-    /// CPU time of each process (RLIMIT_CPU).
-    pub cpu_seconds: u64,
-    /// Address space of each process (RLIMIT_AS).
-    pub memory_mb: u64,
-    /// Bytes kept of stdout and of stderr; more stops the run.
-    pub max_output_bytes: usize,
-    /// Processes and threads at once.
-    pub max_processes: u64,
-    /// Largest file the code may write (RLIMIT_FSIZE).
-    pub file_size_mb: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(10),
-            cpu_seconds: 10,
-            memory_mb: 512,
-            max_output_bytes: 1 << 20,
-            max_processes: 64,
-            file_size_mb: 16,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,19 +46,6 @@ impl Outcome {
     pub fn passed(&self) -> bool {
         self.status == Status::Ok
     }
-}
-
-/// Runs `code` as `main.py` with `python3` in the sandbox, `stdin` on its standard input.
-pub fn run_python(code: &str, stdin: Option<&str>, limits: &Limits) -> Result<Outcome> {
-    let iso = isolation()?;
-    run_with(
-        &iso.plan,
-        &iso.python,
-        iso.cgroup.as_deref(),
-        code,
-        stdin,
-        limits,
-    )
 }
 
 /// One run under `plan` (the probe uses this to try plans).

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 pub fn model_path(name: &str) -> PathBuf {
     static PULL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = PULL.lock().unwrap_or_else(|e| e.into_inner());
-    conclave::model::fetch::resolve(name, true).unwrap_or_else(|e| panic!("{e:#}"))
+    conclave::store::fetch::resolve(name, true).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-use conclave::engine::Model;
+use conclave::model::Model;
 use std::sync::OnceLock;
 
 /// The smallest model, loaded once per test binary and shared by its tests.

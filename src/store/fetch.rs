@@ -3,7 +3,7 @@
 //!
 //! Errors are built as single-line messages (not context chains) so the CLI can
 //! print them as one clear line whatever formatting it uses.
-use crate::model::catalog::{human_size, models_dir, Catalog, Entry, Package};
+use super::catalog::{human_size, models_dir, Catalog, Entry, Package};
 use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
