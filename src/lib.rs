@@ -3,7 +3,8 @@
 //! Data flows one way: `model` (GGUF, tokenizer, chat template, forward pass) → `engine`
 //! (sampling, batched generation, KV cache) → `ensemble` (agents, roles, aggregation) →
 //! front ends (`cli`, `server`, `bench`). `tools` (sandboxed Python, calculator) serves
-//! `ensemble` and the front ends.
+//! `ensemble` and the front ends. `wire` (OpenAI's JSON shapes) depends on nothing here; the
+//! server and the ensemble's remote members use it.
 pub mod bench;
 pub mod cli;
 pub mod engine;
@@ -11,3 +12,4 @@ pub mod ensemble;
 pub mod model;
 pub mod server;
 pub mod tools;
+pub mod wire;

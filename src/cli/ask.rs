@@ -1,4 +1,5 @@
 //! `conclave ask`: one model answers one prompt.
+use crate::engine::sampler::random_seed;
 use crate::engine::{self, Message, Prompt, Request, SamplingParams, DEFAULT_MODEL};
 use anyhow::Result;
 use serde_json::json;
@@ -116,12 +117,4 @@ pub fn run(args: AskArgs) -> Result<()> {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-pub fn random_seed() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
 }

@@ -1,5 +1,6 @@
 //! `conclave ask --config FILE | --agents N …`: an ensemble answers, and the trace shows why.
-use super::ask::{random_seed, AskArgs};
+use super::ask::AskArgs;
+use crate::engine::sampler::random_seed;
 use crate::engine::Engine;
 use crate::ensemble::config::Quick;
 use crate::ensemble::{AnswerKind, Ensemble, Runner, Strategy, Trace};

@@ -40,6 +40,16 @@ impl Default for SamplingParams {
     }
 }
 
+/// A seed for a run that was given none: the clock's nanoseconds mixed with the process id,
+/// so two runs started in the same instant by different processes still differ.
+pub fn random_seed() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
+}
+
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
