@@ -82,7 +82,7 @@ fn weighted_and_medoid_decide_from_the_trace() {
     ens.strategy = Strategy::Weighted;
     ens.answer = AnswerKind::Number;
     let t = run(&ens, "How many legs do 3 spiders have?");
-    let again = aggregate::weighted(&t.candidates(), aggregate::Weighting::LogProb);
+    let again = aggregate::weighted(&t.candidates(), aggregate::WeightBy::Logprob);
     assert_eq!((t.answer.clone(), t.winner), (again.answer, again.winner));
 
     ens.strategy = Strategy::Medoid;

@@ -1,4 +1,5 @@
 //! Ensembles as data: TOML files of members (agents or whole ensembles), a strategy and limits.
+use super::aggregate::WeightBy;
 use super::extract::AnswerKind;
 use crate::engine::SamplingParams;
 use crate::tools::Tool;
@@ -56,15 +57,6 @@ impl std::fmt::Display for Strategy {
         let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
         write!(f, "{}", v.as_str().unwrap_or_default())
     }
-}
-
-/// What a weighted vote weighs each vote by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum WeightBy {
-    #[default]
-    Logprob,
-    Weight,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,8 +5,8 @@
 //! file, download a model or load one it was not started with.
 use super::errors::ApiError;
 use crate::store::fetch;
-use crate::ensemble::config::{preset_names, WeightBy};
-use crate::ensemble::{AnswerKind, Ensemble, Member, Strategy};
+use crate::ensemble::config::preset_names;
+use crate::ensemble::{AnswerKind, Ensemble, Member, Strategy, WeightBy};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
