@@ -109,7 +109,7 @@ pub fn params(c: &Common) -> Result<Params, ApiError> {
 }
 
 fn refuse_unsupported(c: &Common) -> Result<(), ApiError> {
-    let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null() && v != &false);
+    let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null() && *v != false);
     for (name, value) in [
         ("logprobs", &c.logprobs),
         ("tools", &c.tools),
