@@ -1,8 +1,6 @@
 //! Generation on a real model: batched samples, streaming, limits.
 mod common;
-use conclave::engine::{
-    generate, Engine, Finish, Job, Message, Prompt, Request, SamplingParams,
-};
+use conclave::engine::{generate, Engine, Finish, Job, Message, Prompt, Request, SamplingParams};
 use std::sync::atomic::Ordering;
 
 fn prompt(text: &str) -> Vec<u32> {
