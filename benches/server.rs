@@ -27,7 +27,15 @@ impl Server {
             .expect("running conclave models pull");
         assert!(pulled.success(), "cannot pull {model}");
         let mut child = Command::new(bin)
-            .args(["serve", "--port", "0", "--max-queue", "8", "--models", model])
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--max-queue",
+                "8",
+                "--models",
+                model,
+            ])
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting conclave serve");
@@ -118,7 +126,11 @@ async fn load(client: &reqwest::Client, url: &str, model: &str) {
 async fn n8_against_8_requests(client: &reqwest::Client, url: &str, model: &str) {
     let prompt = "Write one sentence about the sea.";
     let t = Instant::now();
-    let one = body(model, prompt, json!({"n": 8, "max_tokens": TOKENS, "seed": 1}));
+    let one = body(
+        model,
+        prompt,
+        json!({"n": 8, "max_tokens": TOKENS, "seed": 1}),
+    );
     assert_eq!(post(client, url, &one).await.0, 200);
     let one = t.elapsed().as_secs_f64();
     let t = Instant::now();

@@ -78,7 +78,13 @@ fn council_preset_runs_end_to_end() {
     let synth = &t["judge"];
     let prompt = synth["prompt"].as_str().unwrap();
     for (i, a) in agents.iter().enumerate() {
-        let head: String = a["text"].as_str().unwrap().trim().chars().take(60).collect();
+        let head: String = a["text"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .chars()
+            .take(60)
+            .collect();
         let shown = format!("Response {}: {head}", i + 1);
         assert!(prompt.contains(&shown), "{shown:?} is not in {prompt}");
     }
@@ -91,8 +97,10 @@ fn mixed_preset_runs_three_models_and_weighs_their_votes() {
     let t = preset_trace("mixed", "What is 2 + 3? Answer with a number.");
     assert_eq!(t["strategy"], "weighted");
     let agents = t["agents"].as_array().unwrap();
-    let models: std::collections::BTreeSet<&str> =
-        agents.iter().map(|a| a["model"].as_str().unwrap()).collect();
+    let models: std::collections::BTreeSet<&str> = agents
+        .iter()
+        .map(|a| a["model"].as_str().unwrap())
+        .collect();
     assert_eq!(
         models.into_iter().collect::<Vec<_>>(),
         ["gemma3-270m", "qwen2.5-coder-0.5b", "smollm2-135m"]
@@ -112,9 +120,16 @@ fn mixed_preset_runs_three_models_and_weighs_their_votes() {
         votes.keys().collect::<Vec<_>>()
     );
     for (k, v) in &votes {
-        assert!((recorded[k] - v).abs() < 1e-4, "{k}: {} vs {v}", recorded[k]);
+        assert!(
+            (recorded[k] - v).abs() < 1e-4,
+            "{k}: {} vs {v}",
+            recorded[k]
+        );
     }
     let best = votes.values().cloned().fold(0.0, f64::max);
     let answer = t["answer"].as_str().expect("an answer");
-    assert!((votes[answer] - best).abs() < 1e-9, "{answer} has not the most: {votes:?}");
+    assert!(
+        (votes[answer] - best).abs() < 1e-9,
+        "{answer} has not the most: {votes:?}"
+    );
 }

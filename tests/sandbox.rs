@@ -223,8 +223,19 @@ fn the_callers_environment_secrets_are_not_visible() {
             .unwrap(),
     );
     let environ = format!("/proc/{}/environ", holder.0.id());
-    let host_view = String::from_utf8_lossy(&std::fs::read(&environ).unwrap()).into_owned();
-    assert!(host_view.contains(secret), "the host cannot see the holder's secret");
+    // Right after the spawn the holder may not have its own environment yet: wait for it.
+    let start = std::time::Instant::now();
+    let host_view = loop {
+        let v = String::from_utf8_lossy(&std::fs::read(&environ).unwrap()).into_owned();
+        if v.contains(secret) || start.elapsed() > Duration::from_secs(10) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        host_view.contains(secret),
+        "the host cannot see the holder's secret: {host_view:?}"
+    );
     let code = format!(
         "import os, glob\n\
          print(os.environ.get('CONCLAVE_TEST_SECRET'))\n\

@@ -595,7 +595,12 @@ async fn a_client_that_disconnects_cancels_its_generation() {
     }
     assert!(after > before, "the cancelled-jobs metric did not rise");
     assert_eq!(after, before + 1.0, "one job cancelled, no other");
-    let (s, v) = post(url, "/v1/chat/completions", &ask("hi", json!({"max_tokens": 2}))).await;
+    let (s, v) = post(
+        url,
+        "/v1/chat/completions",
+        &ask("hi", json!({"max_tokens": 2})),
+    )
+    .await;
     assert_eq!(s, 200, "the server still serves: {v}");
     let completed = metric(
         url,
@@ -995,9 +1000,7 @@ impl FakeServer {
     /// The gaps between the requests that came, in seconds.
     fn gaps(&self) -> Vec<f64> {
         let a = self.arrivals.lock().unwrap();
-        a.windows(2)
-            .map(|w| (w[1] - w[0]).as_secs_f64())
-            .collect()
+        a.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect()
     }
 }
 
@@ -1011,8 +1014,8 @@ fn remote_members_retry_timeouts_429_and_5xx_with_backoff() {
         "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
     })
     .to_string();
-    let busy = json!({"error": {"message": "busy", "type": "x", "param": null, "code": null}})
-        .to_string();
+    let busy =
+        json!({"error": {"message": "busy", "type": "x", "param": null, "code": null}}).to_string();
     // Too slow for the member's 0.5 s timeout, then 429, then 503, then the answer.
     let flaky = FakeServer::start(vec![
         (3.0, 200, answer.clone()),
@@ -1038,7 +1041,11 @@ role = "skeptic"
     );
     let ens = Ensemble::from_toml(&text, Path::new(".")).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let t = rt.block_on(async { Runner::new(Engine::start()).run(&ens, "What is 6 + 7?").await });
+    let t = rt.block_on(async {
+        Runner::new(Engine::start())
+            .run(&ens, "What is 6 + 7?")
+            .await
+    });
     let t = t.unwrap();
     let ok = &t.agents[0];
     assert!(ok.error.is_none(), "{ok:?}");

@@ -297,39 +297,44 @@ mod tests {
         assert!(failed && ran, "no job ran on the pool after the failed one");
     }
 
-    /// After a pause long enough for the helpers to sleep, a job wakes one: its tasks run on
-    /// two threads. Each task waits (boundedly) until tasks have run on two threads, so the
-    /// caller cannot finish the job alone before a helper wakes.
+    /// Once every helper sleeps, a job wakes one: its tasks run on two threads. Each task
+    /// waits (boundedly) until tasks have run on two threads, so the caller cannot finish the
+    /// job alone before a helper wakes.
     #[test]
     fn a_sleeping_helper_wakes_for_the_next_job() {
-        if rayon::current_num_threads() == 1 {
+        let Some(pool) = pool() else {
             return;
-        }
+        };
+        let helpers = rayon::current_num_threads() - 1;
         let start = Instant::now();
+        let in_time = || start.elapsed() < Duration::from_secs(20);
         // Other tests hold the pool now and then: a declined job is tried again.
         loop {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the pool was never free"
-            );
-            std::thread::sleep(SLEEP_AFTER * 3);
+            // Wait until all helpers sleep: only a job's wake-up can get them going again.
+            while pool.shared.sleeping.load(Ordering::SeqCst) < helpers {
+                assert!(in_time(), "the helpers never slept");
+                std::thread::sleep(SLEEP_AFTER);
+            }
             let threads = Mutex::new(std::collections::HashSet::new());
             let sum = AtomicUsize::new(0);
+            let deadline = Instant::now() + Duration::from_secs(5);
             let ran = run(10, &|i| {
                 threads.lock().unwrap().insert(std::thread::current().id());
-                let wait = Instant::now();
-                while threads.lock().unwrap().len() < 2 && wait.elapsed() < Duration::from_secs(5)
-                {
+                while threads.lock().unwrap().len() < 2 && Instant::now() < deadline {
                     std::thread::yield_now();
                 }
                 sum.fetch_add(i, Ordering::Relaxed);
             });
             if !ran {
+                assert!(in_time(), "the pool was never free");
                 continue;
             }
             assert_eq!(sum.load(Ordering::Relaxed), 45, "every task ran once");
             let threads = threads.lock().unwrap().len();
-            assert!(threads >= 2, "no helper woke: the tasks ran on {threads} thread");
+            assert!(
+                threads >= 2,
+                "no helper woke: the tasks ran on {threads} thread"
+            );
             break;
         }
     }
