@@ -460,9 +460,10 @@ mod tests {
             KvCache::new(1, 2, 2, 4, 64, &dev).unwrap(),
             KvCache::new(1, 2, 2, 4, 64, &dev).unwrap(),
         );
+        let before = random(2, 3);
         for c in [&mut a, &mut b] {
             c.reserve(3).unwrap();
-            c.append(0, &random(2, 3), &random(2, 3)).unwrap();
+            c.append(0, &before, &before).unwrap();
             c.advance(3);
         }
         // [2, 3, 2, 4] values, 1/3 apart: most need rounding to f16.

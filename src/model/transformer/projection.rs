@@ -71,7 +71,12 @@ impl Proj {
 /// rows, then cost neither a fresh zeroed buffer nor a copy). Where our kernel takes every
 /// weight it does them all in one call (`qmatmul::matmul_many`): a layer's q, k and v cost
 /// one wake-up of the thread pool.
-pub(super) fn mul_rows(ws: &[&Proj], x: &[f32], in_dim: usize, outs: &mut [Vec<f32>]) -> Result<()> {
+pub(super) fn mul_rows(
+    ws: &[&Proj],
+    x: &[f32],
+    in_dim: usize,
+    outs: &mut [Vec<f32>],
+) -> Result<()> {
     let rows = x.len() / in_dim;
     if ws.iter().all(|w| w.ours(rows)) {
         return with_weights(ws, |weights| {
