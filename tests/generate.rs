@@ -28,7 +28,9 @@ fn generate(mut job: Job, stream: bool) -> (Output, Vec<String>) {
     let mut streamed = vec![String::new(); job.samples.len()];
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     job.stream = stream.then_some(tx);
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let out = rt.block_on(Engine::start().generate(job)).unwrap();
     while let Ok((i, piece)) = rx.try_recv() {
         streamed[i].push_str(&piece);
@@ -75,7 +77,11 @@ fn a_sample_in_a_batch_equals_the_same_sample_alone() {
 #[test]
 fn max_tokens_and_eos_finish_reasons() {
     let (out, _) = generate(
-        job("Write a long story about a dragon.", 5, vec![sampling(0.0, 0)]),
+        job(
+            "Write a long story about a dragon.",
+            5,
+            vec![sampling(0.0, 0)],
+        ),
         false,
     );
     assert_eq!(out.completions[0].finish, Finish::Length);
