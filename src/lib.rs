@@ -4,7 +4,8 @@
 //! (sampling, batched generation, KV cache) → `ensemble` (agents, roles, aggregation) →
 //! front ends (`cli`, `server`, `bench`). `tools` (sandboxed Python, calculator) serves
 //! `ensemble` and the front ends. `store` (the catalog, fetching models) serves `engine` and
-//! the front ends that manage models.
+//! the front ends that manage models. `wire` (OpenAI's JSON shapes) depends on nothing here;
+//! the server and the ensemble's remote members use it.
 pub mod bench;
 pub mod cli;
 pub mod engine;
@@ -13,3 +14,4 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod tools;
+pub mod wire;

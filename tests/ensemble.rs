@@ -1,7 +1,7 @@
 //! Ensembles on a real model (smollm2-135m): every strategy runs, and every decision can be
 //! recomputed from its trace.
 mod common;
-use conclave::engine::Engine;
+use conclave::engine::{Engine, Finish};
 use conclave::ensemble::aggregate;
 use conclave::ensemble::{AnswerKind, Ensemble, Runner, Strategy, Trace};
 use std::path::Path;
@@ -34,6 +34,21 @@ temperature = 0.9
 count = 4
 "#;
 
+/// The candidates of a trace read back from its JSON.
+fn candidates_in(trace: &serde_json::Value) -> Vec<aggregate::Candidate> {
+    trace["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| aggregate::Candidate {
+            text: a["text"].as_str().unwrap().to_string(),
+            extracted: a["extracted"].as_str().map(String::from),
+            logprob_mean: a["logprob_mean"].as_f64().unwrap() as f32,
+            weight: a["weight"].as_f64().unwrap() as f32,
+        })
+        .collect()
+}
+
 #[test]
 fn vote_preset_runs_and_the_trace_recomputes_the_winner() {
     let mut ens = Ensemble::load("vote8").unwrap();
@@ -42,12 +57,16 @@ fn vote_preset_runs_and_the_trace_recomputes_the_winner() {
     assert_eq!(t.agents.len(), 8);
     let seeds: std::collections::HashSet<u64> = t.agents.iter().map(|a| a.seed).collect();
     assert_eq!(seeds.len(), 8, "every agent has its own seed");
-    // Recompute from the JSON form, as a user of --trace would.
-    let json: serde_json::Value = serde_json::to_value(&t).unwrap();
-    let again = aggregate::vote(&t.candidates());
-    assert_eq!(json["answer"].as_str().map(String::from), again.answer);
-    assert_eq!(t.winner, again.winner);
-    let counted: f64 = t.votes.values().sum();
+    // Recompute the decision from the trace file alone, as a user of --trace would.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    serde_json::to_writer(file.as_file(), &t).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file.path()).unwrap()).unwrap();
+    let recorded: aggregate::Decision = serde_json::from_value(json.clone()).unwrap();
+    let again = aggregate::vote(&candidates_in(&json));
+    assert_eq!(recorded, again);
+    assert!(recorded.answer.is_some(), "{json}");
+    let counted: f64 = recorded.votes.values().sum();
     assert_eq!(
         counted as usize,
         t.agents.iter().filter(|a| a.extracted.is_some()).count()
@@ -63,7 +82,7 @@ fn weighted_and_medoid_decide_from_the_trace() {
     ens.strategy = Strategy::Weighted;
     ens.answer = AnswerKind::Number;
     let t = run(&ens, "How many legs do 3 spiders have?");
-    let again = aggregate::weighted(&t.candidates(), aggregate::Weighting::LogProb);
+    let again = aggregate::weighted(&t.candidates(), aggregate::WeightBy::Logprob);
     assert_eq!((t.answer.clone(), t.winner), (again.answer, again.winner));
 
     ens.strategy = Strategy::Medoid;
@@ -109,10 +128,19 @@ fn fuse_synthesizes_and_debate_keeps_every_round() {
         "round one is kept, round two is `agents`"
     );
     assert_eq!(t.rounds[0].len(), 4);
-    assert_ne!(
-        t.rounds[0][0].text, t.agents[0].text,
-        "agents revised after reading the others"
-    );
+    // Round two's prompt is the question with every round-one answer in it.
+    assert_eq!(t.prompts.len(), 2, "{:?}", t.prompts);
+    assert_eq!(t.prompts[0], "What is 7 times 6?");
+    let second = &t.prompts[1];
+    assert!(second.starts_with("What is 7 times 6?"), "{second}");
+    for (i, a) in t.rounds[0].iter().enumerate() {
+        let answer = a.text.trim();
+        let head: String = answer.chars().take(80).collect();
+        assert!(
+            second.contains(&format!("Agent {}: {head}", i + 1)),
+            "agent {i}'s answer is not in round two's prompt:\n{second}"
+        );
+    }
     assert_eq!(t.winner, aggregate::vote(&t.candidates()).winner);
 }
 
@@ -146,4 +174,49 @@ fn nested_ensemble_runs_within_the_shared_token_budget() {
         "budget exceeded: {}",
         t.usage.completion_tokens
     );
+}
+
+/// A budget smaller than the ensemble would spend cuts it: the first batch gets an equal
+/// share and stops at it, the next finds the budget spent and does not run.
+#[test]
+fn a_token_budget_cuts_the_run_short() {
+    let ens = toml(
+        r#"
+        strategy = "vote"
+        answer = "text"
+        max_tokens = 64
+        token_budget = 40
+
+        [[member]]
+        model = "smollm2-135m"
+        role = "solver"
+        temperature = 0.9
+        count = 4
+
+        [[member]]
+        model = "smollm2-135m"
+        role = "concise"
+        count = 2
+        "#,
+    );
+    let t = run(&ens, "Write a long story about a dragon.");
+    assert_eq!(t.agents.len(), 6);
+    for a in &t.agents[..4] {
+        assert_eq!(
+            (a.tokens, a.finish),
+            (10, Some(Finish::Length)),
+            "40 tokens over 4 agents: {a:?}"
+        );
+    }
+    for a in &t.agents[4..] {
+        assert_eq!((a.tokens, a.text.as_str()), (0, ""), "{a:?}");
+    }
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| n.contains("token budget spent: 2 agent(s)")),
+        "{:?}",
+        t.notes
+    );
+    assert_eq!(t.usage.completion_tokens, 40);
 }

@@ -2,7 +2,8 @@
 
 Run by tests/server.rs (`the_openai_python_client_works`), which starts the servers and sets
 CONCLAVE_URL, CONCLAVE_BUSY_URL (a server with --max-queue 1), CONCLAVE_KEY and
-CONCLAVE_METRICS_URL. Needs `python3 -m pip install openai prometheus-client`.
+CONCLAVE_METRICS_URL, with the Python of the virtual environment it makes under target/tmp
+(tests/common/mod.rs, `python_with_openai`), where `openai` and `prometheus-client` are installed.
 """
 import os
 import sys
@@ -13,8 +14,8 @@ try:
     import openai
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 except ImportError as e:
-    sys.exit(f"{e}: install the test dependencies with "
-             "`python3 -m pip install openai prometheus-client`")
+    sys.exit(f"{e}: run this through `cargo test --release --test server`, which makes a "
+             "virtual environment with openai and prometheus-client under target/tmp")
 
 URL = os.environ["CONCLAVE_URL"]
 BUSY_URL = os.environ["CONCLAVE_BUSY_URL"]

@@ -8,10 +8,9 @@
 //! unbiased estimator of Chen et al. 2021 ("Evaluating Large Language Models Trained on
 //! Code", eq. 1), which is the mean over all n-subsets that the trials estimate.
 use super::store::{Check, Record, Sample};
-use crate::ensemble::aggregate::{self, Candidate, Decision, Weighting};
-use crate::ensemble::config::WeightBy;
-use crate::ensemble::verify::{self, Verdict};
-use crate::ensemble::Strategy;
+use crate::ensemble::aggregate::{self, Candidate};
+use crate::ensemble::decide::{decide, Ballot, Rule};
+use crate::ensemble::Verdict;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -31,61 +30,37 @@ pub struct Row {
     pub seconds_per_item: Option<f64>,
 }
 
-/// How the strategy of a sub-sampled series decides.
-#[derive(Debug, Clone, Copy)]
-pub struct Rule {
-    pub strategy: Strategy,
-    pub weight_by: WeightBy,
+/// Whether `rule`'s decision over these samples is correct: the winning candidate's answer
+/// is scored (equal answers score alike). `sim`, when given, holds the samples' pairwise
+/// similarities (medoid reads them).
+pub fn correct(rule: Rule, samples: &[&Sample], sim: Option<&[Vec<f64>]>) -> bool {
+    let cands: Vec<Candidate> = samples.iter().map(|s| candidate(s)).collect();
+    let verdicts: Vec<Option<Verdict>> = samples
+        .iter()
+        .map(|s| s.check.as_ref().map(verdict))
+        .collect();
+    let ballot = Ballot {
+        cands: &cands,
+        verdicts: &verdicts,
+        similarity: sim,
+    };
+    decide(rule, ballot)
+        .0
+        .winner
+        .is_some_and(|w| samples[w].correct)
 }
 
-impl Rule {
-    fn decide(self, samples: &[&Sample]) -> Decision {
-        let cands: Vec<Candidate> = samples.iter().map(|s| candidate(s)).collect();
-        match self.strategy {
-            Strategy::Weighted => aggregate::weighted(
-                &cands,
-                match self.weight_by {
-                    WeightBy::Logprob => Weighting::LogProb,
-                    WeightBy::Weight => Weighting::Weight,
-                },
-            ),
-            Strategy::Medoid => aggregate::medoid(&cands),
-            Strategy::ExecVote => {
-                let verdicts: Vec<Option<Verdict>> = samples
-                    .iter()
-                    .map(|s| s.check.as_ref().map(verdict))
-                    .collect();
-                verify::exec_vote(&cands, &verdicts).0
-            }
-            _ => aggregate::vote(&cands),
-        }
-    }
-
-    /// Whether the strategy's decision over these samples is correct: the winning
-    /// candidate's answer is scored (equal answers score alike).
-    pub fn correct(self, samples: &[&Sample]) -> bool {
-        self.decide(samples)
-            .winner
-            .is_some_and(|w| samples[w].correct)
-    }
-
-    /// `correct` for the subset `picked` of `all`; `sim` (medoid only) holds the
-    /// similarities of all of `all`, computed once for every subset.
-    fn correct_in(self, all: &[Sample], picked: &[usize], sim: Option<&[Vec<f64>]>) -> bool {
-        let samples: Vec<&Sample> = picked.iter().map(|&i| &all[i]).collect();
-        let decision = match sim {
-            Some(sim) => {
-                let cands: Vec<Candidate> = samples.iter().map(|s| candidate(s)).collect();
-                let sub: Vec<Vec<f64>> = picked
-                    .iter()
-                    .map(|&i| picked.iter().map(|&j| sim[i][j]).collect())
-                    .collect();
-                aggregate::medoid_with(&cands, &sub)
-            }
-            None => self.decide(&samples),
-        };
-        decision.winner.is_some_and(|w| samples[w].correct)
-    }
+/// `correct` for the subset `picked` of `all`; `sim` (medoid only) holds the similarities
+/// of all of `all`, computed once for every subset.
+fn correct_in(rule: Rule, all: &[Sample], picked: &[usize], sim: Option<&[Vec<f64>]>) -> bool {
+    let samples: Vec<&Sample> = picked.iter().map(|&i| &all[i]).collect();
+    let sub: Option<Vec<Vec<f64>>> = sim.map(|sim| {
+        picked
+            .iter()
+            .map(|&i| picked.iter().map(|&j| sim[i][j]).collect())
+            .collect()
+    });
+    correct(rule, &samples, sub.as_deref())
 }
 
 /// A stored check as the verdict `exec_vote` groups by.
@@ -131,13 +106,13 @@ pub fn subsampled(
                     (0..trials.max(1)).map(|_| subset(k, n, &mut rng)).collect()
                 };
                 // Medoid's pairwise similarities are the same in every subset: once per item.
-                let sim = (rule.strategy == Strategy::Medoid).then(|| {
+                let sim = (rule == Rule::Medoid).then(|| {
                     let all: Vec<Candidate> = r.samples.iter().map(candidate).collect();
                     aggregate::similarities(&all)
                 });
                 let wins = subsets
                     .iter()
-                    .filter(|s| rule.correct_in(&r.samples, s, sim.as_deref()))
+                    .filter(|s| correct_in(rule, &r.samples, s, sim.as_deref()))
                     .count();
                 acc.push(wins as f64 / subsets.len() as f64);
                 let c = r.samples.iter().filter(|s| s.correct).count();
@@ -324,11 +299,7 @@ mod tests {
             run: 1,
             written: 0.0,
         };
-        let rule = Rule {
-            strategy: Strategy::Vote,
-            weight_by: WeightBy::Logprob,
-        };
-        let rows = subsampled(&[&rec], rule, &[1, 2, 5], 2000, 1);
+        let rows = subsampled(&[&rec], Rule::Vote, &[1, 2, 5], 2000, 1);
         // n = 1: a random sample is right 3/5 of the time.
         assert!((rows[0].accuracy - 0.6).abs() < 0.05, "{rows:?}");
         // n = 5: 7 wins 3-2.
@@ -355,23 +326,20 @@ mod tests {
         let samples: Vec<Sample> = texts.iter().map(|&(t, c)| sample(t, c)).collect();
         let all: Vec<Candidate> = samples.iter().map(candidate).collect();
         let sim = aggregate::similarities(&all);
-        let rule = Rule {
-            strategy: Strategy::Medoid,
-            weight_by: WeightBy::Logprob,
-        };
+        let rule = Rule::Medoid;
         let mut differing = 0;
         for mask in 1u32..(1 << samples.len()) {
             let picked: Vec<usize> = (0..samples.len())
                 .filter(|i| mask & (1 << i) != 0)
                 .collect();
             let fresh: Vec<&Sample> = picked.iter().map(|&i| &samples[i]).collect();
-            let want = rule.correct(&fresh);
+            let want = correct(rule, &fresh, None);
             assert_eq!(
-                rule.correct_in(&samples, &picked, Some(&sim)),
+                correct_in(rule, &samples, &picked, Some(&sim)),
                 want,
                 "{picked:?}"
             );
-            differing += usize::from(want != rule.correct(&fresh[..1]));
+            differing += usize::from(want != correct(rule, &fresh[..1], None));
         }
         assert!(differing > 0, "the subsets must not all decide alike");
     }
@@ -394,12 +362,8 @@ mod tests {
             checked("b", true, true),
         ];
         let all: Vec<&Sample> = samples.iter().collect();
-        let rule = |strategy| Rule {
-            strategy,
-            weight_by: WeightBy::Logprob,
-        };
-        assert!(!rule(Strategy::Vote).correct(&all));
-        assert!(rule(Strategy::ExecVote).correct(&all));
+        assert!(!correct(Rule::Vote, &all, None));
+        assert!(correct(Rule::ExecVote, &all, None));
         // Unchecked samples are grouped by answer, as a vote would.
         let bare: Vec<Sample> = samples
             .iter()
@@ -408,6 +372,10 @@ mod tests {
                 ..s.clone()
             })
             .collect();
-        assert!(!rule(Strategy::ExecVote).correct(&bare.iter().collect::<Vec<_>>()));
+        assert!(!correct(
+            Rule::ExecVote,
+            &bare.iter().collect::<Vec<_>>(),
+            None
+        ));
     }
 }

@@ -202,7 +202,7 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
     }
     let mut out = Vec::new();
     for s in series {
-        if s.decided {
+        if s.decided() {
             out.push(s);
             continue;
         }
@@ -219,21 +219,24 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
 }
 
 fn summarize(s: &Series, recs: &[&Record], sizes: &[usize], opts: &Options) -> SeriesSummary {
-    let (rows, method) = if s.decided {
-        let runs = s.runs(sizes);
-        let how = if runs == sizes {
-            "run at each size".to_string()
-        } else {
-            format!("run at size {}", runs[0])
-        };
-        (accuracy::decided(recs, &runs), how)
-    } else {
-        let rows = accuracy::subsampled(recs, s.rule(), sizes, opts.trials, opts.seed);
-        let how = match &s.shares {
-            Some(src) => format!("sub-sampled from {src}"),
-            None => "sub-sampled".to_string(),
-        };
-        (rows, how)
+    let (rows, method) = match s.rule {
+        None => {
+            let runs = s.runs(sizes);
+            let how = if runs == sizes {
+                "run at each size".to_string()
+            } else {
+                format!("run at size {}", runs[0])
+            };
+            (accuracy::decided(recs, &runs), how)
+        }
+        Some(rule) => {
+            let rows = accuracy::subsampled(recs, rule, sizes, opts.trials, opts.seed);
+            let how = match &s.shares {
+                Some(src) => format!("sub-sampled from {src}"),
+                None => "sub-sampled".to_string(),
+            };
+            (rows, how)
+        }
     };
     let tokens: usize = recs.iter().map(|r| r.tokens).sum();
     let seconds: f64 = recs.iter().map(|r| r.seconds).sum();
@@ -241,7 +244,7 @@ fn summarize(s: &Series, recs: &[&Record], sizes: &[usize], opts: &Options) -> S
         name: s.name.clone(),
         strategy: s.ens.strategy.to_string(),
         method,
-        samples: if s.decided { 0 } else { s.samples(sizes) },
+        samples: if s.decided() { 0 } else { s.samples(sizes) },
         items: recs.len(),
         completion_tokens: tokens,
         wall_seconds: seconds,

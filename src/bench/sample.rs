@@ -4,14 +4,14 @@
 //! role, which `Runner` sends to the engine as one job of K samples: one prefill, one batch.
 //! A `--config` file is run as written, its members cycled (with fresh seeds) up to the size
 //! asked for.
-use super::accuracy::Rule;
 use super::code;
 use super::dataset::{Gold, Item, Task};
 use super::store::{Check, Decided, Record, Sample};
 use crate::ensemble::config::Quick;
+use crate::ensemble::decide::{plan, Plan, Rule};
 use crate::ensemble::verify;
 use crate::ensemble::{AgentTrace, AnswerKind, Ensemble, Member, Runner, Strategy, Verifier};
-use anyhow::{ensure, Result};
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
@@ -19,10 +19,10 @@ use std::collections::HashMap;
 pub struct Series {
     pub name: String,
     pub ens: Ensemble,
-    /// The ensemble decides itself: judge, fuse and debate need a model to decide, so they
-    /// run at every size; refine goes in rounds and runs once, at its own size. Otherwise
-    /// the largest size runs once and smaller ones are sub-sampled.
-    pub decided: bool,
+    /// The rule smaller sizes are decided by, sub-sampled from the samples of one run at the
+    /// largest size. None: the ensemble decides itself (judge and fuse need a model to decide,
+    /// debate and refine go in rounds), so it runs at every size, or refine once, at its own.
+    pub rule: Option<Rule>,
     /// The series whose stored samples this one decides on, by its own strategy (see
     /// [`Series::deciding`]); none for a series that generates its own.
     pub shares: Option<String>,
@@ -52,7 +52,7 @@ impl Series {
         Ok(Self {
             name: model.to_string(),
             ens,
-            decided: false,
+            rule: Some(Rule::Vote),
             shares: None,
         })
     }
@@ -70,14 +70,10 @@ impl Series {
         if let Some(m) = max_tokens {
             ens.max_tokens = m;
         }
-        let decided = matches!(
-            ens.strategy,
-            Strategy::Judge | Strategy::Fuse | Strategy::Debate | Strategy::Refine
-        );
         Ok(Self {
             name: ens.name.clone(),
+            rule: plan(&ens).rule(),
             ens,
-            decided,
             shares: None,
         })
     }
@@ -86,35 +82,32 @@ impl Series {
     /// `shares` (none: it generates them). Every strategy is then scored on the very same
     /// replies, which are generated once.
     pub fn deciding(&self, strategy: Strategy, shares: Option<String>) -> Result<Self> {
-        ensure!(
-            matches!(
-                strategy,
-                Strategy::Vote | Strategy::Weighted | Strategy::Medoid | Strategy::ExecVote
-            ),
-            "--strategies takes strategies decided from stored samples (vote, weighted, medoid, \
-             exec-vote), not `{strategy}`; give a config with that strategy instead"
-        );
+        let ens = Ensemble {
+            strategy,
+            ..self.ens.clone()
+        };
+        let rule = plan(&ens).rule().with_context(|| {
+            format!(
+                "--strategies takes strategies decided from stored samples (vote, weighted, \
+                 medoid, exec-vote), not `{strategy}`; give a config with that strategy instead"
+            )
+        })?;
         Ok(Self {
             name: format!("{} · {strategy}", self.name),
-            ens: Ensemble {
-                strategy,
-                ..self.ens.clone()
-            },
-            decided: false,
+            ens,
+            rule: Some(rule),
             shares,
         })
+    }
+
+    /// Whether the ensemble decides itself at each size it runs (see `rule`).
+    pub fn decided(&self) -> bool {
+        self.rule.is_none()
     }
 
     /// A digest of everything that shapes the samples: models, roles, seeds, limits.
     pub fn digest(&self) -> String {
         format!("{:x}", Sha256::digest(format!("{:?}", self.ens).as_bytes()))
-    }
-
-    pub fn rule(&self) -> Rule {
-        Rule {
-            strategy: self.ens.strategy,
-            weight_by: self.ens.weight_by,
-        }
     }
 
     /// How many samples a sub-sampled series stores per item: the largest size, or all the
@@ -126,10 +119,10 @@ impl Series {
 
     /// The sizes the ensemble runs at for each item.
     pub fn runs(&self, sizes: &[usize]) -> Vec<usize> {
-        match (self.decided, self.ens.strategy) {
-            (true, Strategy::Refine) => vec![self.ens.members.len()],
-            (true, _) => sizes.to_vec(),
-            (false, _) => vec![self.samples(sizes)],
+        match (self.rule, plan(&self.ens)) {
+            (Some(_), _) => vec![self.samples(sizes)],
+            (None, Plan::Check { .. }) => vec![self.ens.members.len()],
+            (None, Plan::Answer { .. }) => sizes.to_vec(),
         }
     }
 }
@@ -199,7 +192,7 @@ pub async fn record(
     };
     for n in series.runs(sizes) {
         let ens = sized(&series.ens, n, index);
-        let checked = matches!(ens.strategy, Strategy::ExecVote | Strategy::Refine);
+        let checked = matches!(plan(&ens), Plan::Check { .. });
         let t = match &verifier {
             Some(v) if checked => runner.run_verified(&ens, &item.prompt, v).await?,
             _ => runner.run(&ens, &item.prompt).await?,
@@ -212,7 +205,7 @@ pub async fn record(
         rec.prompt_tokens += t.usage.prompt_tokens;
         rec.tokens += t.usage.completion_tokens;
         rec.seconds += t.seconds;
-        if series.decided {
+        if series.decided() {
             rec.decided.push(Decided {
                 n,
                 correct: scorer.score(t.answer.as_deref())?,
@@ -220,8 +213,7 @@ pub async fn record(
                 tokens: t.usage.completion_tokens,
                 seconds: t.seconds,
                 samples,
-                rounds: (!t.rounds.is_empty() || t.strategy == Strategy::Refine)
-                    .then_some(t.rounds.len() + 1),
+                rounds: (!t.rounds.is_empty() || checked).then_some(t.rounds.len() + 1),
             });
         } else {
             for a in samples.iter().filter_map(|s| s.extracted.clone()) {
@@ -335,12 +327,12 @@ mod tests {
     fn series_from_a_model_and_from_a_config() {
         let s = Series::model("m", Task::Gsm8k, 0.7, 64, 4, 1).unwrap();
         assert_eq!(
-            (s.ens.members.len(), s.decided, s.samples(&[1, 2, 4])),
+            (s.ens.members.len(), s.decided(), s.samples(&[1, 2, 4])),
             (4, false, 4)
         );
         assert_eq!(s.ens.agents()[0].role.name, "solver");
         let j = Series::config("judged", Task::Text, Some(9), None).unwrap();
-        assert!(j.decided && j.ens.max_tokens == 9);
+        assert!(j.decided() && j.ens.max_tokens == 9);
         let v = Series::config("vote8", Task::Gsm8k, None, None).unwrap();
         assert_eq!(v.samples(&[1, 2, 4]), 8, "all eight members are sampled");
         assert_ne!(

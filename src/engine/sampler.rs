@@ -55,7 +55,8 @@ impl Default for SamplingParams {
     }
 }
 
-/// A seed for callers that were given none: different from run to run and process to process.
+/// A seed for a run that was given none: the clock's nanoseconds mixed with the process id,
+/// so two runs started in the same instant by different processes still differ.
 pub fn random_seed() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     let t = SystemTime::now()

@@ -90,6 +90,8 @@ pub struct Stats {
     pub running: AtomicUsize,
     /// Jobs dropped because their caller went away.
     pub cancelled: AtomicU64,
+    /// Prompts prefilled: one per job, however many samples it has (they share it).
+    pub prefills: AtomicU64,
 }
 
 impl Engine {
@@ -163,7 +165,7 @@ fn serve(rx: mpsc::Receiver<Envelope>, stats: &Stats) {
             }
             let key = next_key;
             next_key += 1;
-            let joined = start(&mut models, &job).and_then(|(generation, cache)| {
+            let joined = start(&mut models, &job, stats).and_then(|(generation, cache)| {
                 if let Some(cache) = cache {
                     let batch = batches.entry(job.model.clone()).or_default();
                     batch.join(key, generation.active(), cache)?;
@@ -264,7 +266,11 @@ fn step(model: &Model, batch: &mut Batch, flight: &mut HashMap<u64, InFlight>) -
 }
 
 /// Loads the model if needed, renders the prompt and prefills it.
-fn start(models: &mut HashMap<String, Model>, job: &Job) -> Result<(Generation, Option<KvCache>)> {
+fn start(
+    models: &mut HashMap<String, Model>,
+    job: &Job,
+    stats: &Stats,
+) -> Result<(Generation, Option<KvCache>)> {
     if !models.contains_key(&job.model) {
         let model = load(&job.model)?;
         models.insert(job.model.clone(), model);
@@ -280,7 +286,9 @@ fn start(models: &mut HashMap<String, Model>, job: &Job) -> Result<(Generation, 
         samples: job.samples.clone(),
         ignore_eos: job.ignore_eos,
     };
-    Generation::start(model, req, &mut forward(&job.stream))
+    let started = Generation::start(model, req, &mut forward(&job.stream))?;
+    stats.prefills.fetch_add(1, Ordering::SeqCst);
+    Ok(started)
 }
 
 /// A text callback that forwards pieces to the job's stream, if it has one. A receiver that

@@ -22,7 +22,7 @@ pub struct Candidate {
     pub extracted: Option<String>,
     /// Mean log-probability of the reply's generated tokens (≤ 0).
     pub logprob_mean: f32,
-    /// A per-agent weight for [`Weighting::Weight`] (e.g. model size or past accuracy).
+    /// A per-agent weight for [`WeightBy::Weight`] (e.g. model size or past accuracy).
     pub weight: f32,
 }
 
@@ -53,11 +53,13 @@ impl Decision {
     }
 }
 
-/// What one vote counts in [`weighted`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Weighting {
+/// What one vote counts in [`weighted`] (`weight_by` in an ensemble file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightBy {
     /// `exp(logprob_mean)`: the geometric-mean token probability, in (0, 1].
-    LogProb,
+    #[default]
+    Logprob,
     /// The candidate's `weight` field.
     Weight,
 }
@@ -96,14 +98,14 @@ pub fn vote(cands: &[Candidate]) -> Decision {
 
 /// Weighted vote over `extracted`, with the same tie-breaks as [`vote`].
 ///
-/// [`Weighting::LogProb`] counts each vote as `exp(logprob_mean)`, the geometric mean of
+/// [`WeightBy::Logprob`] counts each vote as `exp(logprob_mean)`, the geometric mean of
 /// the reply's token probabilities: unlike the raw log-prob it is positive (so it can be
 /// summed as a vote) and, being a per-token mean, it does not punish long replies the way
 /// a total sequence probability would. Non-finite or negative weights count as 0.
-pub fn weighted(cands: &[Candidate], by: Weighting) -> Decision {
+pub fn weighted(cands: &[Candidate], by: WeightBy) -> Decision {
     match by {
-        Weighting::LogProb => tally(cands, |c| lp(c).exp()),
-        Weighting::Weight => tally(cands, |c| {
+        WeightBy::Logprob => tally(cands, |c| lp(c).exp()),
+        WeightBy::Weight => tally(cands, |c| {
             let w = f64::from(c.weight);
             if w.is_finite() && w > 0.0 {
                 w
@@ -464,7 +466,7 @@ mod tests {
     #[test]
     fn all_none_and_empty() {
         let c = [cand(None, -0.1, 1.0), cand(None, -0.2, 1.0)];
-        for d in [vote(&c), vote(&[]), weighted(&c, Weighting::Weight)] {
+        for d in [vote(&c), vote(&[]), weighted(&c, WeightBy::Weight)] {
             assert_eq!(d.winner, None);
             assert_eq!(d.answer, None);
             assert!(d.votes.is_empty());
@@ -481,7 +483,7 @@ mod tests {
             cand(Some("5"), -0.1, 3.0),
         ];
         assert_eq!(vote(&c).answer.as_deref(), Some("3"));
-        let d = weighted(&c, Weighting::Weight);
+        let d = weighted(&c, WeightBy::Weight);
         assert_eq!(d.answer.as_deref(), Some("5"));
         assert_eq!(d.winner, Some(2));
         assert_eq!(d.votes["3"], 2.0);
@@ -497,13 +499,13 @@ mod tests {
             cand(Some("y"), -0.01, 1.0),
             cand(Some("x"), -2.0, 1.0),
         ];
-        let d = weighted(&c, Weighting::LogProb);
+        let d = weighted(&c, WeightBy::Logprob);
         assert_eq!(d.answer.as_deref(), Some("y"));
         assert_eq!(d.winner, Some(1));
         assert!((d.votes["x"] - 2.0 * (-2.0f64).exp()).abs() < 1e-6);
         // A weighted tie still follows the log-prob then first-seen rules.
         let c = [cand(Some("p"), -1.0, 0.5), cand(Some("q"), -1.0, 0.5)];
-        let d = weighted(&c, Weighting::Weight);
+        let d = weighted(&c, WeightBy::Weight);
         assert_eq!(d.answer.as_deref(), Some("p"));
         assert_eq!(
             d.tie_break.as_deref(),
@@ -511,7 +513,7 @@ mod tests {
         );
         // Bad weights count as zero rather than poisoning the sum.
         let c = [cand(Some("p"), -1.0, f32::NAN), cand(Some("q"), -1.0, 1.0)];
-        assert_eq!(weighted(&c, Weighting::Weight).answer.as_deref(), Some("q"));
+        assert_eq!(weighted(&c, WeightBy::Weight).answer.as_deref(), Some("q"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! Ensembles as data: TOML files of members (agents or whole ensembles), a strategy and limits.
+use super::aggregate::WeightBy;
 use super::extract::AnswerKind;
 use crate::engine::SamplingParams;
 use crate::tools::Tool;
@@ -44,15 +45,6 @@ impl std::fmt::Display for Strategy {
         let name = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
         f.write_str(name.get_name())
     }
-}
-
-/// What a weighted vote weighs each vote by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum WeightBy {
-    #[default]
-    Logprob,
-    Weight,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,13 +1,16 @@
 //! Several agents answer one question; an aggregation strategy combines their answers.
 pub mod aggregate;
 pub mod config;
+pub mod decide;
 pub mod extract;
 pub mod prompts;
 mod refine;
 pub mod remote;
+mod reply;
 pub mod run;
 pub mod verify;
 
+pub use aggregate::WeightBy;
 pub use config::{Agent, Ensemble, Member, Remote, Strategy};
 pub use extract::AnswerKind;
 pub use run::{AgentTrace, Runner, Trace};

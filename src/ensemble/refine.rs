@@ -1,11 +1,12 @@
 //! The strategies that check candidates with a tool: `exec-vote` (one round, then the
 //! largest passing group of alike-behaving candidates) and `refine` (rounds in which the
 //! verifier's feedback goes back to the agents, until a candidate passes).
-use super::config::{Agent, Ensemble, Member, Strategy};
+use super::config::{Agent, Ensemble, Member};
+use super::decide::{decide, Ballot, Rule};
 use super::extract::AnswerKind;
 use super::prompts;
 use super::run::{candidates, AgentTrace, Runner, Trace, Usage};
-use super::verify::{self, exec_vote, Verdict, Verifier};
+use super::verify::{self, Verdict, Verifier};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,11 +15,13 @@ use std::time::Instant;
 const ATTEMPTS_SHOWN: usize = 2;
 
 impl Runner {
+    /// Up to `rounds` rounds of checked answers (one: exec-vote; more: refine).
     pub(super) async fn run_checked(
         &self,
         ens: &Ensemble,
         question: &str,
         verifier: Option<&Verifier>,
+        rounds: usize,
     ) -> Result<Trace> {
         let start = Instant::now();
         let verifier = match verifier {
@@ -44,11 +47,6 @@ impl Runner {
                 ),
             }
         }
-        let rounds = if ens.strategy == Strategy::Refine {
-            ens.rounds
-        } else {
-            1
-        };
         let verifier = Arc::new(verifier);
         let mut usage = Usage::default();
         let mut notes = Vec::new();
@@ -72,7 +70,13 @@ impl Runner {
         }
         let agents = history.pop().expect("at least one round");
         let verdicts: Vec<Option<Verdict>> = agents.iter().map(|a| a.verdict.clone()).collect();
-        let (decision, note) = exec_vote(&candidates(&agents), &verdicts);
+        let cands = candidates(&agents);
+        let ballot = Ballot {
+            cands: &cands,
+            verdicts: &verdicts,
+            similarity: None,
+        };
+        let (decision, note) = decide(Rule::ExecVote, ballot);
         if let Some(n) = note {
             let rounds_run = history.len() + 1;
             notes.push(format!("{n} (after {rounds_run} round(s))"));

@@ -6,9 +6,9 @@
 //! timeout; connection errors, timeouts, 429 and 5xx are retried with exponential backoff.
 //! A member that still fails is reported, not fatal: the runner leaves it out of the vote.
 use super::config::Remote;
-use super::run::{Batch, Reply};
+use super::reply::{Replies, Reply};
 use crate::engine::{Finish, Message, SamplingParams};
-use serde_json::{json, Value};
+use crate::wire::{ChatCompletion, ChatMessage, ChatRequest, Common, ErrorBody, FinishReason};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -30,23 +30,23 @@ pub(crate) async fn answer_all(
     samplings: &[SamplingParams],
     messages: &[Message],
     max_tokens: usize,
-) -> Batch {
+) -> Replies {
     let calls = samplings
         .iter()
         .map(|s| chat(remote, messages, s, max_tokens));
     let results = futures_util::future::join_all(calls).await;
-    let mut batch = Batch::default();
+    let mut out = Replies::default();
     for r in results {
         match r {
             Ok((reply, prompt_tokens)) => {
-                batch.prompt_tokens += prompt_tokens;
-                batch.completion_tokens += reply.tokens;
-                batch.replies.push(Ok(reply));
+                out.prompt_tokens += prompt_tokens;
+                out.completion_tokens += reply.tokens;
+                out.replies.push(Ok(reply));
             }
-            Err(e) => batch.replies.push(Err(e)),
+            Err(e) => out.replies.push(Err(e)),
         }
     }
-    batch
+    out
 }
 
 /// One chat completion, retried as the member's `retries` allow. Returns the reply and the
@@ -64,15 +64,7 @@ pub(crate) async fn chat(
         })?),
         None => None,
     };
-    let body = json!({
-        "model": remote.model,
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        // Some servers read a 32-bit seed (llama-server's `seed` is a uint32).
-        "seed": sampling.seed & 0x7fff_ffff,
-    });
+    let body = request(remote, messages, sampling, max_tokens);
     let timeout = Duration::from_secs_f64(remote.timeout_s.max(0.001));
     let start = Instant::now();
     let mut wait = BACKOFF;
@@ -84,7 +76,7 @@ pub(crate) async fn chat(
             req = req.bearer_auth(k);
         }
         let err = match attempt_once(req).await {
-            Ok(v) => return parse(&v, start).map_err(|e| format!("{url}: {e}")),
+            Ok(c) => return parse(c, start).map_err(|e| format!("{url}: {e}")),
             Err(e) => e,
         };
         if !err.retry || attempt > remote.retries {
@@ -106,7 +98,31 @@ struct AttemptError {
     retry_after: Option<Duration>,
 }
 
-async fn attempt_once(req: reqwest::RequestBuilder) -> Result<Value, AttemptError> {
+/// The chat request for one agent: only what it sets, so any OpenAI-compatible server reads it.
+fn request(
+    remote: &Remote,
+    messages: &[Message],
+    sampling: &SamplingParams,
+    max_tokens: usize,
+) -> ChatRequest {
+    ChatRequest {
+        messages: messages
+            .iter()
+            .map(|m| ChatMessage::text(&m.role, &m.content))
+            .collect(),
+        common: Common {
+            model: remote.model.clone(),
+            max_tokens: Some(max_tokens),
+            temperature: Some(sampling.temperature),
+            top_p: Some(sampling.top_p),
+            // Some servers read a 32-bit seed (llama-server's `seed` is a uint32).
+            seed: Some((sampling.seed & 0x7fff_ffff) as i64),
+            ..Common::default()
+        },
+    }
+}
+
+async fn attempt_once(req: reqwest::RequestBuilder) -> Result<ChatCompletion, AttemptError> {
     let transport = |e: reqwest::Error| AttemptError {
         message: if e.is_timeout() {
             "timed out".to_string()
@@ -126,11 +142,14 @@ async fn attempt_once(req: reqwest::RequestBuilder) -> Result<Value, AttemptErro
     let resp = req.send().await.map_err(transport)?;
     let status = resp.status();
     if status.is_success() {
-        return resp.json::<Value>().await.map_err(|e| AttemptError {
-            message: format!("the reply is not JSON: {e}"),
-            retry: false,
-            retry_after: None,
-        });
+        return resp
+            .json::<ChatCompletion>()
+            .await
+            .map_err(|e| AttemptError {
+                message: format!("the reply is not an OpenAI chat completion: {e}"),
+                retry: false,
+                retry_after: None,
+            });
     }
     let retry_after = resp
         .headers()
@@ -141,9 +160,8 @@ async fn attempt_once(req: reqwest::RequestBuilder) -> Result<Value, AttemptErro
         .filter(|d| *d <= MAX_RETRY_AFTER);
     let text = resp.text().await.unwrap_or_default();
     // OpenAI-style servers explain themselves in `error.message`.
-    let message = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(String::from))
+    let message = serde_json::from_str::<ErrorBody>(&text)
+        .map(|b| b.error.message)
         .unwrap_or(text);
     Err(AttemptError {
         message: format!("HTTP {status}: {message}"),
@@ -152,33 +170,45 @@ async fn attempt_once(req: reqwest::RequestBuilder) -> Result<Value, AttemptErro
     })
 }
 
-/// The first choice of an OpenAI chat completion.
-fn parse(v: &Value, start: Instant) -> Result<(Reply, usize), String> {
-    let choice = &v["choices"][0];
-    let text = choice["message"]["content"]
-        .as_str()
-        .ok_or_else(|| format!("the reply has no choices[0].message.content: {v}"))?
-        .to_string();
-    let finish = match choice["finish_reason"].as_str() {
-        Some("length") => Finish::Length,
+/// The first choice of an OpenAI chat completion, and the prompt tokens the server reported.
+fn parse(c: ChatCompletion, start: Instant) -> Result<(Reply, usize), String> {
+    let choice = c
+        .choices
+        .into_iter()
+        .next()
+        .ok_or("the reply has no choices")?;
+    let text = match &choice.message.content {
+        Some(content) => content
+            .text()
+            .map_err(|kind| format!("the reply's content has a part of type `{kind}`"))?,
+        None => return Err("the reply's choices[0].message has no content".into()),
+    };
+    let finish = match choice.finish_reason {
+        Some(FinishReason::Length) => Finish::Length,
         _ => Finish::Eos,
     };
-    let count = |k: &str| v["usage"][k].as_u64().unwrap_or(0) as usize;
+    let usage = c.usage.unwrap_or_default();
     let reply = Reply {
         text,
-        tokens: count("completion_tokens"),
+        tokens: usage.completion_tokens,
         finish: Some(finish),
         // OpenAI-style replies carry no log-probs unless asked for, and not every server
         // gives them: a remote vote weighs as a neutral, certain one.
         logprob_mean: 0.0,
         seconds: start.elapsed().as_secs_f64(),
     };
-    Ok((reply, count("prompt_tokens")))
+    Ok((reply, usage.prompt_tokens))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn read(v: serde_json::Value) -> Result<(Reply, usize), String> {
+        let c: ChatCompletion = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        parse(c, Instant::now())
+    }
 
     #[test]
     fn a_chat_completion_is_read() {
@@ -187,10 +217,43 @@ mod tests {
                          "finish_reason": "length"}],
             "usage": {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}
         });
-        let (r, prompt) = parse(&v, Instant::now()).unwrap();
+        let (r, prompt) = read(v).unwrap();
         assert_eq!((r.text.as_str(), r.tokens, prompt), ("42", 3, 20));
         assert_eq!(r.finish, Some(Finish::Length));
-        let err = parse(&json!({"choices": []}), Instant::now()).unwrap_err();
-        assert!(err.contains("choices[0].message.content"), "{err}");
+        // Another server's reason, and no usage: an end, and no tokens counted.
+        let v = json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
+                                    "message": {"role": "assistant", "content": "x"}}]});
+        let (r, prompt) = read(v).unwrap();
+        assert_eq!((r.finish, r.tokens, prompt), (Some(Finish::Eos), 0, 0));
+        let err = read(json!({"choices": []})).unwrap_err();
+        assert!(err.contains("no choices"), "{err}");
+        let v = json!({"choices": [{"index": 0, "message": {"role": "assistant"}}]});
+        let err = read(v).unwrap_err();
+        assert!(err.contains("no content"), "{err}");
+    }
+
+    #[test]
+    fn the_request_says_only_what_it_sets() {
+        let remote = Remote {
+            url: "http://x/v1".into(),
+            model: "m".into(),
+            api_key_env: None,
+            timeout_s: 1.0,
+            retries: 0,
+        };
+        let sampling = SamplingParams {
+            temperature: 0.5,
+            top_p: 0.75,
+            seed: u64::MAX,
+            ..SamplingParams::default()
+        };
+        let messages = [Message::new("system", "s"), Message::new("user", "q")];
+        let body = serde_json::to_value(request(&remote, &messages, &sampling, 9)).unwrap();
+        assert_eq!(
+            body,
+            json!({"model": "m", "max_tokens": 9, "temperature": 0.5, "top_p": 0.75,
+                   "seed": 0x7fff_ffff, "messages": [{"role": "system", "content": "s"},
+                                                    {"role": "user", "content": "q"}]})
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! Running an ensemble: agents answer (batched per model and role), then the strategy decides.
-use super::aggregate::{self, Candidate, Decision, Weighting};
-use super::config::{Agent, Ensemble, Member, Strategy, WeightBy};
+use super::aggregate::{self, Candidate, Decision};
+use super::config::{Agent, Ensemble, Member, Strategy};
+use super::decide::{decide, plan, Ballot, Decider, Plan, Rule};
 use super::extract::extract;
 use super::prompts;
 use super::remote;
+use super::reply::Replies;
 use super::verify::{Verdict, Verifier};
-use crate::engine::{Engine, Finish, Job, Message, Output, Prompt, SamplingParams};
+use crate::engine::{Engine, Finish, Job, Message, Prompt, SamplingParams};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -43,47 +45,6 @@ pub struct AgentTrace {
     pub verdict: Option<Verdict>,
 }
 
-/// What one engine job, or one remote member's calls, gave: one reply per agent, in order.
-#[derive(Debug, Default)]
-pub(crate) struct Batch {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    /// A failed agent's entry is why it failed.
-    pub replies: Vec<std::result::Result<Reply, String>>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Reply {
-    pub text: String,
-    pub tokens: usize,
-    pub finish: Option<Finish>,
-    pub logprob_mean: f32,
-    pub seconds: f64,
-}
-
-impl From<Output> for Batch {
-    fn from(output: Output) -> Self {
-        let seconds = output.prefill_seconds + output.decode_seconds;
-        Batch {
-            prompt_tokens: output.prompt_tokens,
-            completion_tokens: output.completion_tokens(),
-            replies: output
-                .completions
-                .into_iter()
-                .map(|c| {
-                    Ok(Reply {
-                        logprob_mean: c.logprob_mean(),
-                        tokens: c.tokens.len(),
-                        finish: Some(c.finish),
-                        text: c.text,
-                        seconds,
-                    })
-                })
-                .collect(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Usage {
     /// Prompt tokens prefilled: once per batch, however many samples share it.
@@ -117,7 +78,8 @@ pub struct Trace {
     /// Earlier debate or refine rounds; `agents` holds the last.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rounds: Vec<Vec<AgentTrace>>,
-    /// `refine` and `exec-vote`: the user prompt of each round, verifier feedback included.
+    /// `refine`, `exec-vote` and `debate`: the user prompt of each round, verifier feedback
+    /// or the last round's answers included.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub prompts: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,12 +160,8 @@ impl Runner {
         self.budget = ens.token_budget;
         self.spent.store(0, Ordering::SeqCst);
         self.done.store(0, Ordering::SeqCst);
-        let calls = match ens.strategy {
-            Strategy::Debate | Strategy::Refine => ens.rounds,
-            _ => 1,
-        };
         self.total
-            .store(ens.agents().len() * calls, Ordering::SeqCst);
+            .store(ens.agents().len() * plan(ens).rounds(), Ordering::SeqCst);
     }
 
     fn run_inner<'a>(
@@ -213,9 +171,12 @@ impl Runner {
         verifier: Option<&'a Verifier>,
     ) -> Pin<Box<dyn Future<Output = Result<Trace>> + Send + 'a>> {
         Box::pin(async move {
-            if matches!(ens.strategy, Strategy::ExecVote | Strategy::Refine) {
-                return self.run_checked(ens, question, verifier).await;
-            }
+            let (rounds, decider) = match plan(ens) {
+                Plan::Check { rounds } => {
+                    return self.run_checked(ens, question, verifier, rounds).await
+                }
+                Plan::Answer { rounds, decider } => (rounds, decider),
+            };
             let start = Instant::now();
             let mut usage = Usage::default();
             let mut notes = Vec::new();
@@ -242,30 +203,37 @@ impl Runner {
                     }
                 }
             }
-            let mut rounds = Vec::new();
-            if ens.strategy == Strategy::Debate {
-                for _ in 1..ens.rounds {
-                    let previous: Vec<&str> = agents.iter().map(|a| a.text.as_str()).collect();
-                    let prompt = prompts::debate(question, &previous);
-                    let mut revised = self
-                        .answer(ens, &flat, &prompt, &mut usage, &mut notes)
-                        .await?;
-                    let next: Vec<AgentTrace> = agents
-                        .iter()
-                        .map(|a| {
-                            if a.ensemble.is_some() {
-                                a.clone()
-                            } else {
-                                revised.remove(0)
-                            }
-                        })
-                        .collect();
-                    rounds.push(std::mem::replace(&mut agents, next));
-                }
+            // A debate: each round after the first sees the others' last answers.
+            let mut earlier = Vec::new();
+            // Each round's user prompt, so the trace shows what a round saw.
+            let mut round_prompts = Vec::new();
+            if rounds > 1 {
+                round_prompts.push(question.to_string());
+            }
+            for _ in 1..rounds {
+                let previous: Vec<&str> = agents.iter().map(|a| a.text.as_str()).collect();
+                let prompt = prompts::debate(question, &previous);
+                round_prompts.push(prompt.clone());
+                let mut revised = self
+                    .answer(ens, &flat, &prompt, &mut usage, &mut notes)
+                    .await?;
+                let next: Vec<AgentTrace> = agents
+                    .iter()
+                    .map(|a| {
+                        if a.ensemble.is_some() {
+                            a.clone()
+                        } else {
+                            revised.remove(0)
+                        }
+                    })
+                    .collect();
+                earlier.push(std::mem::replace(&mut agents, next));
             }
             let cands = candidates(&agents);
             let (decision, text, judge) = self
-                .decide(ens, &flat, question, &cands, &mut usage, &mut notes)
+                .decide(
+                    ens, decider, &flat, question, &cands, &mut usage, &mut notes,
+                )
                 .await?;
             Ok(Trace {
                 name: ens.name.clone(),
@@ -277,8 +245,8 @@ impl Runner {
                 winner: decision.winner,
                 tie_break: decision.tie_break,
                 agents,
-                rounds,
-                prompts: Vec::new(),
+                rounds: earlier,
+                prompts: round_prompts,
                 judge,
                 usage,
                 seconds: start.elapsed().as_secs_f64(),
@@ -355,20 +323,20 @@ impl Runner {
                         stream: None,
                     };
                     let engine = self.engine.clone();
-                    tokio::spawn(async move { engine.generate(job).await.map(Batch::from) })
+                    tokio::spawn(async move { engine.generate(job).await.map(Replies::from) })
                 }
             };
             launched.push((members, reserved, handle));
         }
         for (members, reserved, handle) in launched {
-            let batch: Batch = handle.await??;
-            usage.prompt_tokens += batch.prompt_tokens;
-            usage.completion_tokens += batch.completion_tokens;
+            let answered: Replies = handle.await??;
+            usage.prompt_tokens += answered.prompt_tokens;
+            usage.completion_tokens += answered.completion_tokens;
             // Settle the reservation (a remote server may overshoot `max_tokens`).
             self.spent
-                .fetch_add(batch.completion_tokens, Ordering::SeqCst);
+                .fetch_add(answered.completion_tokens, Ordering::SeqCst);
             self.spent.fetch_sub(reserved, Ordering::SeqCst);
-            for (&i, reply) in members.iter().zip(batch.replies) {
+            for (&i, reply) in members.iter().zip(answered.replies) {
                 let a = agents[i];
                 let remote = a.remote.as_ref().map(|r| r.url.clone());
                 out[i] = Some(match reply {
@@ -426,9 +394,13 @@ impl Runner {
         }
     }
 
+    /// The decision on the last round's candidates: by a rule, or by a model reading them
+    /// (which, when it cannot run or names no candidate, falls back to a vote).
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         ens: &Ensemble,
+        decider: Decider,
         flat: &[&Agent],
         question: &str,
         cands: &[Candidate],
@@ -437,74 +409,68 @@ impl Runner {
     ) -> Result<(Decision, String, Option<ModelCall>)> {
         let winner_text =
             |d: &Decision| d.winner.map(|w| cands[w].text.clone()).unwrap_or_default();
-        let by = match ens.weight_by {
-            WeightBy::Logprob => Weighting::LogProb,
-            WeightBy::Weight => Weighting::Weight,
+        let by_rule = |rule: Rule, notes: &mut Vec<String>| {
+            let (d, note) = decide(rule, Ballot::of(cands));
+            notes.extend(note);
+            d
         };
-        let d = match ens.strategy {
-            // exec-vote and refine decide in `run_checked` and never come here.
-            Strategy::Vote | Strategy::Debate | Strategy::ExecVote | Strategy::Refine => {
-                aggregate::vote(cands)
+        let fuse = match decider {
+            Decider::Rule(rule) => {
+                let d = by_rule(rule, notes);
+                let t = winner_text(&d);
+                return Ok((d, t, None));
             }
-            Strategy::Weighted => aggregate::weighted(cands, by),
-            Strategy::Medoid => aggregate::medoid(cands),
-            Strategy::Judge | Strategy::Fuse => {
-                let texts: Vec<&str> = cands.iter().map(|c| c.text.as_str()).collect();
-                let fuse = ens.strategy == Strategy::Fuse;
-                let prompt = if fuse {
-                    prompts::fuse(question, &texts)
-                } else {
-                    prompts::judge(question, &texts)
-                };
-                let Some(call) = self.call_judge(ens, flat, &prompt, usage, notes).await? else {
-                    let d = aggregate::vote(cands);
-                    let t = winner_text(&d);
-                    return Ok((d, t, None));
-                };
-                let base = aggregate::vote(cands);
-                if fuse {
-                    let answer = extract(ens.answer, &call.text)
-                        .or_else(|| Some(call.text.trim().to_string()));
-                    let d = Decision {
-                        winner: None,
-                        answer,
-                        agreement: base.agreement,
-                        votes: base.votes,
-                        tie_break: None,
-                    };
-                    let text = call.text.clone();
-                    return Ok((d, text, Some(call)));
-                }
-                let pick = aggregate::parse_pick(&call.text, cands.len());
-                let call = ModelCall { pick, ..call };
-                let Some(i) = pick else {
-                    notes.push(
-                        "the judge's reply named no candidate: decided by vote instead".into(),
-                    );
-                    let t = winner_text(&base);
-                    return Ok((base, t, Some(call)));
-                };
-                let answer = cands[i]
-                    .extracted
-                    .clone()
-                    .or_else(|| Some(cands[i].text.trim().to_string()));
-                let total: f64 = base.votes.values().sum();
-                let agreement = match &cands[i].extracted {
-                    Some(a) if total > 0.0 => base.votes.get(a).copied().unwrap_or(0.0) / total,
-                    _ => 0.0,
-                };
-                let d = Decision {
-                    winner: Some(i),
-                    answer,
-                    agreement,
-                    votes: base.votes,
-                    tie_break: None,
-                };
-                return Ok((d, cands[i].text.clone(), Some(call)));
-            }
+            Decider::Judge => false,
+            Decider::Fuse => true,
         };
-        let t = winner_text(&d);
-        Ok((d, t, None))
+        let texts: Vec<&str> = cands.iter().map(|c| c.text.as_str()).collect();
+        let prompt = if fuse {
+            prompts::fuse(question, &texts)
+        } else {
+            prompts::judge(question, &texts)
+        };
+        let base = by_rule(Rule::Vote, notes);
+        let Some(call) = self.call_judge(ens, flat, &prompt, usage, notes).await? else {
+            let t = winner_text(&base);
+            return Ok((base, t, None));
+        };
+        if fuse {
+            let answer =
+                extract(ens.answer, &call.text).or_else(|| Some(call.text.trim().to_string()));
+            let d = Decision {
+                winner: None,
+                answer,
+                agreement: base.agreement,
+                votes: base.votes,
+                tie_break: None,
+            };
+            let text = call.text.clone();
+            return Ok((d, text, Some(call)));
+        }
+        let pick = aggregate::parse_pick(&call.text, cands.len());
+        let call = ModelCall { pick, ..call };
+        let Some(i) = pick else {
+            notes.push("the judge's reply named no candidate: decided by vote instead".into());
+            let t = winner_text(&base);
+            return Ok((base, t, Some(call)));
+        };
+        let answer = cands[i]
+            .extracted
+            .clone()
+            .or_else(|| Some(cands[i].text.trim().to_string()));
+        let total: f64 = base.votes.values().sum();
+        let agreement = match &cands[i].extracted {
+            Some(a) if total > 0.0 => base.votes.get(a).copied().unwrap_or(0.0) / total,
+            _ => 0.0,
+        };
+        let d = Decision {
+            winner: Some(i),
+            answer,
+            agreement,
+            votes: base.votes,
+            tie_break: None,
+        };
+        Ok((d, cands[i].text.clone(), Some(call)))
     }
 
     /// One greedy answer from the judge (or synthesizer) model; None if the budget is spent.

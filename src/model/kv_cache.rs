@@ -15,6 +15,7 @@
 //! keys and values (a `Prefix`) between the rows instead of copying them, and each row's
 //! buffer holds only the positions after it: at 8 rows, a decode step then reads the prompt
 //! once from cache instead of 8 copies from memory.
+use super::math::with_f32;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
@@ -202,31 +203,28 @@ impl KvCache {
         Ok(())
     }
 
-    /// Writes `k`, `v` (`[batch, kv_heads, t, head_dim]`, contiguous) after each row's cached
-    /// positions in `layer` and returns what the layer holds, new entries included, in the
-    /// cache's type (f16 on the CPU).
+    /// Writes `k`, `v` (`[batch, kv_heads, t, head_dim]`, in any layout) after each row's
+    /// cached positions in `layer` and returns what the layer holds, new entries included, in
+    /// the cache's type (f16 on the CPU).
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<LayerKv> {
-        let (k, v) = (&k.to_dtype(self.dtype)?, &v.to_dtype(self.dtype)?);
-        self.append_same(layer, k, v)
+        let (k, v) = (self.stored(k)?, self.stored(v)?);
+        self.append_same(layer, &k, &v)
     }
 
-    /// `append` for one position per row from f32 values, k and v `[batch, kv_heads,
-    /// head_dim]`, on an f16 CPU cache: they are narrowed to f16 with `half`'s slice
-    /// conversion (F16C where the CPU has it) instead of candle's `to_dtype`, which converted
-    /// one value per call (with the write, 3–4 % of an 8-row smollm2 step).
-    pub fn append_rows(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<LayerKv> {
-        use half::slice::HalfFloatSliceExt;
-        if self.dtype != DType::F16 || !self.device.is_cpu() {
-            bail!("append_rows writes an f16 CPU cache");
+    /// `x` in the cache's type, contiguous. f32 CPU values are narrowed to f16 with `half`'s
+    /// slice conversion (F16C where the CPU has it) instead of candle's `to_dtype`, which
+    /// converted one value per call (with the write, 3–4 % of an 8-row smollm2 step).
+    fn stored(&self, x: &Tensor) -> Result<Tensor> {
+        if self.dtype == DType::F16 && x.device().is_cpu() && x.dtype() == DType::F32 {
+            use half::slice::HalfFloatSliceExt;
+            let h = with_f32(x, |x| {
+                let mut h = vec![half::f16::ZERO; x.len()];
+                h.convert_from_f32_slice(x);
+                h
+            })?;
+            return Ok(Tensor::from_vec(h, x.shape(), &self.device)?);
         }
-        let shape = (self.batch, self.kv_heads, 1, self.head_dim);
-        let narrow = |x: &[f32]| -> Result<Tensor> {
-            let mut h = vec![half::f16::ZERO; x.len()];
-            h.convert_from_f32_slice(x);
-            Ok(Tensor::from_vec(h, shape, &self.device)?)
-        };
-        let (k, v) = (narrow(k)?, narrow(v)?);
-        self.append_same(layer, &k, &v)
+        Ok(x.to_dtype(self.dtype)?.contiguous()?)
     }
 
     /// `append` of k and v already in the cache's type.
@@ -452,28 +450,34 @@ mod tests {
         assert_eq!(values(&k.narrow(0, 1, 1).unwrap()), values(&newcomer));
     }
 
-    /// append_rows stores what append stores, at each row's own length.
+    /// append takes the rows' layout, [batch, t, kv_heads, head_dim] seen as [batch, kv_heads,
+    /// t, head_dim], and narrows f32 to f16 as candle does (to the nearest, ties to even),
+    /// after each row's own length.
     #[test]
-    fn append_rows_writes_what_append_writes() {
+    fn append_narrows_a_view_as_candle_does() {
         let dev = Device::Cpu;
         let (mut a, mut b) = (
             KvCache::new(1, 2, 2, 4, 64, &dev).unwrap(),
             KvCache::new(1, 2, 2, 4, 64, &dev).unwrap(),
         );
-        let (pk, pv) = (random(2, 3), random(2, 3));
         for c in [&mut a, &mut b] {
             c.reserve(3).unwrap();
-            c.append(0, &pk, &pv).unwrap();
+            c.append(0, &random(2, 3), &random(2, 3)).unwrap();
             c.advance(3);
         }
-        let (k, v) = (random(2, 1), random(2, 1));
-        let by_tensor = a.append(0, &k, &v).unwrap();
-        let by_rows = b.append_rows(0, &values(&k), &values(&v)).unwrap();
-        assert_eq!(by_tensor.len, by_rows.len);
-        assert_eq!(values(&by_tensor.k), values(&by_rows.k));
-        assert_eq!(values(&by_tensor.v), values(&by_rows.v));
-        assert_eq!(values(&by_rows.k.narrow(2, 3, 1).unwrap()), values(&k));
-        // Values that are not [batch, kv_heads, head_dim] are refused.
-        assert!(b.append_rows(0, &[0.0; 15], &[0.0; 16]).is_err());
+        // [2, 3, 2, 4] values, 1/3 apart: most need rounding to f16.
+        let rows: Vec<f32> = (0..48).map(|i| 1.0 + i as f32 / 3.0).collect();
+        let rows = Tensor::from_vec(rows, (2, 3, 2, 4), &dev).unwrap();
+        let view = rows.transpose(1, 2).unwrap();
+        let by_view = a.append(0, &view, &view).unwrap();
+        let copy = view.contiguous().unwrap().to_dtype(DType::F16).unwrap();
+        let by_copy = b.append(0, &copy, &copy).unwrap();
+        assert_eq!(by_view.len, 6);
+        let bits = |t: &Tensor| -> Vec<u16> {
+            let v: Vec<half::f16> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        assert_eq!(bits(&by_view.k), bits(&by_copy.k));
+        assert_eq!(bits(&by_view.v.narrow(2, 3, 3).unwrap()), bits(&copy));
     }
 }

@@ -158,21 +158,21 @@ impl Model {
     ) -> Result<()> {
         let input = self.input(tokens)?;
         self.transformer
-            .forward_into(&input, cache, &mut logits.values)?;
+            .forward(&input, cache, Logits::Last, &mut logits.values)?;
         logits.rows = tokens.len();
         Ok(())
     }
 
     /// Logits for every position of one sequence: `[t][vocab]` (scoring and tests).
     pub fn score(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
-        let logits = self.run(&[tokens.to_vec()], cache, Logits::All)?;
-        Ok(logits.squeeze(0)?.to_vec2()?)
-    }
-
-    fn run(&self, tokens: &[Vec<u32>], cache: &mut KvCache, which: Logits) -> Result<Tensor> {
-        let input = self.input(tokens)?;
-        let logits = self.transformer.forward(&input, cache, which)?;
-        Ok(logits.to_dtype(candle_core::DType::F32)?)
+        let input = self.input(&[tokens.to_vec()])?;
+        let mut logits = Vec::new();
+        self.transformer
+            .forward(&input, cache, Logits::All, &mut logits)?;
+        Ok(logits
+            .chunks_exact(self.vocab_size())
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 
     /// `tokens` as a [B, T] tensor.

@@ -1,8 +1,9 @@
 //! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, so clients
 //! (the `openai` packages among them) raise their usual exception for each status.
+use crate::engine::JobError;
+use crate::wire::{ErrorBody, ErrorCode, ErrorDetail};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -105,6 +106,15 @@ impl ApiError {
         }
     }
 
+    /// An engine failure: a prompt over the context is the client's fault, anything else
+    /// the server's.
+    pub fn engine(e: &anyhow::Error) -> Self {
+        match e.downcast_ref::<JobError>() {
+            Some(JobError::PromptTooLong { .. }) => Self::context_exceeded(e.to_string()),
+            _ => Self::internal(e),
+        }
+    }
+
     pub fn internal(e: &anyhow::Error) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -114,13 +124,15 @@ impl ApiError {
     }
 
     /// The JSON body (also sent as an SSE event when a stream fails midway).
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind.to_string(),
+                param: self.param.clone(),
+                code: self.code.map(|c| ErrorCode::Name(c.to_string())),
+            },
+        }
     }
 }
 

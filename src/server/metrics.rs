@@ -209,13 +209,22 @@ impl Collector for Live {
             let g = ConstGauge::new(v);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
-        let c = ConstCounter::new(s.cancelled.load(Ordering::SeqCst));
-        c.encode(encoder.encode_descriptor(
-            "jobs_cancelled",
-            "Engine jobs dropped because their client went away.",
-            None,
-            c.metric_type(),
-        )?)?;
+        let counters = [
+            (
+                "jobs_cancelled",
+                "Engine jobs dropped because their client went away.",
+                s.cancelled.load(Ordering::SeqCst),
+            ),
+            (
+                "prefills",
+                "Prompts prefilled by the engine: one per job, shared by its samples.",
+                s.prefills.load(Ordering::SeqCst),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
         Ok(())
     }
 }

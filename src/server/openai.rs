@@ -1,90 +1,19 @@
-//! OpenAI's request and response shapes (`/v1/chat/completions`, `/v1/completions`), checked
-//! and turned into engine terms. Field names and defaults follow OpenAI's API reference.
+//! OpenAI requests (`crate::wire`) checked and turned into engine terms, and engine output
+//! turned into OpenAI responses and stream chunks.
 use super::errors::ApiError;
-use crate::engine::{Completion, Finish, Message, Output, SamplingParams};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use crate::engine::sampler::random_seed;
+use crate::engine::{Finish, Message, Output, SamplingParams, DEFAULT_MAX_TOKENS};
+use crate::wire::{
+    ChatChoice, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, ChunkChoice, Common,
+    Completion, CompletionRequest, Delta, FinishReason, TextChoice, TextCompletion, Usage,
+};
+use serde::Serialize;
+use serde_json::Value;
 
-/// Tokens generated when a request sets no `max_tokens` (OpenAI's "until the context ends"
-/// would let a small model ramble for thousands of tokens).
-pub const DEFAULT_MAX_TOKENS: usize = 512;
 /// Most choices per request: each is a row of one batch, with its own KV cache.
 pub const MAX_N: usize = 32;
 /// OpenAI allows up to four stop sequences.
 const MAX_STOPS: usize = 4;
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
-}
-
-/// The fields both endpoints share. Unknown fields are ignored, as OpenAI-compatible servers
-/// do; fields whose meaning would be silently lost are refused (see `refuse_unsupported`).
-#[derive(Debug, Deserialize)]
-pub struct Common {
-    pub model: String,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub max_tokens: Option<usize>,
-    pub max_completion_tokens: Option<usize>,
-    pub stop: Option<OneOrMany>,
-    pub seed: Option<i64>,
-    pub n: Option<usize>,
-    #[serde(default)]
-    pub stream: bool,
-    pub stream_options: Option<StreamOptions>,
-    pub logprobs: Option<Value>,
-    pub tools: Option<Value>,
-    pub response_format: Option<Value>,
-    /// Conclave's own: overrides a `conclave/<preset>`'s agents or strategy.
-    pub ensemble: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    pub messages: Vec<ChatMessage>,
-    #[serde(flatten)]
-    pub common: Common,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: Option<Content>,
-}
-
-/// A message's content: a string, or a list of parts of which only text parts are read.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Part {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub text: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    pub prompt: OneOrMany,
-    #[serde(default)]
-    pub echo: bool,
-    pub suffix: Option<String>,
-    #[serde(flatten)]
-    pub common: Common,
-}
 
 /// A request's generation settings, checked.
 #[derive(Debug, Clone)]
@@ -105,190 +34,161 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
         .map_err(|e| ApiError::invalid(None, format!("the request body is not valid: {e}")))
 }
 
-impl Common {
-    pub fn params(&self) -> Result<Params, ApiError> {
-        self.refuse_unsupported()?;
-        let temperature = self
-            .temperature
-            .unwrap_or(SamplingParams::default().temperature);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::invalid(
-                Some("temperature"),
-                format!("temperature must be between 0 and 2, not {temperature}"),
-            ));
-        }
-        let top_p = self.top_p.unwrap_or(SamplingParams::default().top_p);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::invalid(
-                Some("top_p"),
-                format!("top_p must be greater than 0 and at most 1, not {top_p}"),
-            ));
-        }
-        let n = self.n.unwrap_or(1);
-        if !(1..=MAX_N).contains(&n) {
-            return Err(ApiError::invalid(
-                Some("n"),
-                format!("n must be between 1 and {MAX_N}, not {n}"),
-            ));
-        }
-        let given = self.max_completion_tokens.or(self.max_tokens);
-        let max_tokens = given.unwrap_or(DEFAULT_MAX_TOKENS);
-        if max_tokens == 0 {
-            let param = if self.max_completion_tokens.is_some() {
-                "max_completion_tokens"
-            } else {
-                "max_tokens"
-            };
-            return Err(ApiError::invalid(
-                Some(param),
-                format!("{param} must be at least 1"),
-            ));
-        }
-        let stop = match &self.stop {
-            None => Vec::new(),
-            Some(OneOrMany::One(s)) => vec![s.clone()],
-            Some(OneOrMany::Many(v)) => v.clone(),
+/// The settings both endpoints share, checked; fields whose meaning would be silently lost
+/// are refused (see `refuse_unsupported`).
+pub fn params(c: &Common) -> Result<Params, ApiError> {
+    refuse_unsupported(c)?;
+    let temperature = c
+        .temperature
+        .unwrap_or(SamplingParams::default().temperature);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(
+            Some("temperature"),
+            format!("temperature must be between 0 and 2, not {temperature}"),
+        ));
+    }
+    let top_p = c.top_p.unwrap_or(SamplingParams::default().top_p);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(
+            Some("top_p"),
+            format!("top_p must be greater than 0 and at most 1, not {top_p}"),
+        ));
+    }
+    let n = c.n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(ApiError::invalid(
+            Some("n"),
+            format!("n must be between 1 and {MAX_N}, not {n}"),
+        ));
+    }
+    let given = c.max_completion_tokens.or(c.max_tokens);
+    let max_tokens = given.unwrap_or(DEFAULT_MAX_TOKENS);
+    if max_tokens == 0 {
+        let param = if c.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
         };
-        if stop.len() > MAX_STOPS {
-            return Err(ApiError::invalid(
-                Some("stop"),
-                format!("at most {MAX_STOPS} stop sequences, not {}", stop.len()),
-            ));
-        }
-        // A negative seed is a valid integer in OpenAI's schema: keep its bits.
-        let seed = self.seed.map(|s| s as u64);
-        let base = seed.unwrap_or_else(crate::engine::sampler::random_seed);
-        let samples = (0..n as u64)
-            .map(|i| SamplingParams {
-                temperature,
-                top_p,
-                // Distinct seeds, so the n choices differ; the same request seed gives the
-                // same n choices.
-                seed: base.wrapping_add(i),
-                ..SamplingParams::default()
-            })
-            .collect();
-        Ok(Params {
-            max_tokens,
-            max_tokens_given: given.is_some(),
-            stop,
-            samples,
-            seed,
-            stream: self.stream,
-            include_usage: self
-                .stream_options
-                .as_ref()
-                .is_some_and(|o| o.include_usage),
+        return Err(ApiError::invalid(
+            Some(param),
+            format!("{param} must be at least 1"),
+        ));
+    }
+    let stop = c.stop.as_ref().map(|s| s.to_vec()).unwrap_or_default();
+    if stop.len() > MAX_STOPS {
+        return Err(ApiError::invalid(
+            Some("stop"),
+            format!("at most {MAX_STOPS} stop sequences, not {}", stop.len()),
+        ));
+    }
+    // A negative seed is a valid integer in OpenAI's schema: keep its bits.
+    let seed = c.seed.map(|s| s as u64);
+    let base = seed.unwrap_or_else(random_seed);
+    let samples = (0..n as u64)
+        .map(|i| SamplingParams {
+            temperature,
+            top_p,
+            // Distinct seeds, so the n choices differ; the same request seed gives the
+            // same n choices.
+            seed: base.wrapping_add(i),
+            ..SamplingParams::default()
         })
-    }
-
-    fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        let set = |v: &Option<Value>| {
-            v.as_ref()
-                .is_some_and(|v| !v.is_null() && v != &json!(false))
-        };
-        for (name, value) in [
-            ("logprobs", &self.logprobs),
-            ("tools", &self.tools),
-            ("response_format", &self.response_format),
-        ] {
-            if set(value) {
-                return Err(ApiError::invalid(
-                    Some(name),
-                    format!("`{name}` is not supported by this server; leave it out"),
-                ));
-            }
-        }
-        if self.stream_options.is_some() && !self.stream {
-            return Err(ApiError::invalid(
-                Some("stream_options"),
-                "stream_options is only allowed when stream is true",
-            ));
-        }
-        Ok(())
-    }
+        .collect();
+    Ok(Params {
+        max_tokens,
+        max_tokens_given: given.is_some(),
+        stop,
+        samples,
+        seed,
+        stream: c.stream,
+        include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    })
 }
 
-impl ChatRequest {
-    /// The conversation in engine terms; `developer` is OpenAI's newer name for `system`.
-    pub fn messages(&self) -> Result<Vec<Message>, ApiError> {
-        if self.messages.is_empty() {
+fn refuse_unsupported(c: &Common) -> Result<(), ApiError> {
+    let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null() && v != false);
+    for (name, value) in [
+        ("logprobs", &c.logprobs),
+        ("tools", &c.tools),
+        ("response_format", &c.response_format),
+    ] {
+        if set(value) {
             return Err(ApiError::invalid(
-                Some("messages"),
-                "messages must hold at least one message",
+                Some(name),
+                format!("`{name}` is not supported by this server; leave it out"),
             ));
         }
-        let mut out = Vec::new();
-        for (i, m) in self.messages.iter().enumerate() {
-            let param = format!("messages[{i}]");
-            let role = match m.role.as_str() {
-                "system" | "developer" => "system",
-                "user" => "user",
-                "assistant" => "assistant",
-                other => {
-                    return Err(ApiError::invalid(
-                        Some(&param),
-                        format!(
+    }
+    if c.stream_options.is_some() && !c.stream {
+        return Err(ApiError::invalid(
+            Some("stream_options"),
+            "stream_options is only allowed when stream is true",
+        ));
+    }
+    Ok(())
+}
+
+/// The conversation in engine terms; `developer` is OpenAI's newer name for `system`.
+pub fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            "messages must hold at least one message",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let role = match m.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                return Err(ApiError::invalid(
+                    Some(&param),
+                    format!(
                         "role `{other}` is not supported: use system, developer, user or assistant"
                     ),
-                    ))
-                }
-            };
-            let text = match &m.content {
-                None => String::new(),
-                Some(Content::Text(t)) => t.clone(),
-                Some(Content::Parts(parts)) => {
-                    let mut text = String::new();
-                    for p in parts {
-                        match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => text.push_str(t),
-                            _ => {
-                                return Err(ApiError::invalid(
-                                    Some(&param),
-                                    format!(
-                                        "content part of type `{}` is not supported: only text",
-                                        p.kind
-                                    ),
-                                ))
-                            }
-                        }
-                    }
-                    text
-                }
-            };
-            out.push(Message::new(role, &text));
-        }
-        Ok(out)
+                ))
+            }
+        };
+        let text = match &m.content {
+            None => String::new(),
+            Some(c) => c.text().map_err(|kind| {
+                ApiError::invalid(
+                    Some(&param),
+                    format!("content part of type `{kind}` is not supported: only text"),
+                )
+            })?,
+        };
+        out.push(Message::new(role, &text));
     }
+    Ok(out)
 }
 
-impl CompletionRequest {
-    pub fn prompt(&self) -> Result<String, ApiError> {
-        if self.echo || self.suffix.is_some() {
-            return Err(ApiError::invalid(
-                Some(if self.echo { "echo" } else { "suffix" }),
-                "echo and suffix are not supported by this server",
-            ));
-        }
-        let mut prompts = match &self.prompt {
-            OneOrMany::One(s) => vec![s.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        };
-        if prompts.len() != 1 {
-            return Err(ApiError::invalid(
-                Some("prompt"),
-                format!(
-                    "one prompt per request, not {} (send one request each)",
-                    prompts.len()
-                ),
-            ));
-        }
-        let p = prompts.remove(0);
-        if p.is_empty() {
-            return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
-        }
-        Ok(p)
+/// The one prompt of a `/v1/completions` request.
+pub fn prompt(req: &CompletionRequest) -> Result<String, ApiError> {
+    if req.echo || req.suffix.is_some() {
+        return Err(ApiError::invalid(
+            Some(if req.echo { "echo" } else { "suffix" }),
+            "echo and suffix are not supported by this server",
+        ));
     }
+    let mut prompts = req.prompt.to_vec();
+    if prompts.len() != 1 {
+        return Err(ApiError::invalid(
+            Some("prompt"),
+            format!(
+                "one prompt per request, not {} (send one request each)",
+                prompts.len()
+            ),
+        ));
+    }
+    let p = prompts.remove(0);
+    if p.is_empty() {
+        return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
+    }
+    Ok(p)
 }
 
 /// Which endpoint a response is for: the shapes differ in names only.
@@ -296,6 +196,22 @@ impl CompletionRequest {
 pub enum Shape {
     Chat,
     Text,
+}
+
+/// A whole response of either endpoint.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Whole {
+    Chat(ChatCompletion),
+    Text(TextCompletion),
+}
+
+/// A stream chunk of either endpoint.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Chunk {
+    Chat(ChatChunk),
+    Text(TextCompletion),
 }
 
 /// What every response and chunk of one request repeats.
@@ -325,96 +241,145 @@ impl Meta {
         }
     }
 
-    fn object(&self, chunk: bool) -> &'static str {
-        match (self.shape, chunk) {
-            (Shape::Chat, false) => "chat.completion",
-            (Shape::Chat, true) => "chat.completion.chunk",
-            (Shape::Text, _) => "text_completion",
+    fn completion<C>(&self, object: &str, choices: Vec<C>, usage: Option<Usage>) -> Completion<C> {
+        Completion {
+            id: self.id.clone(),
+            object: object.to_string(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+            conclave: None,
         }
     }
 
-    /// A whole (non-streamed) response; `extra` is merged in at the top level.
-    pub fn response(&self, choices: Vec<(String, Option<Finish>)>, usage: Value) -> Value {
-        let choices: Vec<Value> = choices
+    /// A whole chat response: one choice per (text, finish).
+    pub fn chat(&self, choices: Vec<(String, Option<Finish>)>, usage: Usage) -> ChatCompletion {
+        let choices = choices
             .into_iter()
             .enumerate()
-            .map(|(i, (text, finish))| {
-                let reason = finish_reason(finish);
-                match self.shape {
-                    Shape::Chat => json!({"index": i, "finish_reason": reason, "logprobs": null,
-                        "message": {"role": "assistant", "content": text}}),
-                    Shape::Text => json!({"index": i, "finish_reason": reason, "logprobs": null,
-                        "text": text}),
-                }
+            .map(|(index, (text, finish))| ChatChoice {
+                index,
+                message: ChatMessage::text("assistant", &text),
+                logprobs: None,
+                finish_reason: Some(finish_reason(finish)),
             })
             .collect();
-        json!({"id": self.id, "object": self.object(false), "created": self.created,
-               "model": self.model, "choices": choices, "usage": usage})
+        self.completion("chat.completion", choices, Some(usage))
     }
 
-    /// One streamed chunk for choice `index`: `role` on a chat stream's first chunk of each
-    /// choice, `text` as it is decoded, `finish` on the last.
-    pub fn chunk(&self, index: usize, role: bool, text: &str, finish: Option<Finish>) -> Value {
-        let reason = finish.map(|f| finish_reason(Some(f)));
-        let choice = match self.shape {
-            Shape::Chat => {
-                let delta = match (role, finish) {
-                    (true, _) => json!({"role": "assistant", "content": text}),
-                    (false, Some(_)) => json!({}),
-                    (false, None) => json!({"content": text}),
-                };
-                json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": reason})
-            }
+    /// A whole (non-streamed) response of this request's endpoint.
+    pub fn response(&self, choices: Vec<(String, Option<Finish>)>, usage: Usage) -> Whole {
+        match self.shape {
+            Shape::Chat => Whole::Chat(self.chat(choices, usage)),
             Shape::Text => {
-                json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason})
+                let choices = choices
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, (text, finish))| TextChoice {
+                        index,
+                        text,
+                        logprobs: None,
+                        finish_reason: Some(finish_reason(finish)),
+                    })
+                    .collect();
+                Whole::Text(self.completion("text_completion", choices, Some(usage)))
             }
+        }
+    }
+
+    /// One chat chunk for choice `index`: `role` on a choice's first chunk, `text` as it is
+    /// decoded, `finish` on the last (which carries no text).
+    pub fn chat_chunk(
+        &self,
+        index: usize,
+        role: bool,
+        text: &str,
+        finish: Option<Finish>,
+    ) -> ChatChunk {
+        let delta = match (role, finish) {
+            (true, _) => Delta {
+                role: Some("assistant".into()),
+                content: Some(text.to_string()),
+            },
+            (false, Some(_)) => Delta::default(),
+            (false, None) => Delta {
+                role: None,
+                content: Some(text.to_string()),
+            },
         };
-        json!({"id": self.id, "object": self.object(true), "created": self.created,
-               "model": self.model, "choices": [choice]})
+        let choice = ChunkChoice {
+            index,
+            delta,
+            logprobs: None,
+            finish_reason: finish.map(|f| finish_reason(Some(f))),
+        };
+        self.completion("chat.completion.chunk", vec![choice], None)
+    }
+
+    /// One streamed chunk of this request's endpoint (see `chat_chunk`; a text stream has no
+    /// role chunks).
+    pub fn chunk(&self, index: usize, role: bool, text: &str, finish: Option<Finish>) -> Chunk {
+        match self.shape {
+            Shape::Chat => Chunk::Chat(self.chat_chunk(index, role, text, finish)),
+            Shape::Text => {
+                let choice = TextChoice {
+                    index,
+                    text: text.to_string(),
+                    logprobs: None,
+                    finish_reason: finish.map(|f| finish_reason(Some(f))),
+                };
+                Chunk::Text(self.completion("text_completion", vec![choice], None))
+            }
+        }
     }
 
     /// The usage chunk OpenAI sends last when `stream_options.include_usage`: no choices.
-    pub fn usage_chunk(&self, usage: Value) -> Value {
-        json!({"id": self.id, "object": self.object(true), "created": self.created,
-               "model": self.model, "choices": [], "usage": usage})
+    pub fn usage_chunk(&self, usage: Usage) -> Chunk {
+        match self.shape {
+            Shape::Chat => {
+                Chunk::Chat(self.completion("chat.completion.chunk", Vec::new(), Some(usage)))
+            }
+            Shape::Text => Chunk::Text(self.completion("text_completion", Vec::new(), Some(usage))),
+        }
     }
 }
 
 /// OpenAI has no separate reason for an end-of-turn token and a stop string: both are "stop".
-pub fn finish_reason(f: Option<Finish>) -> &'static str {
+pub fn finish_reason(f: Option<Finish>) -> FinishReason {
     match f {
-        Some(Finish::Length) => "length",
-        _ => "stop",
+        Some(Finish::Length) => FinishReason::Length,
+        _ => FinishReason::Stop,
     }
 }
 
-pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
-    json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-           "total_tokens": prompt_tokens + completion_tokens})
-}
-
-pub fn output_usage(o: &Output) -> Value {
-    usage(o.prompt_tokens, o.completion_tokens())
+pub fn output_usage(o: &Output) -> Usage {
+    Usage::new(o.prompt_tokens, o.completion_tokens())
 }
 
 pub fn choices(o: &Output) -> Vec<(String, Option<Finish>)> {
     o.completions
         .iter()
-        .map(|c: &Completion| (c.text.clone(), Some(c.finish)))
+        .map(|c| (c.text.clone(), Some(c.finish)))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn common(v: Value) -> Common {
         serde_json::from_value(v).unwrap()
     }
 
+    fn value(v: impl Serialize) -> Value {
+        serde_json::to_value(v).unwrap()
+    }
+
     #[test]
     fn fields_are_checked_and_name_the_param() {
-        let bad = |v: Value| common(v).params().unwrap_err();
+        let bad = |v: Value| params(&common(v)).unwrap_err();
         let e = bad(json!({"model": "m", "temperature": 3.0}));
         assert_eq!(
             (e.status.as_u16(), e.param.as_deref()),
@@ -436,36 +401,95 @@ mod tests {
             bad(json!({"model": "m", "tools": [{}]})).param.as_deref(),
             Some("tools")
         );
+        // Unset, null or false: not asked for, so not refused.
+        let ok = json!({"model": "m", "logprobs": false, "tools": null, "whatever": 1});
+        assert!(params(&common(ok)).is_ok());
     }
 
     #[test]
     fn n_choices_get_distinct_seeds_from_the_request_seed() {
-        let p = common(json!({"model": "m", "n": 3, "seed": 7, "stop": "x", "max_tokens": 9}))
-            .params()
-            .unwrap();
+        let p = params(&common(
+            json!({"model": "m", "n": 3, "seed": 7, "stop": "x", "max_tokens": 9}),
+        ))
+        .unwrap();
         let seeds: Vec<u64> = p.samples.iter().map(|s| s.seed).collect();
         assert_eq!(seeds, vec![7, 8, 9]);
         assert_eq!((p.max_tokens, p.stop.clone()), (9, vec!["x".to_string()]));
         // max_completion_tokens, OpenAI's newer name, wins over max_tokens.
-        let p = common(json!({"model": "m", "max_tokens": 9, "max_completion_tokens": 4}));
-        assert_eq!(p.params().unwrap().max_tokens, 4);
+        let c = common(json!({"model": "m", "max_tokens": 9, "max_completion_tokens": 4}));
+        assert_eq!(params(&c).unwrap().max_tokens, 4);
+    }
+
+    #[test]
+    fn content_parts_are_read_as_text() {
+        let req: ChatRequest = serde_json::from_value(json!({"model": "m", "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "a"},
+                                              {"type": "text", "text": "b"}]},
+            {"role": "user"}]}))
+        .unwrap();
+        let m = messages(&req).unwrap();
+        assert_eq!(
+            (
+                m[0].role.as_str(),
+                m[0].content.as_str(),
+                m[1].content.as_str()
+            ),
+            ("system", "ab", "")
+        );
+        let req: ChatRequest = serde_json::from_value(json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}))
+        .unwrap();
+        let e = messages(&req).unwrap_err();
+        assert!(e.message.contains("`image_url`"), "{}", e.message);
+        assert_eq!(e.param.as_deref(), Some("messages[0]"));
+    }
+
+    #[test]
+    fn responses_have_openai_shape() {
+        let m = Meta::new("smollm2-135m", Shape::Chat);
+        let whole = value(m.response(vec![("Paris".into(), Some(Finish::Eos))], Usage::new(3, 4)));
+        let want = json!({"id": m.id, "object": "chat.completion", "created": m.created,
+            "model": "smollm2-135m", "usage":
+                {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                         "message": {"role": "assistant", "content": "Paris"}}]});
+        assert_eq!(whole, want);
+        let t = Meta::new("m", Shape::Text);
+        let whole = value(t.response(vec![("x".into(), Some(Finish::Length))], Usage::new(1, 1)));
+        assert_eq!(whole["object"], "text_completion");
+        assert_eq!(
+            whole["choices"][0],
+            json!({"index": 0, "text": "x", "logprobs": null, "finish_reason": "length"})
+        );
+        assert!(t.id.starts_with("cmpl-") && m.id.starts_with("chatcmpl-"));
     }
 
     #[test]
     fn chunks_have_openai_shape() {
         let m = Meta::new("smollm2-135m", Shape::Chat);
-        let first = m.chunk(2, true, "", None);
-        assert_eq!(first["object"], "chat.completion.chunk");
-        assert_eq!(first["choices"][0]["index"], 2);
-        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-        assert!(first["choices"][0]["finish_reason"].is_null());
-        let last = m.chunk(0, false, "", Some(Finish::Eos));
+        let first = value(m.chunk(2, true, "", None));
+        assert_eq!(
+            first,
+            json!({"id": m.id, "object": "chat.completion.chunk", "created": m.created,
+                   "model": "smollm2-135m", "choices": [{"index": 2, "logprobs": null,
+                   "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]})
+        );
+        let next = value(m.chunk(0, false, "Par", None));
+        assert_eq!(next["choices"][0]["delta"], json!({"content": "Par"}));
+        let last = value(m.chunk(0, false, "", Some(Finish::Eos)));
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
         assert_eq!(last["choices"][0]["delta"], json!({}));
-        let u = m.usage_chunk(usage(3, 4));
+        let u = value(m.usage_chunk(Usage::new(3, 4)));
         assert_eq!(
             (u["choices"].clone(), u["usage"]["total_tokens"].clone()),
             (json!([]), json!(7))
         );
+        let t = Meta::new("m", Shape::Text);
+        let c = value(t.chunk(1, false, "a", None));
+        assert_eq!(
+            c["choices"][0],
+            json!({"index": 1, "text": "a", "logprobs": null, "finish_reason": null})
+        );
+        assert!(c.get("usage").is_none());
     }
 }

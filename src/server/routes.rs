@@ -1,11 +1,12 @@
 //! The endpoints: `/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/health`,
 //! `/metrics`, behind the API key check and the request metrics.
 use super::errors::ApiError;
-use super::openai::{self, ChatRequest, Common, CompletionRequest, Meta, Params, Shape};
+use super::openai::{self, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
 use super::{metrics, sse, App};
-use crate::engine::{Job, JobError, Message, Prompt};
+use crate::engine::{Job, Message, Prompt};
 use crate::ensemble::{Runner, Trace};
+use crate::wire::{ChatRequest, Common, CompletionRequest, ModelCard, ModelList, Usage};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -14,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::time::Instant;
 
 pub fn router(app: App) -> Router {
@@ -73,8 +74,20 @@ async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
     resp
 }
 
-async fn health(State(app): State<App>) -> Json<Value> {
-    Json(json!({"status": "ok", "models": app.0.served.models}))
+/// `/health`: Conclave's own, not OpenAI's.
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'a str,
+    models: &'a [String],
+}
+
+async fn health(State(app): State<App>) -> Response {
+    let served = &app.0.served;
+    Json(Health {
+        status: "ok",
+        models: &served.models,
+    })
+    .into_response()
 }
 
 async fn metrics_text(State(app): State<App>) -> Response {
@@ -85,26 +98,25 @@ async fn metrics_text(State(app): State<App>) -> Response {
         .into_response()
 }
 
-fn model_object(id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": 0, "owned_by": "conclave"})
-}
-
-async fn models(State(app): State<App>) -> Json<Value> {
+async fn models(State(app): State<App>) -> Json<ModelList> {
     let served = &app.0.served;
-    let data: Vec<Value> = served
+    let data = served
         .models
         .iter()
         .cloned()
         .chain(served.ensemble_ids())
-        .map(|id| model_object(&id))
+        .map(|id| ModelCard::new(&id, "conclave"))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(ModelList::new(data))
 }
 
-async fn model(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn model(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
     let served = &app.0.served;
     if served.models.contains(&id) || served.ensemble_ids().contains(&id) {
-        Ok(Json(model_object(&id)))
+        Ok(Json(ModelCard::new(&id, "conclave")))
     } else {
         Err(ApiError::model_not_found(
             &id,
@@ -129,8 +141,8 @@ async fn chat(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = openai::parse(&body(&app, raw)?)?;
-    let params = req.common.params()?;
-    let messages = req.messages()?;
+    let params = openai::params(&req.common)?;
+    let messages = openai::messages(&req)?;
     if let Some(name) = req.common.model.strip_prefix(ENSEMBLE_PREFIX) {
         return ensemble(app, name, &req.common, &params, &messages).await;
     }
@@ -149,8 +161,8 @@ async fn completions(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = openai::parse(&body(&app, raw)?)?;
-    let params = req.common.params()?;
-    let prompt = req.prompt()?;
+    let params = openai::params(&req.common)?;
+    let prompt = openai::prompt(&req)?;
     let model = app.0.served.model(&req.common.model)?;
     generate(app, &model, Prompt::Text(prompt), params, Shape::Text).await
 }
@@ -179,7 +191,7 @@ async fn generate(
     }
     let output = within(&app, app.0.engine.generate(job))
         .await?
-        .map_err(|e| engine_error(&e))?;
+        .map_err(|e| ApiError::engine(&e))?;
     drop(permit);
     app.0.metrics.generation(model, &output);
     let body = meta.response(openai::choices(&output), openai::output_usage(&output));
@@ -187,23 +199,12 @@ async fn generate(
 }
 
 /// Runs `fut` within the server's request timeout.
-pub(super) async fn within<T>(
-    app: &App,
-    fut: impl std::future::Future<Output = T>,
-) -> Result<T, ApiError> {
+async fn within<T>(app: &App, fut: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
     match app.0.opts.request_timeout {
         Some(t) => tokio::time::timeout(t, fut)
             .await
             .map_err(|_| ApiError::timeout(t.as_secs_f64())),
         None => Ok(fut.await),
-    }
-}
-
-/// An engine failure as an HTTP error: a prompt over the context is the client's fault.
-pub(super) fn engine_error(e: &anyhow::Error) -> ApiError {
-    match e.downcast_ref::<JobError>() {
-        Some(JobError::PromptTooLong { .. }) => ApiError::context_exceeded(e.to_string()),
-        _ => ApiError::internal(e),
     }
 }
 
@@ -247,7 +248,7 @@ async fn ensemble(
         Runner::new(engine).run(&ens, &question).await
     })
     .await?
-    .map_err(|e| engine_error(&e))?;
+    .map_err(|e| ApiError::engine(&e))?;
     drop(permit);
     app.0.metrics.tokens(
         &common.model,
@@ -259,7 +260,7 @@ async fn ensemble(
     } else {
         trace.text.clone()
     };
-    let usage = openai::usage(trace.usage.prompt_tokens, trace.usage.completion_tokens);
+    let usage = Usage::new(trace.usage.prompt_tokens, trace.usage.completion_tokens);
     let conclave = serde_json::to_value(&trace).map_err(|e| ApiError::internal(&e.into()))?;
     if params.stream {
         return Ok(sse::whole(
@@ -270,7 +271,7 @@ async fn ensemble(
             params.include_usage,
         ));
     }
-    let mut body = meta.response(vec![(text, None)], usage);
-    body["conclave"] = conclave;
+    let mut body = meta.chat(vec![(text, None)], usage);
+    body.conclave = Some(conclave);
     Ok(Json(body).into_response())
 }

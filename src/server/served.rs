@@ -4,8 +4,8 @@
 //! Requests name models only from these lists: a request can never make the server read a
 //! file, download a model or load one it was not started with.
 use super::errors::ApiError;
-use crate::ensemble::config::{preset_names, WeightBy};
-use crate::ensemble::{AnswerKind, Ensemble, Member, Strategy};
+use crate::ensemble::config::preset_names;
+use crate::ensemble::{AnswerKind, Ensemble, Member, Strategy, WeightBy};
 use crate::store::fetch;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;

@@ -8,12 +8,13 @@
 //! then cancels before its next step.
 use super::errors::ApiError;
 use super::openai::{self, Meta};
-use super::routes::engine_error;
 use super::App;
 use crate::engine::{Finish, Job};
+use crate::wire::Usage;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use serde::Serialize;
 use serde_json::Value;
 use std::convert::Infallible;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -21,8 +22,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 /// Events buffered for a slow client before the pump waits for it.
 const BUFFER: usize = 64;
 
-fn data(v: &Value) -> Event {
-    Event::default().data(v.to_string())
+fn data(v: &impl Serialize) -> Event {
+    // The wire types have string keys only and no fallible fields: serializing cannot fail.
+    Event::default().data(serde_json::to_string(v).expect("a wire type serializes"))
 }
 
 fn done() -> Event {
@@ -121,12 +123,12 @@ async fn pump(
     let output = match result {
         Ok(o) => o,
         Err(e) if !started => {
-            let _ = tx.send(Err(engine_error(&e))).await;
+            let _ = tx.send(Err(ApiError::engine(&e))).await;
             return;
         }
         Err(e) => {
             // Mid-stream there is no status left to set: OpenAI sends the error as an event.
-            let _ = tx.send(Ok(data(&engine_error(&e).body()))).await;
+            let _ = tx.send(Ok(data(&ApiError::engine(&e).body()))).await;
             return;
         }
     };
@@ -155,13 +157,13 @@ async fn pump(
 pub fn whole(
     meta: Meta,
     text: String,
-    usage: Value,
+    usage: Usage,
     conclave: Value,
     include_usage: bool,
 ) -> Response {
-    let mut last = meta.chunk(0, false, "", Some(Finish::Stop));
-    last["conclave"] = conclave;
-    let mut events = vec![data(&meta.chunk(0, true, &text, None)), data(&last)];
+    let mut last = meta.chat_chunk(0, false, "", Some(Finish::Stop));
+    last.conclave = Some(conclave);
+    let mut events = vec![data(&meta.chat_chunk(0, true, &text, None)), data(&last)];
     if include_usage {
         events.push(data(&meta.usage_chunk(usage)));
     }

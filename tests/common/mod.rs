@@ -31,3 +31,49 @@ pub fn fixture(rel: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
+
+/// A Python with the official `openai` client and `prometheus-client`: a virtual environment
+/// under target/tmp, made on first use and reused afterwards. Test binaries run in parallel,
+/// so a file lock lets one of them make it while the others wait.
+pub fn python_with_openai() -> PathBuf {
+    use std::process::Command;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-venv");
+    let python = dir.join("bin/python");
+    let ready = dir.join("ready");
+    let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
+    if ready.exists() {
+        return python;
+    }
+    // A half-made environment (a run killed midway) is made again from nothing.
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e}): install Python 3"));
+    assert!(
+        out.status.success(),
+        "`python3 -m venv {}` failed; on Debian and Ubuntu the venv module is its own \
+         package: `apt-get install python3-venv`\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packages = ["openai", "prometheus-client"];
+    eprintln!("installing {packages:?} into {} (once)", dir.display());
+    let out = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(packages)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pip could not install {packages:?} into {}: the first run of these tests needs a \
+         package registry (PyPI, or a mirror named in PIP_INDEX_URL); check the network and \
+         run again\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&ready, "").unwrap();
+    python
+}

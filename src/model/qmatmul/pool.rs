@@ -297,13 +297,42 @@ mod tests {
         assert!(failed && ran, "no job ran on the pool after the failed one");
     }
 
+    /// After a pause long enough for the helpers to sleep, a job wakes one: its tasks run on
+    /// two threads. Each task waits (boundedly) until tasks have run on two threads, so the
+    /// caller cannot finish the job alone before a helper wakes.
     #[test]
     fn a_sleeping_helper_wakes_for_the_next_job() {
-        std::thread::sleep(SLEEP_AFTER * 3);
-        let sum = AtomicUsize::new(0);
-        let ran = run(10, &|i| {
-            sum.fetch_add(i, Ordering::Relaxed);
-        });
-        assert!(!ran || sum.load(Ordering::Relaxed) == 45);
+        if rayon::current_num_threads() == 1 {
+            return;
+        }
+        let start = Instant::now();
+        // Other tests hold the pool now and then: a declined job is tried again.
+        loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the pool was never free"
+            );
+            std::thread::sleep(SLEEP_AFTER * 3);
+            let threads = Mutex::new(std::collections::HashSet::new());
+            let sum = AtomicUsize::new(0);
+            let ran = run(10, &|i| {
+                threads.lock().unwrap().insert(std::thread::current().id());
+                let wait = Instant::now();
+                while threads.lock().unwrap().len() < 2 && wait.elapsed() < Duration::from_secs(5) {
+                    std::thread::yield_now();
+                }
+                sum.fetch_add(i, Ordering::Relaxed);
+            });
+            if !ran {
+                continue;
+            }
+            assert_eq!(sum.load(Ordering::Relaxed), 45, "every task ran once");
+            let threads = threads.lock().unwrap().len();
+            assert!(
+                threads >= 2,
+                "no helper woke: the tasks ran on {threads} thread"
+            );
+            break;
+        }
     }
 }

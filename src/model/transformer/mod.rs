@@ -1,0 +1,219 @@
+//! The decoder forward pass shared by the llama, qwen2 and gemma3 GGUFs.
+//!
+//! Every step — prefill and decode, any batch — runs the layers' one wiring (`block`) on the
+//! activations of its device (`acts`): plain rows on the CPU, candle tensors on a GPU.
+//!
+//! Shapes: `B` sequences in a batch, `T` new tokens each, `L` cached positions after this step,
+//! `E` embedding width, `H`/`KVH` query/key-value heads, `D` head width.
+mod acts;
+mod block;
+mod loader;
+mod norm;
+mod projection;
+mod rope;
+
+use super::config::Config;
+use super::kv_cache::KvCache;
+use acts::{Acts, Rows};
+use anyhow::Result;
+use block::{At, Block};
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+use norm::RmsNorm;
+use projection::Proj;
+use rope::Rope;
+use std::sync::Arc;
+
+/// Which positions get logits.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Logits {
+    /// Only the last position of each row: decoding.
+    Last,
+    /// Every position: scoring text (perplexity, fixtures).
+    All,
+}
+
+/// What every layer of one forward pass shares: the rotations and masks of its positions.
+struct Step {
+    global: Rope,
+    /// Sliding-window layers' rotation (gemma3's local base), where the model has them.
+    local: Option<Rope>,
+    global_mask: Option<Tensor>,
+    local_mask: Option<Tensor>,
+    t: usize,
+}
+
+impl Step {
+    /// The rotation and mask of a layer.
+    fn layer(&self, local: bool) -> At<'_> {
+        match (&self.local, local) {
+            (Some(rope), true) => At {
+                rope,
+                mask: self.local_mask.as_ref(),
+            },
+            _ => At {
+                rope: &self.global,
+                mask: self.global_mask.as_ref(),
+            },
+        }
+    }
+}
+
+pub struct Transformer {
+    embed: Arc<QTensor>,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    output: Proj,
+    cfg: Config,
+    device: Device,
+}
+
+impl Transformer {
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed.shape().dims()[0]
+    }
+
+    /// An empty cache for `batch` sequences of at most `max_len` positions.
+    pub fn new_cache(&self, batch: usize, max_len: usize) -> Result<KvCache> {
+        let c = &self.cfg;
+        let max_len = max_len.min(c.ctx_len);
+        KvCache::new(
+            c.n_layer,
+            batch,
+            c.n_kv_head,
+            c.head_dim,
+            max_len,
+            &self.device,
+        )
+    }
+
+    /// tokens: [B, T] u32, appended after what `cache` holds → the f32 logits of `which`
+    /// positions in `out`, `[B][T or 1][vocab]`, in the allocation `out` already has.
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        cache: &mut KvCache,
+        which: Logits,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (b, t) = tokens.dims2()?;
+        let (x, step) = self.begin(tokens, cache)?;
+        let last = which == Logits::Last && t > 1;
+        if self.device.is_cpu() {
+            let x: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let mut x = Rows { x, b, t };
+            self.layers(&mut x, &step, cache)?;
+            let e = x.width();
+            let x = match last {
+                true => {
+                    x.x.chunks_exact(t * e)
+                        .flat_map(|r| &r[(t - 1) * e..])
+                        .copied()
+                        .collect()
+                }
+                false => x.x,
+            };
+            let x = self.norm.rows(&x)?;
+            return projection::mul_rows(&[&self.output], &x, e, std::slice::from_mut(out));
+        }
+        let mut x = x;
+        self.layers(&mut x, &step, cache)?;
+        if last {
+            x = x.narrow(1, t - 1, 1)?;
+        }
+        let logits = projection::mul_tensor(&self.output, &self.norm.tensor(&x)?)?;
+        *out = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok(())
+    }
+
+    /// Every layer on x ([B·T, E], in place), then the step's positions marked written.
+    fn layers<A: Acts>(&self, x: &mut A, step: &Step, cache: &mut KvCache) -> Result<()> {
+        for (i, block) in self.blocks.iter().enumerate() {
+            block.forward(x, &step.layer(block.local), cache, i)?;
+        }
+        cache.advance(step.t);
+        Ok(())
+    }
+
+    /// The embeddings of `tokens` ([B, T, E]) and what every layer of their step shares.
+    fn begin(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<(Tensor, Step)> {
+        let (b, t) = tokens.dims2()?;
+        anyhow::ensure!(
+            b == cache.batch(),
+            "batch {b} != cache batch {}",
+            cache.batch()
+        );
+        cache.reserve(t)?;
+        let starts = cache.lens().to_vec();
+        let mut x = self.embed.embedding(tokens)?; // [B, T, E]
+        if let Some(s) = self.cfg.embed_scale {
+            x = (x * s as f64)?;
+        }
+        let global = Rope::new(self.cfg.rope_base, &self.cfg, &starts, t, &self.device)?;
+        let local = match self.cfg.sliding_window {
+            Some(_) => Some(Rope::new(
+                self.cfg.rope_base_local,
+                &self.cfg,
+                &starts,
+                t,
+                &self.device,
+            )?),
+            None => None,
+        };
+        let n_rep = self.cfg.n_head / self.cfg.n_kv_head;
+        let step = Step {
+            global_mask: self.mask(&starts, t, None, n_rep)?,
+            local_mask: self.mask(&starts, t, self.cfg.sliding_window, n_rep)?,
+            global,
+            local,
+            t,
+        };
+        Ok((x, step))
+    }
+
+    /// Additive mask hiding future positions, positions past a row's own length (rows of
+    /// different requests share the batch) and, with a window, positions at distance ≥ window
+    /// (llama.cpp's standard SWA rule). `[n_rep·T, L]` when every row starts at the same
+    /// position, else `[B, 1, n_rep·T, L]`; None when it would hide nothing.
+    fn mask(
+        &self,
+        starts: &[usize],
+        t: usize,
+        window: Option<usize>,
+        n_rep: usize,
+    ) -> Result<Option<Tensor>> {
+        let l = starts.iter().max().copied().unwrap_or(0) + t;
+        let uniform = starts.windows(2).all(|w| w[0] == w[1]);
+        let hides_nothing = uniform && t == 1 && window.is_none_or(|w| l <= w);
+        if hides_nothing {
+            return Ok(None);
+        }
+        let rows = if uniform { &starts[..1] } else { starts };
+        let mut m = Vec::with_capacity(rows.len() * n_rep * t * l);
+        for &start in rows {
+            for _ in 0..n_rep {
+                for i in 0..t {
+                    let q = start + i;
+                    m.extend((0..l).map(|k| {
+                        let visible = k <= q && window.is_none_or(|w| q - k < w);
+                        if visible {
+                            0f32
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    }));
+                }
+            }
+        }
+        let mask = if uniform {
+            Tensor::from_vec(m, (n_rep * t, l), &self.device)?
+        } else {
+            Tensor::from_vec(m, (rows.len(), 1, n_rep * t, l), &self.device)?
+        };
+        Ok(Some(mask))
+    }
+}

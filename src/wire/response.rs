@@ -1,0 +1,146 @@
+//! What a server answers: whole completions, stream chunks, the model list.
+use super::request::ChatMessage;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Why a choice ended. OpenAI has no separate reason for an end-of-turn token and a stop
+/// string: both are `stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+    /// Whatever else another server says (this one never does).
+    #[serde(other)]
+    Other,
+}
+
+/// Tokens of one request: the prompt's (prefilled once, however many choices share it) and
+/// those generated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// A whole response or one stream chunk; the choices' shape tells which (see the aliases).
+/// Everything but `choices` may be missing from another server's reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion<C> {
+    #[serde(default)]
+    pub id: String,
+    /// `chat.completion`, `chat.completion.chunk` or `text_completion`.
+    #[serde(default)]
+    pub object: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub model: String,
+    pub choices: Vec<C>,
+    /// On a whole response; on a stream, only on the last chunk, which has no choices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Conclave's own: an ensemble's trace (on a stream, on its finishing chunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conclave: Option<Value>,
+}
+
+pub type ChatCompletion = Completion<ChatChoice>;
+pub type ChatChunk = Completion<ChunkChoice>;
+/// A `/v1/completions` response; its stream chunks have the same shape.
+pub type TextCompletion = Completion<TextChoice>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: ChatMessage,
+    /// Never given here (requests asking for them are refused): always null.
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    #[serde(default)]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// A choice of a chat stream chunk: what the choice adds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    pub index: usize,
+    pub delta: Delta,
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    /// Null until the choice's last chunk.
+    #[serde(default)]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// The role on a choice's first chunk, text on the next ones, nothing on its last.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextChoice {
+    pub index: usize,
+    pub text: String,
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    #[serde(default)]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// `list`.
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+impl ModelList {
+    pub fn new(data: Vec<ModelCard>) -> Self {
+        Self {
+            object: "list".into(),
+            data,
+        }
+    }
+}
+
+/// One model of `/v1/models`, and `GET /v1/models/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    /// `model`.
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+impl ModelCard {
+    pub fn new(id: &str, owned_by: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            object: "model".into(),
+            created: 0,
+            owned_by: owned_by.to_string(),
+        }
+    }
+}
