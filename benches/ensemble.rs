@@ -11,7 +11,9 @@ const TOKENS: usize = 32;
 fn bench(c: &mut Criterion) {
     let name = std::env::var("CONCLAVE_BENCH_MODEL").unwrap_or_else(|_| "smollm2-135m".into());
     let engine = Engine::start();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group(format!("{name}/ensemble"));
     group
         .sample_size(10)

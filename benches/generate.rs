@@ -49,7 +49,9 @@ fn bench(c: &mut Criterion) {
         stream: None,
     };
     let engine = Engine::start();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     group.throughput(Throughput::Elements(DECODE_TOKENS as u64));
     group.bench_function("generate_64", |b| {
         b.iter(|| rt.block_on(engine.generate(job.clone())).unwrap())

@@ -143,7 +143,9 @@ fn ensemble_config_prints_agents_votes_and_a_recomputable_trace() {
     assert!(ok, "{err}");
     assert!(out.contains("votes:") && out.contains("agreement"), "{out}");
     assert_eq!(
-        out.lines().filter(|l| l.contains("qwen2.5-coder-0.5b")).count(),
+        out.lines()
+            .filter(|l| l.contains("qwen2.5-coder-0.5b"))
+            .count(),
         8,
         "{out}"
     );

@@ -92,7 +92,9 @@ fn over_long_prompt_is_refused_before_any_work() {
         ignore_eos: false,
         stream: None,
     };
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let err = rt.block_on(Engine::start().generate(job)).unwrap_err();
     let err = format!("{err:#}");
     assert!(err.contains("context of 8192 tokens"), "{err}");

@@ -29,7 +29,9 @@ fn generate(mut job: Job, stream: bool) -> (Output, Vec<String>) {
     let mut streamed = vec![String::new(); job.samples.len()];
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     job.stream = stream.then_some(tx);
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let out = rt.block_on(Engine::start().generate(job)).unwrap();
     while let Ok((i, piece)) = rx.try_recv() {
         streamed[i].push_str(&piece);
@@ -57,7 +59,9 @@ fn batched_samples_share_one_prefill_and_differ_by_seed() {
     common::model_path("smollm2-135m");
     let engine = Engine::start();
     let samples: Vec<_> = (0..4).map(|s| sampling(1.0, 100 + s)).collect();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let out = rt
         .block_on(engine.generate(job("Tell me a fun fact.", 24, samples)))
         .unwrap();
@@ -82,7 +86,11 @@ fn a_sample_in_a_batch_equals_the_same_sample_alone() {
 #[test]
 fn max_tokens_and_eos_finish_reasons() {
     let (out, _) = generate(
-        job("Write a long story about a dragon.", 5, vec![sampling(0.0, 0)]),
+        job(
+            "Write a long story about a dragon.",
+            5,
+            vec![sampling(0.0, 0)],
+        ),
         false,
     );
     assert_eq!(out.completions[0].finish, Finish::Length);

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 /// What kind of items a dataset holds, which decides the prompt and how answers are scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     /// `{"question", "answer"}`, the gold number after `####` (the GSM8K file format).
@@ -44,19 +44,10 @@ impl Task {
     }
 }
 
-impl std::str::FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let v = serde_json::Value::String(s.trim().to_lowercase());
-        serde_json::from_value(v)
-            .map_err(|_| format!("unknown task `{s}` (use gsm8k, choice, text or code)"))
-    }
-}
-
 impl std::fmt::Display for Task {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
-        write!(f, "{}", v.as_str().unwrap_or_default())
+        let name = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+        f.write_str(name.get_name())
     }
 }
 
@@ -299,11 +290,11 @@ mod tests {
 
     #[test]
     fn tasks_parse_by_name() {
-        assert_eq!("GSM8K".parse::<Task>(), Ok(Task::Gsm8k));
+        use clap::ValueEnum;
+        assert_eq!(Task::from_str("GSM8K", true), Ok(Task::Gsm8k));
         assert_eq!(Task::Code.to_string(), "code");
-        assert!("essay"
-            .parse::<Task>()
-            .unwrap_err()
-            .contains("gsm8k, choice"));
+        for t in Task::value_variants() {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.to_string());
+        }
     }
 }

@@ -28,7 +28,7 @@ pub struct Options {
     pub trials: usize,
     pub seed: u64,
     pub out: PathBuf,
-    /// Per sample; for `--model` 512 when not given, for configs their own `max_tokens`.
+    /// Per sample; for `--model` the engine's default when not given, for configs their own `max_tokens`.
     pub max_tokens: Option<usize>,
     /// For `--model`.
     pub temperature: f32,
@@ -163,7 +163,7 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
     let mut series = Vec::new();
     if let Some(m) = &opts.model {
         let k = sizes.iter().copied().max().unwrap_or(1);
-        let max_tokens = opts.max_tokens.unwrap_or(512);
+        let max_tokens = opts.max_tokens.unwrap_or(crate::engine::DEFAULT_MAX_TOKENS);
         series.push(Series::model(
             m,
             opts.task,

@@ -1,6 +1,7 @@
 //! `conclave bench`: accuracy and cost against ensemble size on a dataset.
 use crate::bench::dataset::Task;
 use crate::bench::run::{self, Options};
+use crate::engine::DEFAULT_MAX_TOKENS;
 use crate::ensemble::Strategy;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -10,8 +11,8 @@ pub struct BenchArgs {
     /// JSONL dataset (.jsonl or .jsonl.gz), one item a line; see the README for each format.
     #[arg(long)]
     pub dataset: PathBuf,
-    /// gsm8k, choice, text or code.
-    #[arg(long)]
+    /// What the dataset's items are.
+    #[arg(long, ignore_case = true)]
     pub task: Task,
     /// Sample one model (K samples of one prompt, majority vote).
     #[arg(long, short)]
@@ -34,15 +35,16 @@ pub struct BenchArgs {
     /// Output directory; rerunning with the same one resumes the run.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
-    /// Most tokens per sample [default: 512 for --model, a config's own `max_tokens`].
-    #[arg(long, short = 'n')]
+    #[arg(long, short = 'n', help = format!(
+        "Most tokens per sample [default: {DEFAULT_MAX_TOKENS} for --model, a config's own `max_tokens`]"
+    ))]
     pub max_tokens: Option<usize>,
     /// Sampling temperature for --model.
     #[arg(long, short, default_value_t = 0.7)]
     pub temperature: f32,
     /// Decide each sampled series by each of these strategies, on one set of samples
     /// (vote, weighted, medoid, exec-vote), e.g. to compare aggregators at no extra cost.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', ignore_case = true)]
     pub strategies: Vec<Strategy>,
 }
 

@@ -1,4 +1,6 @@
-//! `conclave doctor`: what this machine offers — sandbox isolation, Python, models, CPU.
+//! `conclave doctor`: what this machine offers — sandbox isolation, Python, models, and the
+//! kernel path the quantized matmul runs.
+use crate::model::qmatmul::Simd;
 use crate::store::catalog::models_dir;
 use crate::store::fetch::status;
 use crate::tools::isolation;
@@ -18,8 +20,9 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         .into_iter()
         .map(|(e, path)| json!({"name": e.name, "path": path}))
         .collect();
-    let cpu = cpu_features();
-    let no_simd = std::env::var_os("CONCLAVE_NO_SIMD").is_some();
+    // What the kernels run: qmatmul's own choice (CONCLAVE_SIMD, CONCLAVE_NO_SIMD, the CPU).
+    let chosen = Simd::from_env().map(name).map_err(|e| format!("{e:#}"));
+    let available: Vec<String> = Simd::available().into_iter().map(name).collect();
     if args.json {
         let sandbox = match &iso {
             Ok(i) => json!({"isolation": i.label(), "python": i.python, "cgroup": i.cgroup,
@@ -27,7 +30,8 @@ pub fn run(args: DoctorArgs) -> Result<()> {
             Err(e) => json!({"error": format!("{e:#}")}),
         };
         let v = json!({"sandbox": sandbox, "models_dir": models_dir(), "models": models,
-                       "cpu_features": cpu, "conclave_no_simd": no_simd});
+                       "kernel_path": chosen.as_ref().map_or_else(|e| json!({"error": e}), |p| json!(p)),
+                       "kernel_paths_available": available});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -52,33 +56,15 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         let path = m["path"].as_str().unwrap_or("not pulled");
         println!("  {:<20} {path}", m["name"].as_str().unwrap_or(""));
     }
-    println!(
-        "cpu features:      {}{}",
-        cpu.join(" "),
-        if no_simd {
-            " (CONCLAVE_NO_SIMD set: scalar kernels)"
-        } else {
-            ""
-        }
-    );
+    match &chosen {
+        Ok(path) => println!("kernel path:       {path}"),
+        Err(e) => println!("kernel path:       none: {e}"),
+    }
+    println!("kernel paths here: {}", available.join(" "));
     Ok(())
 }
 
-/// The x86 features the quantized kernels can use (they need AVX2 and FMA together).
-fn cpu_features() -> Vec<&'static str> {
-    #[allow(unused_mut)]
-    let mut out = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        for (name, on) in [
-            ("avx2", is_x86_feature_detected!("avx2")),
-            ("fma", is_x86_feature_detected!("fma")),
-            ("avx512f", is_x86_feature_detected!("avx512f")),
-        ] {
-            if on {
-                out.push(name);
-            }
-        }
-    }
-    out
+/// A kernel path as `CONCLAVE_SIMD` names it; `avx512` is AVX-512 with VNNI.
+fn name(simd: Simd) -> String {
+    format!("{simd:?}").to_lowercase()
 }

@@ -24,14 +24,19 @@ pub struct EnsembleArgs {
     /// Comma-separated roles from configs/roles.toml, cycled over the agents.
     #[arg(long, value_delimiter = ',', help_heading = "Ensemble")]
     pub roles: Vec<String>,
-    /// How answers are combined: vote, weighted, medoid, judge, fuse, debate, exec-vote, refine.
-    #[arg(long, help_heading = "Ensemble")]
+    /// How answers are combined.
+    #[arg(long, ignore_case = true, help_heading = "Ensemble")]
     pub strategy: Option<Strategy>,
-    /// What an answer is, for voting: number, choice, text, code.
-    #[arg(long, help_heading = "Ensemble")]
+    /// What an answer is, for voting.
+    #[arg(long, ignore_case = true, help_heading = "Ensemble")]
     pub answer: Option<AnswerKind>,
-    /// Comma-separated tools every agent may use (python, calculator), on top of the config's.
-    #[arg(long, value_delimiter = ',', help_heading = "Ensemble")]
+    /// Comma-separated tools every agent may use, on top of the config's.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        ignore_case = true,
+        help_heading = "Ensemble"
+    )]
     pub tools: Vec<crate::tools::Tool>,
     /// Write the full JSON trace (every agent's text, answer, votes) to this file.
     #[arg(long, help_heading = "Ensemble")]

@@ -35,7 +35,7 @@ pub enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Run a Python file in the sandbox and print how it ended as JSON.
     Exec(exec::ExecArgs),
-    /// Show what this machine offers: sandbox isolation, Python, models, CPU features.
+    /// Show what this machine offers: sandbox isolation, Python, models, the kernel path.
     Doctor(doctor::DoctorArgs),
     /// List, pull and locate catalog models.
     #[command(subcommand)]

@@ -12,5 +12,6 @@ pub use load::{load_tokenizer, model_name};
 pub use sampler::{Sampler, SamplingParams};
 pub use worker::{Engine, Job, Prompt, Stats, Stream};
 
-/// Most tokens a reply gets when the caller names no limit (`ask`, the API, ensembles).
+/// Most tokens a reply gets when the caller names no limit (`ask`, the API, ensembles):
+/// OpenAI's "until the context ends" would let a small model ramble for thousands of tokens.
 pub const DEFAULT_MAX_TOKENS: usize = 512;

@@ -28,7 +28,10 @@ pub enum Prompt {
     Text(String),
     /// Exactly `tokens` prompt tokens: `text`'s tokens repeated, no template (what
     /// llama-bench's `-p` measures).
-    Filler { text: String, tokens: usize },
+    Filler {
+        text: String,
+        tokens: usize,
+    },
 }
 
 impl Prompt {
@@ -40,7 +43,10 @@ impl Prompt {
             Prompt::Text(text) => (model.encode_text(text)?, Vec::new()),
             Prompt::Filler { text, tokens } => {
                 let ids = model.encode_text(text)?;
-                (ids.iter().copied().cycle().take(*tokens).collect(), Vec::new())
+                (
+                    ids.iter().copied().cycle().take(*tokens).collect(),
+                    Vec::new(),
+                )
             }
         })
     }

@@ -21,7 +21,8 @@ const PRESETS: &[(&str, &str)] = &[
     ("refine", include_str!("../../configs/refine.toml")),
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How answers are combined. The command line's names (clap's kebab-case) are the serde names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     Vote,
@@ -39,23 +40,10 @@ pub enum Strategy {
     Refine,
 }
 
-impl std::str::FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let v = serde_json::Value::String(s.trim().to_lowercase());
-        serde_json::from_value(v).map_err(|_| {
-            format!(
-                "unknown strategy `{s}` (use vote, weighted, medoid, judge, fuse, debate, \
-                 exec-vote or refine)"
-            )
-        })
-    }
-}
-
 impl std::fmt::Display for Strategy {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
-        write!(f, "{}", v.as_str().unwrap_or_default())
+        let name = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+        f.write_str(name.get_name())
     }
 }
 
@@ -187,7 +175,7 @@ fn default_strategy() -> Strategy {
     Strategy::Vote
 }
 fn default_max_tokens() -> usize {
-    256
+    crate::engine::DEFAULT_MAX_TOKENS
 }
 fn default_max_depth() -> usize {
     3
@@ -530,7 +518,11 @@ impl Loader {
         let tools = m
             .tools
             .iter()
-            .map(|t| t.parse::<Tool>().map_err(anyhow::Error::msg))
+            .map(|t| {
+                <Tool as clap::ValueEnum>::from_str(t.trim(), true).map_err(|_| {
+                    anyhow::anyhow!("unknown tool `{t}` (known tools: python, calculator)")
+                })
+            })
             .collect::<Result<Vec<_>>>()
             .with_context(|| format!("in the tools of the [[member]] with model `{model}`"))?;
         let base = SamplingParams::default();
@@ -727,7 +719,10 @@ count = 2
         e.allow_tool(Tool::Python);
         assert!(e.require_tool(Tool::Python).is_ok());
         assert!(e.require_tool(Tool::Calculator).is_err());
-        assert_eq!("exec-vote".parse::<Strategy>(), Ok(Strategy::ExecVote));
         assert_eq!(Strategy::ExecVote.to_string(), "exec-vote");
+        // The names the command line takes are those the files use.
+        for s in <Strategy as clap::ValueEnum>::value_variants() {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
+        }
     }
 }

@@ -4,10 +4,11 @@
 //! also normalises: "1,000", "1000.0" and "$1000" all become "1000"; "(b)" becomes "B".
 
 use std::fmt;
-use std::str::FromStr;
 
 /// What shape of answer a task expects, which decides how replies are compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AnswerKind {
     /// A numeric answer (GSM8K-style word problems).
@@ -20,34 +21,10 @@ pub enum AnswerKind {
     Code,
 }
 
-impl AnswerKind {
-    const NAMES: [(&'static str, AnswerKind); 4] = [
-        ("number", AnswerKind::Number),
-        ("choice", AnswerKind::Choice),
-        ("text", AnswerKind::Text),
-        ("code", AnswerKind::Code),
-    ];
-}
-
-impl FromStr for AnswerKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let lower = s.trim().to_ascii_lowercase();
-        Self::NAMES
-            .iter()
-            .find(|(name, _)| *name == lower)
-            .map(|&(_, kind)| kind)
-            .ok_or_else(|| {
-                format!("unknown answer kind {s:?}; expected one of: number, choice, text, code")
-            })
-    }
-}
-
 impl fmt::Display for AnswerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = Self::NAMES.iter().find(|(_, k)| k == self).map(|(n, _)| *n);
-        f.write_str(name.unwrap_or("?"))
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let name = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+        f.write_str(name.get_name())
     }
 }
 
@@ -374,11 +351,13 @@ mod tests {
 
     #[test]
     fn kind_parses_and_displays() {
-        assert_eq!("number".parse::<AnswerKind>(), Ok(AnswerKind::Number));
-        assert_eq!(" Choice ".parse::<AnswerKind>(), Ok(AnswerKind::Choice));
-        assert_eq!("code".parse::<AnswerKind>(), Ok(AnswerKind::Code));
-        let err = "essay".parse::<AnswerKind>().unwrap_err();
-        assert!(err.contains("number, choice, text, code"), "{err}");
+        use clap::ValueEnum;
+        assert_eq!(AnswerKind::from_str("number", true), Ok(AnswerKind::Number));
+        assert_eq!(AnswerKind::from_str("Choice", true), Ok(AnswerKind::Choice));
+        assert!(AnswerKind::from_str("essay", true).is_err());
+        for k in AnswerKind::value_variants() {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.to_string());
+        }
         assert_eq!(AnswerKind::Text.to_string(), "text");
         assert_eq!(
             serde_json::to_string(&AnswerKind::Code).unwrap(),

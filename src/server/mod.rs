@@ -23,43 +23,61 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// How a server is set up (the `conclave serve` flags).
-#[derive(Debug, Clone)]
+/// How a server is set up: the `conclave serve` flags, whose defaults are these attributes'.
+#[derive(Debug, Clone, clap::Parser)]
 pub struct Options {
+    /// Address to listen on; anything but loopback needs --api-key or --insecure.
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Require this key as `Authorization: Bearer KEY`.
+    #[arg(long)]
     pub api_key: Option<String>,
-    /// Listen on a non-loopback address without a key.
+    /// Listen on a non-loopback address without an API key.
+    #[arg(long)]
     pub insecure: bool,
-    /// Requests queued or running at once; more get 429.
+    /// Requests queued or running at once; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
-    /// Longest a request may take; None for no limit.
-    pub request_timeout: Option<Duration>,
-    /// Largest request body, in bytes; larger get 413.
+    /// Seconds a request may take before it is answered 504 (0: no limit).
+    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = timeout)]
+    pub request_timeout: Timeout,
+    /// Largest request body in bytes; larger are answered 413.
+    #[arg(long = "max-body", value_name = "BYTES", default_value_t = 1 << 20)]
     pub body_limit: usize,
-    /// Models to serve; empty for every catalog model already pulled.
+    /// Comma-separated models to serve [default: every catalog model already pulled].
+    #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Ensemble files, served as `conclave/<file stem>`.
+    /// Ensemble file to serve as `conclave/<file stem>` (may be repeated); the presets
+    /// (vote8, mixed, council, judged, debate) are served as well.
+    #[arg(long = "config", value_name = "FILE")]
     pub configs: Vec<PathBuf>,
-    /// Serve ensembles that use tools (verifying strategies, agents allowed the calculator
-    /// or Python); off by default, so a request cannot make the server run anything.
+    /// Serve ensembles that use tools (`refine`, `exec-vote`, agents with `tools = [...]`);
+    /// without it they are not listed and requests for them are refused, so a request
+    /// cannot make the server run anything.
+    #[arg(long)]
     pub allow_tools: bool,
 }
 
+/// Longest a request may take; None for no limit. A named alias so that clap takes the
+/// whole `Option` from [`timeout`] instead of making the flag optional.
+pub type Timeout = Option<Duration>;
+
+/// `--request-timeout`: seconds, 0 for no limit.
+fn timeout(s: &str) -> Result<Timeout, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(secs >= 0.0 && secs.is_finite()) {
+        return Err("a number of seconds, 0 for no limit".into());
+    }
+    Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
+}
+
 impl Default for Options {
+    /// The flags' defaults.
     fn default() -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port: 8080,
-            api_key: None,
-            insecure: false,
-            max_queue: 64,
-            request_timeout: Some(Duration::from_secs(600)),
-            body_limit: 1 << 20,
-            models: Vec::new(),
-            configs: Vec::new(),
-            allow_tools: false,
-        }
+        <Self as clap::Parser>::parse_from(["conclave-serve"])
     }
 }
 

@@ -2,7 +2,7 @@
 //! turned into OpenAI responses and stream chunks.
 use super::errors::ApiError;
 use crate::engine::sampler::random_seed;
-use crate::engine::{Finish, Message, Output, SamplingParams};
+use crate::engine::{Finish, Message, Output, SamplingParams, DEFAULT_MAX_TOKENS};
 use crate::wire::{
     ChatChoice, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, ChunkChoice, Common,
     Completion, CompletionRequest, Delta, FinishReason, TextChoice, TextCompletion, Usage,
@@ -10,9 +10,6 @@ use crate::wire::{
 use serde::Serialize;
 use serde_json::Value;
 
-/// Tokens generated when a request sets no `max_tokens` (OpenAI's "until the context ends"
-/// would let a small model ramble for thousands of tokens).
-pub const DEFAULT_MAX_TOKENS: usize = 512;
 /// Most choices per request: each is a row of one batch, with its own KV cache.
 pub const MAX_N: usize = 32;
 /// OpenAI allows up to four stop sequences.

@@ -4,9 +4,9 @@
 //! Requests name models only from these lists: a request can never make the server read a
 //! file, download a model or load one it was not started with.
 use super::errors::ApiError;
-use crate::store::fetch;
 use crate::ensemble::config::preset_names;
 use crate::ensemble::{AnswerKind, Ensemble, Member, Strategy, WeightBy};
+use crate::store::fetch;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
@@ -249,7 +249,8 @@ mod tests {
 
     fn served() -> Served {
         Served {
-            models: vec!["smollm2-135m".into()],
+            // vote8 runs qwen; smollm2 is what the overrides name.
+            models: vec!["smollm2-135m".into(), "qwen2.5-coder-0.5b".into()],
             ensembles: [("vote8".to_string(), Source::Preset("vote8"))].into(),
             allow_tools: false,
         }

@@ -234,4 +234,3 @@ fn pids_cgroup() -> Option<PathBuf> {
     drop(probe);
     Some(base)
 }
-

@@ -13,8 +13,8 @@ pub use sandbox::{Outcome, Status};
 
 use serde::{Deserialize, Serialize};
 
-/// A tool an agent may be allowed to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A tool an agent may be allowed to use; the command line's names are the serde names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Tool {
     /// Run code in the sandbox (`run_python`).
@@ -23,26 +23,9 @@ pub enum Tool {
     Calculator,
 }
 
-impl Tool {
-    const NAMES: [(&'static str, Tool); 2] =
-        [("python", Tool::Python), ("calculator", Tool::Calculator)];
-}
-
-impl std::str::FromStr for Tool {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let lower = s.trim().to_ascii_lowercase();
-        Self::NAMES
-            .iter()
-            .find(|(n, _)| *n == lower)
-            .map(|&(_, t)| t)
-            .ok_or_else(|| format!("unknown tool `{s}` (known tools: python, calculator)"))
-    }
-}
-
 impl std::fmt::Display for Tool {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let name = Self::NAMES.iter().find(|(_, t)| t == self).map(|(n, _)| *n);
-        f.write_str(name.unwrap_or("?"))
+        let name = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+        f.write_str(name.get_name())
     }
 }

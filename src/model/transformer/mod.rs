@@ -250,7 +250,7 @@ mod tests {
     /// of the next products magnify (seen: up to 3.5 % of the largest logit).
     #[test]
     fn the_tensor_wiring_gives_the_rows_logits() {
-        let path = crate::model::fetch::resolve("smollm2-135m", true).unwrap();
+        let path = crate::store::fetch::resolve("smollm2-135m", true).unwrap();
         let mut g = GgufFile::open(&path).unwrap();
         let cfg = Config::from_gguf(&g).unwrap();
         let model = Transformer::load(&mut g, cfg, &Device::Cpu).unwrap();
