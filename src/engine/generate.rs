@@ -120,6 +120,7 @@ pub(crate) struct Generation {
     decode_seconds: f64,
     decode_tokens: usize,
     peak_batch: usize,
+    prefills: usize,
 }
 
 impl Generation {
@@ -148,9 +149,15 @@ impl Generation {
         let start = Instant::now();
         let mut cache = model.new_cache(1, req.prompt.len() + max_tokens)?;
         let mut logits = Vec::new();
+        // Prompt tokens the forward pass ran, to count whole prompts prefilled: one, whatever
+        // the number of samples.
+        let mut ran = 0;
         for chunk in req.prompt.chunks(PREFILL_CHUNK) {
-            logits = model.step(&[chunk.to_vec()], &mut cache)?;
+            let seqs = [chunk.to_vec()];
+            logits = model.step(&seqs, &mut cache)?;
+            ran += seqs.iter().map(Vec::len).sum::<usize>();
         }
+        let prefills = ran / req.prompt.len();
         let rows = req
             .samples
             .iter()
@@ -174,6 +181,7 @@ impl Generation {
             decode_seconds: 0.0,
             decode_tokens: 0,
             peak_batch: 0,
+            prefills,
         };
         let steps: Vec<(usize, &[f32])> = (0..n).map(|s| (s, logits[0].as_slice())).collect();
         g.advance(model, &steps, on_text)?;
@@ -184,6 +192,11 @@ impl Generation {
         };
         g.prefill_seconds = start.elapsed().as_secs_f64();
         Ok((g, cache))
+    }
+
+    /// How many sequences the prompt was prefilled as (the engine's `prefills` counter).
+    pub fn prefills(&self) -> usize {
+        self.prefills
     }
 
     /// Samples still decoding, in order.

@@ -286,9 +286,11 @@ fn start(
         samples: job.samples.clone(),
         ignore_eos: job.ignore_eos,
     };
-    let started = Generation::start(model, req, &mut forward(&job.stream))?;
-    stats.prefills.fetch_add(1, Ordering::SeqCst);
-    Ok(started)
+    let (g, cache) = Generation::start(model, req, &mut forward(&job.stream))?;
+    stats
+        .prefills
+        .fetch_add(g.prefills() as u64, Ordering::SeqCst);
+    Ok((g, cache))
 }
 
 /// A text callback that forwards pieces to the job's stream, if it has one. A receiver that
