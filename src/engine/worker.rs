@@ -61,6 +61,8 @@ pub struct Job {
     pub max_tokens: usize,
     pub stop: Vec<String>,
     pub samples: Vec<SamplingParams>,
+    /// Keep going past end-of-turn tokens and the format's own stop strings (benchmarks that
+    /// need a fixed length); `stop` still applies.
     pub ignore_eos: bool,
     /// Receives `(sample, text)` pieces as they are decoded.
     pub stream: Stream,
@@ -278,6 +280,10 @@ fn start(
     let model = &models[&job.model];
     let (prompt, mut stop) = job.prompt.encode(model)?;
     tracing::debug!("prompt tokens: {prompt:?}");
+    if job.ignore_eos {
+        // The plain format's next-turn marker ends a turn as an end-of-turn token does.
+        stop.clear();
+    }
     stop.extend(job.stop.iter().cloned());
     let req = Request {
         prompt,
