@@ -382,7 +382,10 @@ fn a_malformed_line_is_an_error_naming_file_and_line() {
     let err = fail(&["bench", "--dataset", DATA, "--task", "gsm8k"]);
     assert!(err.contains("give --model NAME or --config FILE"), "{err}");
     let err = fail(&["bench", "--dataset", DATA, "--task", "essay", "-m", "x"]);
-    assert!(err.contains("unknown task"), "{err}");
+    assert!(
+        err.contains("invalid value 'essay'") && err.contains("gsm8k, choice, text, code"),
+        "an unknown task names the ones there are: {err}"
+    );
 }
 
 #[test]
