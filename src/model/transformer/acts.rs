@@ -1,17 +1,35 @@
 //! A step's activations, `[B·T, width]`, and the few operations the block's one wiring
-//! (`block`) runs on them: plain rows on the CPU (`Rows`), candle tensors on a GPU.
+//! (`block`) runs on them, and what its attention takes (`Heads`, `At`): plain rows on the CPU (`Rows`), candle tensors on a GPU.
 //!
 //! On the CPU no tensor stands between the ops: at 8 smollm2 rows their copies, allocations
 //! and zero-fills were about a tenth of a decode step (`perf`). Tensors remain there only
 //! inside attention over several new positions (prefill), and for products our kernel does
 //! not take (`projection::mul_rows`).
-use super::block::{At, Heads};
 use super::norm::RmsNorm;
 use super::projection::{Linear, Mlp};
+use super::rope::Rope;
 use crate::model::attention;
 use crate::model::kv_cache::{KvCache, LayerKv};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
+
+/// The head layout of a layer's attention.
+#[derive(Clone, Copy)]
+pub(super) struct Heads {
+    /// H query heads, KVH key-value heads, D values each.
+    pub h: usize,
+    pub kvh: usize,
+    pub d: usize,
+    /// What scores are scaled by (applied to the queries).
+    pub scale: f64,
+}
+
+/// What a layer's attention takes from its step: the rotation of its positions, and the
+/// additive mask ([n_rep·T, L] or per row [B, 1, n_rep·T, L]; None when nothing is hidden).
+pub(super) struct At<'a> {
+    pub rope: &'a Rope,
+    pub mask: Option<&'a Tensor>,
+}
 
 pub(super) trait Acts: Sized {
     /// Each row of the norm's width normed (the embedding's, or a head's).

@@ -3,31 +3,11 @@
 //!
 //! Shapes: `B` sequences in a batch, `T` new tokens each, `E` embedding width, `H`/`KVH`
 //! query/key-value heads, `D` head width.
-use super::acts::Acts;
+use super::acts::{Acts, At, Heads};
 use super::norm::RmsNorm;
 use super::projection::{Linear, Mlp};
-use super::rope::Rope;
 use crate::model::kv_cache::KvCache;
 use anyhow::Result;
-use candle_core::Tensor;
-
-/// The head layout of a layer's attention.
-#[derive(Clone, Copy)]
-pub(super) struct Heads {
-    /// H query heads, KVH key-value heads, D values each.
-    pub h: usize,
-    pub kvh: usize,
-    pub d: usize,
-    /// What scores are scaled by (applied to the queries).
-    pub scale: f64,
-}
-
-/// What a layer's attention takes from its step: the rotation of its positions, and the
-/// additive mask ([n_rep·T, L] or per row [B, 1, n_rep·T, L]; None when nothing is hidden).
-pub(super) struct At<'a> {
-    pub rope: &'a Rope,
-    pub mask: Option<&'a Tensor>,
-}
 
 pub(super) struct Attention {
     pub q: Linear,

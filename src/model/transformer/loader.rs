@@ -1,5 +1,6 @@
 //! Builds a `Transformer` from a GGUF's named tensors.
-use super::block::{Attention, Block, Heads};
+use super::acts::Heads;
+use super::block::{Attention, Block};
 use super::norm::RmsNorm;
 use super::projection::{Linear, Mlp, Proj};
 use super::Transformer;

@@ -14,9 +14,9 @@ mod rope;
 
 use super::config::Config;
 use super::kv_cache::KvCache;
-use acts::{Acts, Rows};
+use acts::{Acts, At, Rows};
 use anyhow::Result;
-use block::{At, Block};
+use block::Block;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use norm::RmsNorm;
