@@ -168,14 +168,17 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Turn a model spec (catalog name or path to a .gguf) into a local file path,
-/// pulling catalog models into the default models dir when `auto_pull` is set.
+/// Turn a model spec (catalog name, path to a .gguf, or `hf:ORG/REPO[:QUANT|FILE]`) into a
+/// local file path, pulling catalog and hub models into the default models dir when `auto_pull` is set.
 pub fn resolve(spec: &str, auto_pull: bool) -> Result<PathBuf> {
     resolve_in(spec, &models_dir(), auto_pull)
 }
 
 /// [`resolve`] with an explicit models directory.
 pub fn resolve_in(spec: &str, models_dir: &Path, auto_pull: bool) -> Result<PathBuf> {
+    if let Some(rest) = spec.strip_prefix(super::hub::PREFIX) {
+        return super::hub::resolve(rest, auto_pull);
+    }
     let path = Path::new(spec);
     if spec.ends_with(".gguf") || path.exists() {
         if path.is_file() {
