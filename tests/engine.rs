@@ -84,9 +84,9 @@ fn a_failing_job_does_not_stop_the_engine_and_text_streams() {
             .await
             .unwrap();
         let mut streamed = String::new();
-        while let Ok((sample, piece)) = rx.try_recv() {
-            assert_eq!(sample, 0);
-            streamed.push_str(&piece);
+        while let Ok(piece) = rx.try_recv() {
+            assert_eq!(piece.sample, 0);
+            streamed.push_str(&piece.text);
         }
         assert_eq!(streamed, out.completions[0].text);
     });

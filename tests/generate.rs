@@ -33,8 +33,8 @@ fn generate(mut job: Job, stream: bool) -> (Output, Vec<String>) {
         .build()
         .unwrap();
     let out = rt.block_on(Engine::start().generate(job)).unwrap();
-    while let Ok((i, piece)) = rx.try_recv() {
-        streamed[i].push_str(&piece);
+    while let Ok(piece) = rx.try_recv() {
+        streamed[piece.sample].push_str(&piece.text);
     }
     (out, streamed)
 }

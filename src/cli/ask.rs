@@ -2,7 +2,8 @@
 use super::ensemble::{self, EnsembleArgs, Question};
 use crate::engine::sampler::random_seed;
 use crate::engine::{
-    model_name, Engine, Job, Message, Prompt, SamplingParams, DEFAULT_MAX_TOKENS, DEFAULT_MODEL,
+    model_name, Engine, Job, Message, Piece, Prompt, SamplingParams, DEFAULT_MAX_TOKENS,
+    DEFAULT_MODEL,
 };
 use anyhow::Result;
 use serde_json::json;
@@ -67,7 +68,7 @@ pub fn run(args: AskArgs) -> Result<()> {
         Prompt::Chat(messages)
     };
     let seed = args.seed.unwrap_or_else(random_seed);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Piece>();
     let job = Job {
         model: args.model.clone(),
         prompt,
@@ -86,8 +87,8 @@ pub fn run(args: AskArgs) -> Result<()> {
         // The stream ends when the engine drops the job's sender, after its last piece.
         let print = async {
             let mut out = std::io::stdout();
-            while let Some((_, piece)) = rx.recv().await {
-                let _ = write!(out, "{piece}");
+            while let Some(piece) = rx.recv().await {
+                let _ = write!(out, "{}", piece.text);
                 let _ = out.flush();
             }
         };

@@ -55,6 +55,35 @@ pub struct Completion {
     pub finish: Finish,
     /// Sum of the chosen tokens' log-probabilities under the model.
     pub logprob_sum: f32,
+    /// Each token's log-probability and alternatives, when the sample's `top_logprobs` asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprobs>>,
+}
+
+/// A token, its text and its log-probability (see [`super::sampler::Pick`] for which
+/// distribution).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Logprob {
+    pub token: u32,
+    /// The token decoded alone (a piece of a character decodes as U+FFFD).
+    pub text: String,
+    pub logprob: f32,
+}
+
+/// One sampled token's [`Logprob`] and the most likely alternatives, most likely first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprobs {
+    pub chosen: Logprob,
+    pub top: Vec<Logprob>,
+}
+
+/// Text decoded since the last piece of one sample, and the log-probabilities of the tokens
+/// taken since then (empty unless asked for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub sample: usize,
+    pub text: String,
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 impl Completion {
@@ -94,8 +123,8 @@ impl Output {
     }
 }
 
-/// Text produced so far by one sample, as `on_text(sample, piece)` calls.
-pub(crate) type OnText<'a> = &'a mut dyn FnMut(usize, &str);
+/// Text produced so far by one sample, as `on_text(piece)` calls.
+pub(crate) type OnText<'a> = &'a mut dyn FnMut(Piece);
 
 /// One sample while it decodes.
 struct Row {
@@ -107,6 +136,9 @@ struct Row {
     decoded: Incremental,
     emitted: usize,
     logprob_sum: f32,
+    /// Present when asked for; `logprobs_emitted` of them have been streamed.
+    logprobs: Option<Vec<TokenLogprobs>>,
+    logprobs_emitted: usize,
     finish: Option<Finish>,
 }
 
@@ -170,6 +202,8 @@ impl Generation {
                 decoded: Incremental::default(),
                 emitted: 0,
                 logprob_sum: 0.0,
+                logprobs: p.top_logprobs.map(|_| Vec::new()),
+                logprobs_emitted: 0,
                 finish: None,
             })
             .collect();
@@ -270,6 +304,7 @@ impl Generation {
                 tokens: r.tokens,
                 finish: r.finish.unwrap_or(Finish::Length),
                 logprob_sum: r.logprob_sum,
+                logprobs: r.logprobs,
             })
             .collect();
         Output {
@@ -376,6 +411,20 @@ fn take(model: &Model, req: &Request, row: &mut Row, pick: Pick, max_tokens: usi
     }
     row.tokens.push(pick.token);
     row.logprob_sum += pick.logprob;
+    if let Some(lps) = &mut row.logprobs {
+        let logprob = |(token, logprob): (u32, f32)| -> Result<Logprob> {
+            let text = model.tokenizer.decode(&[token], false)?;
+            Ok(Logprob {
+                token,
+                text,
+                logprob,
+            })
+        };
+        lps.push(TokenLogprobs {
+            chosen: logprob((pick.token, pick.logprob))?,
+            top: pick.top.into_iter().map(logprob).collect::<Result<_>>()?,
+        });
+    }
     model
         .tokenizer
         .decode_more(&row.tokens, &mut row.decoded, &mut row.text)?;
@@ -396,9 +445,19 @@ fn emit(req: &Request, row: &mut Row, on_text: OnText) {
     } else {
         safe_end(&row.text, &req.stop)
     };
-    if end > row.emitted {
-        on_text(row.sample, &row.text[row.emitted..end]);
+    // Log-probabilities go with the text they end at; the last piece takes any left.
+    let logprobs = match &row.logprobs {
+        Some(l) if end > row.emitted || row.finish.is_some() => &l[row.logprobs_emitted..],
+        _ => &[],
+    };
+    if end > row.emitted || !logprobs.is_empty() {
+        on_text(Piece {
+            sample: row.sample,
+            text: row.text[row.emitted..end].to_string(),
+            logprobs: logprobs.to_vec(),
+        });
         row.emitted = end;
+        row.logprobs_emitted += logprobs.len();
     }
 }
 

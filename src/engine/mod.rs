@@ -7,7 +7,7 @@ mod worker;
 
 pub use crate::model::chat::Message;
 pub use crate::store::catalog::DEFAULT_MODEL;
-pub use generate::{Completion, Finish, JobError, Output};
+pub use generate::{Completion, Finish, JobError, Logprob, Output, Piece, TokenLogprobs};
 pub use load::{load_tokenizer, model_name};
 pub use sampler::{Sampler, SamplingParams};
 pub use worker::{Engine, Job, Prompt, Stats, Stream};

@@ -33,6 +33,11 @@ pub struct SamplingParams {
     /// option there.
     #[arg(skip)]
     pub seed: u64,
+    /// Report each sampled token's log-probability and this many most likely alternatives
+    /// (None: report nothing, and compute no alternatives). Set by API requests only.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub top_logprobs: Option<usize>,
 }
 
 impl SamplingParams {
@@ -46,6 +51,7 @@ impl SamplingParams {
         repeat_penalty: 1.0,
         repeat_last_n: 64,
         seed: 0,
+        top_logprobs: None,
     };
 }
 
@@ -71,10 +77,19 @@ pub struct Sampler {
 }
 
 /// The chosen token and its log-probability under the model's unaltered distribution.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// That distribution is the log-softmax of the logits before temperature, top-k, top-p and
+/// min-p (after the repetition penalty, which the API never sets): what vLLM reports by
+/// default (`logprobs_mode = "raw_logprobs"`, vllm/config), and what OpenAI documents as the
+/// token's log probability. llama.cpp's server can report post-sampling probabilities instead
+/// (`n_probs` with `post_sampling_probs`, tools/server/README.md).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pick {
     pub token: u32,
     pub logprob: f32,
+    /// When `top_logprobs` asks: the most likely tokens and their log-probabilities under the
+    /// same distribution, most likely first (equal ones by id, so a greedy pick is first).
+    pub top: Vec<(u32, f32)>,
 }
 
 impl Sampler {
@@ -115,9 +130,20 @@ impl Sampler {
         } else {
             self.draw(logits)
         };
+        // One normalizer for the pick and its alternatives.
+        let norm = log_sum_exp(logits);
+        let top = match self.params.top_logprobs {
+            Some(k) if k > 0 => {
+                let mut best = top_k(logits, k.min(logits.len()));
+                best.sort_unstable_by(by_logit);
+                best.into_iter().map(|(t, l)| (t, l - norm)).collect()
+            }
+            _ => Vec::new(),
+        };
         Pick {
             token,
-            logprob: log_softmax_at(logits, token as usize),
+            logprob: logits[token as usize] - norm,
+            top,
         }
     }
 
@@ -246,11 +272,16 @@ fn top_k_body(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
 
 /// log softmax(logits)[i], computed stably.
 pub fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
-    simd_here!(log_softmax_body(logits, i))
+    logits[i] - log_sum_exp(logits)
+}
+
+/// log Σ exp(logits), computed stably: log softmax(logits)[i] is `logits[i]` less this.
+pub fn log_sum_exp(logits: &[f32]) -> f32 {
+    simd_here!(log_sum_exp_body(logits))
 }
 
 #[inline(always)]
-fn log_softmax_body(logits: &[f32], i: usize) -> f32 {
+fn log_sum_exp_body(logits: &[f32]) -> f32 {
     // Sixteen partial maxima and sums, so both loops vectorize.
     const LANES: usize = 16;
     let chunks = logits.chunks_exact(LANES);
@@ -273,7 +304,7 @@ fn log_softmax_body(logits: &[f32], i: usize) -> f32 {
         }
     }
     let sum: f32 = sums.iter().sum::<f32>() + tail.iter().map(|&l| exp(l - max)).sum::<f32>();
-    logits[i] - max - sum.ln()
+    max + sum.ln()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //!
 //! A job whose caller has gone (its reply future or its stream receiver dropped, e.g. an HTTP
 //! client that disconnected) is dropped before its next step, freeing its rows of the batch.
-use super::generate::{Batch, Generation, JobError, Output, Request};
+use super::generate::{Batch, Generation, JobError, Output, Piece, Request};
 use super::load::load;
 use super::sampler::SamplingParams;
 use crate::model::chat::Message;
@@ -64,12 +64,12 @@ pub struct Job {
     /// Keep going past end-of-turn tokens and the format's own stop strings (benchmarks that
     /// need a fixed length); `stop` still applies.
     pub ignore_eos: bool,
-    /// Receives `(sample, text)` pieces as they are decoded.
+    /// Receives each sample's pieces as they are decoded.
     pub stream: Stream,
 }
 
 /// Where a job's text goes while it is decoded.
-pub type Stream = Option<tokio::sync::mpsc::UnboundedSender<(usize, String)>>;
+pub type Stream = Option<tokio::sync::mpsc::UnboundedSender<Piece>>;
 
 struct Envelope {
     job: Job,
@@ -301,10 +301,10 @@ fn start(
 
 /// A text callback that forwards pieces to the job's stream, if it has one. A receiver that
 /// has gone away is not an error: the job still completes for its reply.
-fn forward(stream: &Stream) -> impl FnMut(usize, &str) + '_ {
-    move |sample, piece| {
+fn forward(stream: &Stream) -> impl FnMut(Piece) + '_ {
+    move |piece| {
         if let Some(s) = stream {
-            let _ = s.send((sample, piece.to_string()));
+            let _ = s.send(piece);
         }
     }
 }

@@ -110,6 +110,8 @@ fn request(
             .iter()
             .map(|m| ChatMessage::text(&m.role, &m.content))
             .collect(),
+        logprobs: false,
+        top_logprobs: None,
         common: Common {
             model: remote.model.clone(),
             max_tokens: Some(max_tokens),

@@ -2,10 +2,11 @@
 //! turned into OpenAI responses and stream chunks.
 use super::errors::ApiError;
 use crate::engine::sampler::random_seed;
-use crate::engine::{Finish, Message, Output, SamplingParams, DEFAULT_MAX_TOKENS};
+use crate::engine::{Finish, Message, Output, SamplingParams, TokenLogprobs, DEFAULT_MAX_TOKENS};
 use crate::wire::{
-    ChatChoice, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, ChunkChoice, Common,
-    Completion, CompletionRequest, Delta, FinishReason, TextChoice, TextCompletion, Usage,
+    ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChatMessage, ChatRequest, ChunkChoice,
+    Common, Completion, CompletionRequest, Delta, FinishReason, TextChoice, TextCompletion,
+    TextLogprobs, TokenLogprob, TopLogprob, Usage,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -14,6 +15,8 @@ use serde_json::Value;
 pub const MAX_N: usize = 32;
 /// OpenAI allows up to four stop sequences.
 const MAX_STOPS: usize = 4;
+/// OpenAI's most `top_logprobs` (and legacy `logprobs`) alternatives per token.
+pub const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// A request's generation settings, checked.
 #[derive(Debug, Clone)]
@@ -26,6 +29,48 @@ pub struct Params {
     pub seed: Option<u64>,
     pub stream: bool,
     pub include_usage: bool,
+}
+
+impl Params {
+    /// Whether the request asked for log-probabilities.
+    pub fn logprobs(&self) -> bool {
+        self.samples.iter().any(|s| s.top_logprobs.is_some())
+    }
+
+    /// Every sample reports log-probabilities with `top` alternatives (None: none).
+    pub fn set_logprobs(&mut self, top: Option<usize>) {
+        for s in &mut self.samples {
+            s.top_logprobs = top;
+        }
+    }
+}
+
+/// A chat request's `logprobs` and `top_logprobs`, checked: the alternatives per token, or
+/// None when log-probabilities are not asked for.
+pub fn chat_logprobs(req: &ChatRequest) -> Result<Option<usize>, ApiError> {
+    match (req.logprobs, req.top_logprobs) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(ApiError::invalid(
+            Some("top_logprobs"),
+            "top_logprobs needs logprobs: true",
+        )),
+        (true, top) => top_count("top_logprobs", top.unwrap_or(0)).map(Some),
+    }
+}
+
+/// A `/v1/completions` request's legacy `logprobs: N`, checked.
+pub fn text_logprobs(req: &CompletionRequest) -> Result<Option<usize>, ApiError> {
+    req.logprobs.map(|n| top_count("logprobs", n)).transpose()
+}
+
+fn top_count(param: &str, n: i64) -> Result<usize, ApiError> {
+    if !(0..=MAX_TOP_LOGPROBS).contains(&n) {
+        return Err(ApiError::invalid(
+            Some(param),
+            format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, not {n}"),
+        ));
+    }
+    Ok(n as usize)
 }
 
 /// Parses a JSON body into `T`, answering 400 with serde's reason when it does not fit.
@@ -107,11 +152,7 @@ pub fn params(c: &Common) -> Result<Params, ApiError> {
 
 fn refuse_unsupported(c: &Common) -> Result<(), ApiError> {
     let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null() && *v != false);
-    for (name, value) in [
-        ("logprobs", &c.logprobs),
-        ("tools", &c.tools),
-        ("response_format", &c.response_format),
-    ] {
+    for (name, value) in [("tools", &c.tools), ("response_format", &c.response_format)] {
         if set(value) {
             return Err(ApiError::invalid(
                 Some(name),
@@ -191,6 +232,63 @@ pub fn prompt(req: &CompletionRequest) -> Result<String, ApiError> {
     Ok(p)
 }
 
+/// One choice of a whole response.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub text: String,
+    pub finish: Option<Finish>,
+    /// When the request asked for them.
+    pub logprobs: Option<Vec<TokenLogprobs>>,
+}
+
+impl Answer {
+    pub fn new(text: String, finish: Option<Finish>) -> Self {
+        Self {
+            text,
+            finish,
+            logprobs: None,
+        }
+    }
+}
+
+/// Tokens' log-probabilities in OpenAI's chat shape.
+pub fn chat_logprobs_of(tokens: &[TokenLogprobs]) -> ChatLogprobs {
+    ChatLogprobs {
+        content: tokens
+            .iter()
+            .map(|t| TokenLogprob {
+                token: t.chosen.text.clone(),
+                logprob: t.chosen.logprob,
+                bytes: Some(t.chosen.text.as_bytes().to_vec()),
+                top_logprobs: t
+                    .top
+                    .iter()
+                    .map(|a| TopLogprob {
+                        token: a.text.clone(),
+                        logprob: a.logprob,
+                        bytes: Some(a.text.as_bytes().to_vec()),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Tokens' log-probabilities in `/v1/completions`' legacy shape; the first token starts
+/// `offset` characters into the choice's text.
+pub fn text_logprobs_of(tokens: &[TokenLogprobs], mut offset: usize) -> TextLogprobs {
+    let mut out = TextLogprobs::default();
+    for t in tokens {
+        out.tokens.push(t.chosen.text.clone());
+        out.token_logprobs.push(t.chosen.logprob);
+        out.top_logprobs
+            .push(t.top.iter().map(|a| (a.text.clone(), a.logprob)).collect());
+        out.text_offset.push(offset);
+        offset += t.chosen.text.chars().count();
+    }
+    out
+}
+
 /// Which endpoint a response is for: the shapes differ in names only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -253,34 +351,34 @@ impl Meta {
         }
     }
 
-    /// A whole chat response: one choice per (text, finish).
-    pub fn chat(&self, choices: Vec<(String, Option<Finish>)>, usage: Usage) -> ChatCompletion {
+    /// A whole chat response: one choice per answer.
+    pub fn chat(&self, choices: Vec<Answer>, usage: Usage) -> ChatCompletion {
         let choices = choices
             .into_iter()
             .enumerate()
-            .map(|(index, (text, finish))| ChatChoice {
+            .map(|(index, a)| ChatChoice {
                 index,
-                message: ChatMessage::text("assistant", &text),
-                logprobs: None,
-                finish_reason: Some(finish_reason(finish)),
+                message: ChatMessage::text("assistant", &a.text),
+                logprobs: a.logprobs.as_deref().map(chat_logprobs_of),
+                finish_reason: Some(finish_reason(a.finish)),
             })
             .collect();
         self.completion("chat.completion", choices, Some(usage))
     }
 
     /// A whole (non-streamed) response of this request's endpoint.
-    pub fn response(&self, choices: Vec<(String, Option<Finish>)>, usage: Usage) -> Whole {
+    pub fn response(&self, choices: Vec<Answer>, usage: Usage) -> Whole {
         match self.shape {
             Shape::Chat => Whole::Chat(self.chat(choices, usage)),
             Shape::Text => {
                 let choices = choices
                     .into_iter()
                     .enumerate()
-                    .map(|(index, (text, finish))| TextChoice {
+                    .map(|(index, a)| TextChoice {
                         index,
-                        text,
-                        logprobs: None,
-                        finish_reason: Some(finish_reason(finish)),
+                        logprobs: a.logprobs.as_deref().map(|l| text_logprobs_of(l, 0)),
+                        text: a.text,
+                        finish_reason: Some(finish_reason(a.finish)),
                     })
                     .collect();
                 Whole::Text(self.completion("text_completion", choices, Some(usage)))
@@ -289,12 +387,14 @@ impl Meta {
     }
 
     /// One chat chunk for choice `index`: `role` on a choice's first chunk, `text` as it is
-    /// decoded, `finish` on the last (which carries no text).
+    /// decoded (with its tokens' `logprobs` when asked for), `finish` on the last (which
+    /// carries no text).
     pub fn chat_chunk(
         &self,
         index: usize,
         role: bool,
         text: &str,
+        logprobs: Option<&[TokenLogprobs]>,
         finish: Option<Finish>,
     ) -> ChatChunk {
         let delta = match (role, finish) {
@@ -311,22 +411,33 @@ impl Meta {
         let choice = ChunkChoice {
             index,
             delta,
-            logprobs: None,
+            logprobs: logprobs.map(chat_logprobs_of),
             finish_reason: finish.map(|f| finish_reason(Some(f))),
         };
         self.completion("chat.completion.chunk", vec![choice], None)
     }
 
     /// One streamed chunk of this request's endpoint (see `chat_chunk`; a text stream has no
-    /// role chunks).
-    pub fn chunk(&self, index: usize, role: bool, text: &str, finish: Option<Finish>) -> Chunk {
+    /// role chunks, and its first token of `logprobs` starts `offset` characters into the
+    /// choice's text).
+    pub fn chunk(
+        &self,
+        index: usize,
+        role: bool,
+        text: &str,
+        logprobs: Option<(&[TokenLogprobs], usize)>,
+        finish: Option<Finish>,
+    ) -> Chunk {
         match self.shape {
-            Shape::Chat => Chunk::Chat(self.chat_chunk(index, role, text, finish)),
+            Shape::Chat => {
+                let logprobs = logprobs.map(|(l, _)| l);
+                Chunk::Chat(self.chat_chunk(index, role, text, logprobs, finish))
+            }
             Shape::Text => {
                 let choice = TextChoice {
                     index,
                     text: text.to_string(),
-                    logprobs: None,
+                    logprobs: logprobs.map(|(l, offset)| text_logprobs_of(l, offset)),
                     finish_reason: finish.map(|f| finish_reason(Some(f))),
                 };
                 Chunk::Text(self.completion("text_completion", vec![choice], None))
@@ -357,10 +468,14 @@ pub fn output_usage(o: &Output) -> Usage {
     Usage::new(o.prompt_tokens, o.completion_tokens())
 }
 
-pub fn choices(o: &Output) -> Vec<(String, Option<Finish>)> {
+pub fn choices(o: &Output) -> Vec<Answer> {
     o.completions
         .iter()
-        .map(|c| (c.text.clone(), Some(c.finish)))
+        .map(|c| Answer {
+            text: c.text.clone(),
+            finish: Some(c.finish),
+            logprobs: c.logprobs.clone(),
+        })
         .collect()
 }
 
@@ -402,7 +517,7 @@ mod tests {
             Some("tools")
         );
         // Unset, null or false: not asked for, so not refused.
-        let ok = json!({"model": "m", "logprobs": false, "tools": null, "whatever": 1});
+        let ok = json!({"model": "m", "tools": null, "whatever": 1});
         assert!(params(&common(ok)).is_ok());
     }
 
@@ -447,7 +562,10 @@ mod tests {
     #[test]
     fn responses_have_openai_shape() {
         let m = Meta::new("smollm2-135m", Shape::Chat);
-        let whole = value(m.response(vec![("Paris".into(), Some(Finish::Eos))], Usage::new(3, 4)));
+        let whole = value(m.response(
+            vec![Answer::new("Paris".into(), Some(Finish::Eos))],
+            Usage::new(3, 4),
+        ));
         let want = json!({"id": m.id, "object": "chat.completion", "created": m.created,
             "model": "smollm2-135m", "usage":
                 {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
@@ -455,7 +573,10 @@ mod tests {
                          "message": {"role": "assistant", "content": "Paris"}}]});
         assert_eq!(whole, want);
         let t = Meta::new("m", Shape::Text);
-        let whole = value(t.response(vec![("x".into(), Some(Finish::Length))], Usage::new(1, 1)));
+        let whole = value(t.response(
+            vec![Answer::new("x".into(), Some(Finish::Length))],
+            Usage::new(1, 1),
+        ));
         assert_eq!(whole["object"], "text_completion");
         assert_eq!(
             whole["choices"][0],
@@ -467,16 +588,16 @@ mod tests {
     #[test]
     fn chunks_have_openai_shape() {
         let m = Meta::new("smollm2-135m", Shape::Chat);
-        let first = value(m.chunk(2, true, "", None));
+        let first = value(m.chunk(2, true, "", None, None));
         assert_eq!(
             first,
             json!({"id": m.id, "object": "chat.completion.chunk", "created": m.created,
                    "model": "smollm2-135m", "choices": [{"index": 2, "logprobs": null,
                    "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]})
         );
-        let next = value(m.chunk(0, false, "Par", None));
+        let next = value(m.chunk(0, false, "Par", None, None));
         assert_eq!(next["choices"][0]["delta"], json!({"content": "Par"}));
-        let last = value(m.chunk(0, false, "", Some(Finish::Eos)));
+        let last = value(m.chunk(0, false, "", None, Some(Finish::Eos)));
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
         assert_eq!(last["choices"][0]["delta"], json!({}));
         let u = value(m.usage_chunk(Usage::new(3, 4)));
@@ -485,7 +606,7 @@ mod tests {
             (json!([]), json!(7))
         );
         let t = Meta::new("m", Shape::Text);
-        let c = value(t.chunk(1, false, "a", None));
+        let c = value(t.chunk(1, false, "a", None, None));
         assert_eq!(
             c["choices"][0],
             json!({"index": 1, "text": "a", "logprobs": null, "finish_reason": null})

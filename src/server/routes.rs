@@ -1,7 +1,7 @@
 //! The endpoints: `/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/health`,
 //! `/metrics`, behind the API key check and the request metrics.
 use super::errors::ApiError;
-use super::openai::{self, Meta, Params, Shape};
+use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
 use super::{metrics, sse, App};
 use crate::engine::{Job, Message, Prompt};
@@ -141,9 +141,17 @@ async fn chat(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = openai::parse(&body(&app, raw)?)?;
-    let params = openai::params(&req.common)?;
+    let mut params = openai::params(&req.common)?;
+    params.set_logprobs(openai::chat_logprobs(&req)?);
     let messages = openai::messages(&req)?;
     if let Some(name) = req.common.model.strip_prefix(ENSEMBLE_PREFIX) {
+        if params.logprobs() {
+            return Err(ApiError::invalid(
+                Some("logprobs"),
+                "an ensemble's answer is voted, not sampled, so it has no log-probabilities; \
+                 leave logprobs out or ask a single model",
+            ));
+        }
         return ensemble(app, name, &req.common, &params, &messages).await;
     }
     if req.common.ensemble.is_some() {
@@ -161,7 +169,8 @@ async fn completions(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = openai::parse(&body(&app, raw)?)?;
-    let params = openai::params(&req.common)?;
+    let mut params = openai::params(&req.common)?;
+    params.set_logprobs(openai::text_logprobs(&req)?);
     let prompt = openai::prompt(&req)?;
     let model = app.0.served.model(&req.common.model)?;
     generate(app, &model, Prompt::Text(prompt), params, Shape::Text).await
@@ -271,7 +280,7 @@ async fn ensemble(
             params.include_usage,
         ));
     }
-    let mut body = meta.chat(vec![(text, None)], usage);
+    let mut body = meta.chat(vec![Answer::new(text, None)], usage);
     body.conclave = Some(conclave);
     Ok(Json(body).into_response())
 }

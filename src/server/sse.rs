@@ -9,7 +9,7 @@
 use super::errors::ApiError;
 use super::openai::{self, Meta};
 use super::App;
-use crate::engine::{Finish, Job};
+use crate::engine::{Finish, Job, Piece};
 use crate::wire::Usage;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -71,11 +71,12 @@ async fn pump(
     meta: Meta,
     n: usize,
     include_usage: bool,
-    mut pieces: mpsc::UnboundedReceiver<(usize, String)>,
+    mut pieces: mpsc::UnboundedReceiver<Piece>,
     tx: mpsc::Sender<Result<Event, ApiError>>,
     _permit: OwnedSemaphorePermit,
 ) {
     let model = job.model.clone();
+    let job_logprobs = job.samples.iter().any(|s| s.top_logprobs.is_some());
     let engine = app.0.engine.clone();
     let generation = engine.generate(job);
     tokio::pin!(generation);
@@ -87,6 +88,19 @@ async fn pump(
         async move { tx.send(Ok(e)).await.is_ok() }
     };
     let mut started = false;
+    // With log-probabilities asked for, each piece's tokens, and (for the legacy shape) how
+    // many characters each choice has streamed, where its next token's text_offset starts.
+    let logprobs = job_logprobs;
+    let mut offsets = vec![0usize; n];
+    let mut piece_chunk = |p: &Piece| {
+        let lp = logprobs.then_some((&p.logprobs[..], offsets[p.sample]));
+        offsets[p.sample] += p
+            .logprobs
+            .iter()
+            .map(|t| t.chosen.text.chars().count())
+            .sum::<usize>();
+        data(&meta.chunk(p.sample, false, &p.text, lp, None))
+    };
     // Role chunks go out once the prefill has worked (before it, an error is still a status).
     let start = |started: &mut bool| -> Vec<Event> {
         if *started || meta.shape != openai::Shape::Chat {
@@ -95,18 +109,18 @@ async fn pump(
         }
         *started = true;
         (0..n)
-            .map(|i| data(&meta.chunk(i, true, "", None)))
+            .map(|i| data(&meta.chunk(i, true, "", None, None)))
             .collect()
     };
     let result = loop {
         tokio::select! {
             biased;
             _ = tx.closed() => return, // the client left: dropping the job cancels it
-            Some((i, text)) = pieces.recv() => {
+            Some(piece) = pieces.recv() => {
                 for e in start(&mut started) {
                     if !send(e).await { return; }
                 }
-                if !send(data(&meta.chunk(i, false, &text, None))).await { return; }
+                if !send(piece_chunk(&piece)).await { return; }
             }
             r = &mut generation => break r,
             _ = &mut timer => {
@@ -134,11 +148,11 @@ async fn pump(
     };
     let mut events = start(&mut started);
     // Pieces decoded in the step that ended the job are already queued.
-    while let Ok((i, text)) = pieces.try_recv() {
-        events.push(data(&meta.chunk(i, false, &text, None)));
+    while let Ok(piece) = pieces.try_recv() {
+        events.push(piece_chunk(&piece));
     }
     for (i, c) in output.completions.iter().enumerate() {
-        events.push(data(&meta.chunk(i, false, "", Some(c.finish))));
+        events.push(data(&meta.chunk(i, false, "", None, Some(c.finish))));
     }
     if include_usage {
         events.push(data(&meta.usage_chunk(openai::output_usage(&output))));
@@ -161,9 +175,12 @@ pub fn whole(
     conclave: Value,
     include_usage: bool,
 ) -> Response {
-    let mut last = meta.chat_chunk(0, false, "", Some(Finish::Stop));
+    let mut last = meta.chat_chunk(0, false, "", None, Some(Finish::Stop));
     last.conclave = Some(conclave);
-    let mut events = vec![data(&meta.chat_chunk(0, true, &text, None)), data(&last)];
+    let mut events = vec![
+        data(&meta.chat_chunk(0, true, &text, None, None)),
+        data(&last),
+    ];
     if include_usage {
         events.push(data(&meta.usage_chunk(usage)));
     }

@@ -15,6 +15,7 @@ pub use request::{
     ChatMessage, ChatRequest, Common, CompletionRequest, Content, OneOrMany, Part, StreamOptions,
 };
 pub use response::{
-    ChatChoice, ChatChunk, ChatCompletion, ChunkChoice, Completion, Delta, FinishReason, ModelCard,
-    ModelList, TextChoice, TextCompletion, Usage,
+    ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChunkChoice, Completion, Delta,
+    FinishReason, ModelCard, ModelList, TextChoice, TextCompletion, TextLogprobs, TokenLogprob,
+    TopLogprob, Usage,
 };

@@ -52,10 +52,8 @@ pub struct Common {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
-    /// Read only to be refused when set: this server gives no log-probs, calls no tools and
-    /// does not constrain the output's format, so their shapes are left untyped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub logprobs: Option<Value>,
+    /// Read only to be refused when set: this server calls no tools and does not constrain
+    /// the output's format, so their shapes are left untyped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tools: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +67,13 @@ pub struct Common {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
+    /// Return each output token's log-probability.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logprobs: bool,
+    /// With `logprobs`: this many most likely alternatives per token (0 to 20). Signed, so
+    /// a negative one is refused naming this field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<i64>,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -133,6 +138,9 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub echo: bool,
     pub suffix: Option<String>,
+    /// The legacy form: each token's log-probability and this many alternatives (0 to 20).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<i64>,
     #[serde(flatten)]
     pub common: Common,
 }

@@ -2,6 +2,7 @@
 use super::request::ChatMessage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// Why a choice ended. OpenAI has no separate reason for an end-of-turn token and a stop
 /// string: both are `stop`.
@@ -69,9 +70,9 @@ pub type TextCompletion = Completion<TextChoice>;
 pub struct ChatChoice {
     pub index: usize,
     pub message: ChatMessage,
-    /// Never given here (requests asking for them are refused): always null.
+    /// When the request asked for `logprobs`.
     #[serde(default)]
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<ChatLogprobs>,
     #[serde(default)]
     pub finish_reason: Option<FinishReason>,
 }
@@ -81,8 +82,9 @@ pub struct ChatChoice {
 pub struct ChunkChoice {
     pub index: usize,
     pub delta: Delta,
+    /// The log-probabilities of the tokens of this chunk's text, when asked for.
     #[serde(default)]
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<ChatLogprobs>,
     /// Null until the choice's last chunk.
     #[serde(default)]
     pub finish_reason: Option<FinishReason>,
@@ -102,9 +104,49 @@ pub struct TextChoice {
     pub index: usize,
     pub text: String,
     #[serde(default)]
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<TextLogprobs>,
     #[serde(default)]
     pub finish_reason: Option<FinishReason>,
+}
+
+/// A chat choice's (or chunk's) log-probabilities, OpenAI's shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatLogprobs {
+    #[serde(default)]
+    pub content: Vec<TokenLogprob>,
+}
+
+/// One output token: its text, its log-probability, its UTF-8 bytes (a token may hold part
+/// of a character) and, most likely first, the alternatives asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
+    #[serde(default)]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// `/v1/completions`' legacy log-probabilities: parallel lists, one entry per token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TextLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    /// Per token, the alternatives asked for: token text to log-probability.
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    /// Where each token starts in the choice's text, in characters (as vLLM counts them:
+    /// Python `len`).
+    pub text_offset: Vec<usize>,
 }
 
 /// `GET /v1/models`.
