@@ -67,6 +67,24 @@ def test_completions():
     assert r.choices[0].text, r
 
 
+def test_logprobs():
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
+                                       max_tokens=8, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content, r
+    for t in content:
+        assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].logprob == t.logprob, t
+    stream = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
+                                            max_tokens=8, logprobs=True, top_logprobs=3,
+                                            stream=True)
+    streamed = [t for chunk in stream for c in chunk.choices if c.logprobs
+                for t in c.logprobs.content]
+    assert streamed == content, (streamed, content)
+    t = client.completions.create(model=MODEL, prompt="One, two, three,", max_tokens=4,
+                                  temperature=0, logprobs=2)
+    assert "".join(t.choices[0].logprobs.tokens) == t.choices[0].text, t
+
+
 def test_ensemble():
     r = client.chat.completions.create(
         model="conclave/tiny", seed=2,
@@ -96,6 +114,9 @@ def test_errors():
     e = raises(openai.BadRequestError, lambda: client.chat.completions.create(
         model=MODEL, messages=QUESTION, temperature=5))
     assert e.body["param"] == "temperature", e.body
+    e = raises(openai.BadRequestError, lambda: client.chat.completions.create(
+        model=MODEL, messages=QUESTION, logprobs=True, top_logprobs=21))
+    assert e.body["param"] == "top_logprobs", e.body
     raises(openai.BadRequestError, lambda: client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hello " * 9000}], max_tokens=2))
     wrong = openai.OpenAI(base_url=URL, api_key="sk-wrong", max_retries=0)
