@@ -260,3 +260,26 @@ fn an_unknown_quant_or_an_ambiguous_repo_lists_the_files_and_hf_token_is_sent() 
         "HF_TOKEN was not sent: {log:?}"
     );
 }
+
+#[test]
+fn a_part_file_left_by_a_killed_run_is_resumed() {
+    let home = scratch("killed");
+    let hub = FakeHub::start(Mode::Good);
+    // What a run killed halfway leaves: hf-hub's `.part` file next to the blob it becomes.
+    let path = common::model_path("smollm2-135m");
+    let sha = conclave::store::fetch::sha256_file(&path).unwrap();
+    let data = std::fs::read(&path).unwrap();
+    let blobs = home.join("hub/models--test--smollm2/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let half = data.len() / 2;
+    std::fs::write(blobs.join(format!("{sha}.part")), &data[..half]).unwrap();
+    let (ok, _, err) = ask(&format!("hf:{REPO}:Q4_1"), &hub.addr, &home);
+    assert!(ok, "{err}");
+    let log = hub.log();
+    let downloads: Vec<_> = log
+        .iter()
+        .filter(|r| r.contains("resolve") && !r.contains("bytes=0-0"))
+        .collect();
+    assert_eq!(downloads.len(), 1, "expected one download request: {log:?}");
+    assert!(downloads[0].contains(&format!("bytes={half}-")), "{log:?}");
+}
