@@ -28,7 +28,7 @@ enum Mode {
 struct FakeHub {
     addr: String,
     stop: Arc<AtomicBool>,
-    /// Each request: "PATH RANGE".
+    /// Each request: "PATH RANGE AUTHORIZATION".
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -80,7 +80,7 @@ fn serve(mut conn: TcpStream, data: &[u8], sha: &str, log: &Mutex<Vec<String>>, 
         return;
     }
     let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
-    let mut range = String::new();
+    let (mut range, mut auth) = (String::new(), String::new());
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -89,10 +89,12 @@ fn serve(mut conn: TcpStream, data: &[u8], sha: &str, log: &Mutex<Vec<String>>, 
         if let Some((k, v)) = line.split_once(':') {
             if k.eq_ignore_ascii_case("range") {
                 range = v.trim().to_string();
+            } else if k.eq_ignore_ascii_case("authorization") {
+                auth = v.trim().to_string();
             }
         }
     }
-    log.lock().unwrap().push(format!("{path} {range}"));
+    log.lock().unwrap().push(format!("{path} {range} {auth}"));
     let resolve = format!("/{REPO}/resolve/main/{FILE}");
     if path == format!("/api/models/{REPO}/revision/main") || path == format!("/api/models/{REPO}")
     {
@@ -145,15 +147,27 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// `conclave ask --model MODEL -t 0 -n 8 PROMPT` with the hub at `endpoint`: (ok, stdout, stderr).
+/// `conclave ask --model MODEL -t 0 -n 8 PROMPT` with the hub at `endpoint` and no HF_TOKEN:
+/// (ok, stdout, stderr).
 fn ask(model: &str, endpoint: &str, home: &PathBuf) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_conclave"))
-        .args(["ask", "--model", model, "-t", "0", "-n", "8", PROMPT])
+    ask_with_token(model, endpoint, home, None)
+}
+
+fn ask_with_token(
+    model: &str,
+    endpoint: &str,
+    home: &PathBuf,
+    token: Option<&str>,
+) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_conclave"));
+    cmd.args(["ask", "--model", model, "-t", "0", "-n", "8", PROMPT])
         .env("HF_ENDPOINT", endpoint)
         .env("HF_HOME", home)
-        .env_remove("HF_TOKEN")
-        .output()
-        .unwrap();
+        .env_remove("HF_TOKEN");
+    if let Some(token) = token {
+        cmd.env("HF_TOKEN", token);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -202,9 +216,9 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     // The probe asks for bytes=0-0, the first download for bytes=0-, the resume for bytes=N-.
     let resumed = log.iter().any(|r| {
         r.contains("resolve")
-            && r.split("bytes=")
+            && r.split_whitespace()
                 .nth(1)
-                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-'))
                 .is_some_and(|n| n.parse::<u64>().unwrap_or(0) > 0)
     });
     assert!(resumed, "no request resumed from a byte offset: {log:?}");
@@ -229,15 +243,43 @@ fn wrong_bytes_are_refused_and_removed() {
 }
 
 #[test]
-fn an_unknown_quant_or_an_ambiguous_repo_lists_the_files() {
+fn an_unknown_quant_or_an_ambiguous_repo_lists_the_files_and_hf_token_is_sent() {
     let home = scratch("unknown");
     let hub = FakeHub::start(Mode::Good);
     for model in [format!("hf:{REPO}:Q5_K_S"), format!("hf:{REPO}")] {
-        let (ok, _, err) = ask(&model, &hub.addr, &home);
+        let (ok, _, err) = ask_with_token(&model, &hub.addr, &home, Some("hf_secret"));
         assert!(!ok, "{model} was accepted");
         assert!(
             err.contains(FILE) && err.contains("SmolLM2-135M-Instruct.Q8_0.gguf"),
             "{model}: {err}"
         );
     }
+    let log = hub.log();
+    assert!(
+        log.iter().all(|r| r.ends_with("Bearer hf_secret")),
+        "HF_TOKEN was not sent: {log:?}"
+    );
+}
+
+#[test]
+fn a_part_file_left_by_a_killed_run_is_resumed() {
+    let home = scratch("killed");
+    let hub = FakeHub::start(Mode::Good);
+    // What a run killed halfway leaves: hf-hub's `.part` file next to the blob it becomes.
+    let path = common::model_path("smollm2-135m");
+    let sha = conclave::store::fetch::sha256_file(&path).unwrap();
+    let data = std::fs::read(&path).unwrap();
+    let blobs = home.join("hub/models--test--smollm2/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let half = data.len() / 2;
+    std::fs::write(blobs.join(format!("{sha}.part")), &data[..half]).unwrap();
+    let (ok, _, err) = ask(&format!("hf:{REPO}:Q4_1"), &hub.addr, &home);
+    assert!(ok, "{err}");
+    let log = hub.log();
+    let downloads: Vec<_> = log
+        .iter()
+        .filter(|r| r.contains("resolve") && !r.contains("bytes=0-0"))
+        .collect();
+    assert_eq!(downloads.len(), 1, "expected one download request: {log:?}");
+    assert!(downloads[0].contains(&format!("bytes={half}-")), "{log:?}");
 }

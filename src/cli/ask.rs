@@ -17,7 +17,7 @@ pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
 pub struct AskArgs {
     /// The question or instruction.
     pub prompt: String,
-    /// Catalog name or path to a .gguf file.
+    /// Catalog name, path to a .gguf file, or hf:ORG/REPO[:QUANT|FILE].
     #[arg(long, short, default_value = DEFAULT_MODEL)]
     pub model: String,
     /// System prompt; an empty string leaves the chat template's own default in place.

@@ -14,8 +14,9 @@ use clap::{Parser, Subcommand};
 
 /// Run small open-weight GGUF models locally, alone or as an ensemble of agents.
 ///
-/// Models are named from the catalog (`conclave models list`) or given as a path to a .gguf
-/// file. The default model is pulled on first use; nothing else needs the network.
+/// Models are named from the catalog (`conclave models list`), given as a path to a .gguf
+/// file, or as `hf:ORG/REPO[:QUANT|FILE]` from the Hugging Face hub. A model is downloaded
+/// on first use; nothing else needs the network.
 #[derive(Debug, Parser)]
 #[command(name = "conclave", version, about, long_about = None)]
 pub struct Cli {

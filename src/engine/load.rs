@@ -5,8 +5,8 @@ use crate::store::fetch;
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// Resolves `spec` (a catalog name or a `.gguf` path), pulling a catalog model on first use,
-/// and loads it on the default device.
+/// Resolves `spec` (a catalog name, a `.gguf` path or `hf:ORG/REPO[:QUANT|FILE]`), pulling a
+/// catalog or hub model on first use, and loads it on the default device.
 pub(crate) fn load(spec: &str) -> Result<Model> {
     let path = fetch::resolve(spec, true)?;
     let name = model_name(spec);

@@ -78,9 +78,17 @@ impl HubSpec {
                 self.repo,
                 listing()
             ),
+            ([], None) if ggufs.is_empty() => bail!("{} has no GGUF file", self.repo),
+            ([], None) => bail!(
+                "{} has several GGUF files and none is Q4_K_M; name one as {PREFIX}{}:QUANT or \
+                 {PREFIX}{}:FILE.gguf: {}",
+                self.repo,
+                self.repo,
+                self.repo,
+                listing()
+            ),
             (_, pick) => bail!(
-                "{} GGUF files in {} match '{}'; name one as {PREFIX}{}:FILE.gguf: {}",
-                if found.is_empty() { "no" } else { "several" },
+                "several GGUF files in {} match '{}'; name one as {PREFIX}{}:FILE.gguf: {}",
                 self.repo,
                 pick.as_deref().unwrap_or("Q4_K_M"),
                 self.repo,
@@ -105,7 +113,7 @@ pub fn resolve(rest: &str, download: bool) -> Result<PathBuf> {
         Ok(info) => info.siblings.into_iter().map(|s| s.rfilename).collect(),
         Err(online) => match cached_files(&cache, &spec.repo) {
             Some(files) => {
-                tracing::info!("hub unreachable ({online}); using the cache");
+                eprintln!("the hub is unreachable ({online}); using the cached files");
                 files
             }
             None => {
