@@ -35,7 +35,7 @@ struct FakeHub {
 impl FakeHub {
     fn start(mode: Mode) -> Self {
         let path = common::model_path("smollm2-135m");
-        let sha = conclave::store::fetch::sha256_file(&path).unwrap();
+        let sha = conclave::store::digest::sha256_file(&path).unwrap();
         let mut data = std::fs::read(&path).unwrap();
         if mode == Mode::WrongBytes {
             let mid = data.len() / 2;
@@ -267,7 +267,7 @@ fn a_part_file_left_by_a_killed_run_is_resumed() {
     let hub = FakeHub::start(Mode::Good);
     // What a run killed halfway leaves: hf-hub's `.part` file next to the blob it becomes.
     let path = common::model_path("smollm2-135m");
-    let sha = conclave::store::fetch::sha256_file(&path).unwrap();
+    let sha = conclave::store::digest::sha256_file(&path).unwrap();
     let data = std::fs::read(&path).unwrap();
     let blobs = home.join("hub/models--test--smollm2/blobs");
     std::fs::create_dir_all(&blobs).unwrap();

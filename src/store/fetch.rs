@@ -4,6 +4,7 @@
 //! Errors are built as single-line messages (not context chains) so the CLI can
 //! print them as one clear line whatever formatting it uses.
 use super::catalog::{human_size, models_dir, Catalog, Entry, Package};
+use super::digest::{hex, sha256_file};
 use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -149,23 +150,6 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Lower-case hex sha256 of a file.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(|e| anyhow!("cannot open {}: {e}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => bail!("cannot read {}: {e}", path.display()),
-        };
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
 }
 
 /// Turn a model spec (catalog name, path to a .gguf, or `hf:ORG/REPO[:QUANT|FILE]`) into a
@@ -439,8 +423,4 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

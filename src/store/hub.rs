@@ -191,7 +191,7 @@ fn verify(repo: &ApiRepo, pointer: &Path, file: &str) -> Result<()> {
         tracing::warn!("{file}: the hub gave no sha256 (ETag {expected}); not verified");
         return Ok(());
     }
-    let actual = super::fetch::sha256_file(&blob)?;
+    let actual = super::digest::sha256_file(&blob)?;
     if actual != expected {
         let _ = fs::remove_file(pointer);
         let _ = fs::remove_file(&blob);
