@@ -1,15 +1,8 @@
 //! The `conclave` binary as a user runs it, on the default model.
 mod common;
-use std::process::Command;
 
 fn conclave(args: &[&str]) -> (bool, String, String) {
-    common::model_path("smollm2-135m");
-    let out = Command::new(env!("CARGO_BIN_EXE_conclave"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-    (out.status.success(), text(out.stdout), text(out.stderr))
+    common::conclave(&["smollm2-135m"], args)
 }
 
 fn json(args: &[&str]) -> serde_json::Value {

@@ -2,18 +2,9 @@
 //! (council: a nested judged ensemble and a synthesizer; mixed: three models, weighted).
 mod common;
 use serde_json::Value;
-use std::process::Command;
 
 fn conclave(args: &[&str]) -> (bool, String, String) {
-    for m in ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"] {
-        common::model_path(m);
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_conclave"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-    (out.status.success(), text(out.stdout), text(out.stderr))
+    common::conclave(&["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"], args)
 }
 
 fn json(args: &[&str]) -> Value {

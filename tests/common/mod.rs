@@ -9,6 +9,19 @@ pub fn model_path(name: &str) -> PathBuf {
     conclave::store::fetch::resolve(name, true).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Runs the `conclave` binary with `args` after pulling `models`: (success, stdout, stderr).
+pub fn conclave(models: &[&str], args: &[&str]) -> (bool, String, String) {
+    for m in models {
+        model_path(m);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
 use conclave::model::Model;
 use std::sync::OnceLock;
 
