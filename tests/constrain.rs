@@ -165,3 +165,80 @@ fn a_grammar_that_cannot_compile_is_a_bad_grammar_error() {
         );
     }
 }
+
+/// After "a", the grammar wants a lexeme that is both letters and digits: no token fits.
+const DEAD_END: &str = "start: \"a\" A\nA: /[b-c]+/ & /[0-9]+/";
+
+#[test]
+fn a_grammar_with_no_way_on_ends_the_row_as_a_dead_end() {
+    let out = run(job(
+        "smollm2-135m",
+        "hi",
+        Some(Constraint::Full(Grammar::Lark(DEAD_END.into()))),
+        &[1, 2],
+    ))
+    .unwrap();
+    for c in &out.completions {
+        assert_eq!((c.finish, c.text.as_str()), (Finish::DeadEnd, "a"));
+    }
+}
+
+#[test]
+fn a_lazy_grammar_starts_at_its_trigger() {
+    let question = "What is the capital of France?";
+    let greedy = |constraint| {
+        let mut j = job("smollm2-135m", question, constraint, &[1]);
+        j.samples[0].temperature = 0.0;
+        run(j).unwrap().completions.remove(0)
+    };
+    let free = greedy(None);
+    let at = free
+        .text
+        .find("France")
+        .unwrap_or_else(|| panic!("{:?}", free.text))
+        + 6;
+    let lazy = greedy(Some(Constraint::Lazy(vec![
+        ("no such trigger".into(), Grammar::Regex("x".into())),
+        ("France".into(), Grammar::Regex(" city [0-9]{3}".into())),
+    ])));
+    // Free text up to the trigger, as without a constraint; the grammar's from there.
+    assert_eq!(lazy.text[..at], free.text[..at], "{lazy:?}");
+    let rest = &lazy.text[at..];
+    assert!(
+        rest.len() == 9
+            && rest.starts_with(" city ")
+            && rest[6..].bytes().all(|b| b.is_ascii_digit()),
+        "{:?}",
+        lazy.text
+    );
+    assert_eq!(lazy.finish, Finish::Stop);
+}
+
+#[test]
+fn qwen_tool_call_is_text_a_lark_literal_forces_as_one_token() {
+    // Token 151657 is user-defined in Qwen2.5's GGUF: its text stays in the decode, so a lazy
+    // trigger can see it, and a string literal matches it (special tokens are named <|...|>).
+    let out = run(job(
+        "qwen2.5-coder-0.5b",
+        "Call a tool.",
+        Some(Constraint::Full(Grammar::Lark(
+            r#"start: "<tool_call>" "{}""#.into(),
+        ))),
+        &[1],
+    ))
+    .unwrap();
+    let c = &out.completions[0];
+    assert_eq!(c.text, "<tool_call>{}");
+    assert_eq!(c.tokens[0], 151657, "{:?}", c.tokens);
+    let err = run(job(
+        "qwen2.5-coder-0.5b",
+        "hi",
+        Some(Constraint::Full(Grammar::Lark("start: <tool_call>".into()))),
+        &[1],
+    ))
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("unknown special token"),
+        "{err:#}"
+    );
+}

@@ -18,7 +18,7 @@ use crate::model::Model;
 use anyhow::Result;
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
-use llguidance::{Matcher, ParserFactory};
+use llguidance::{JsonCompileOptions, Matcher, ParserFactory};
 use std::sync::Arc;
 
 /// A language the output must belong to.
@@ -46,14 +46,35 @@ pub enum Constraint {
 impl Grammar {
     fn top_level(&self) -> TopLevelGrammar {
         match self {
-            Grammar::JsonObject => {
-                TopLevelGrammar::from_json_schema(serde_json::json!({"type": "object"}))
-            }
-            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),
+            Grammar::JsonObject => json(serde_json::json!({"type": "object"})),
+            Grammar::JsonSchema(schema) => json(schema.clone()),
             Grammar::Regex(rx) => TopLevelGrammar::from_regex(rx),
             Grammar::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
         }
     }
+}
+
+/// Whitespace JSON may have between tokens: a space, or a line break or two and an indent of
+/// up to 20 (llama.cpp's `space` rule, common/json-schema-to-grammar.cpp). llguidance's
+/// default allows any run of whitespace, where a small model can loop on newlines until it
+/// runs out of tokens and leaves the JSON unfinished.
+const JSON_SPACE: &str = r"[ ]|\n{1,2}[ \t]{0,20}";
+
+/// A schema's grammar, with [`JSON_SPACE`] unless the schema sets its own `x-guidance`.
+fn json(mut schema: serde_json::Value) -> TopLevelGrammar {
+    if schema == serde_json::Value::Bool(true) {
+        schema = serde_json::json!({});
+    }
+    if let Some(o) = schema.as_object() {
+        if !o.contains_key("x-guidance") {
+            let options = JsonCompileOptions {
+                whitespace_pattern: Some(JSON_SPACE.into()),
+                ..Default::default()
+            };
+            options.apply_to(&mut schema);
+        }
+    }
+    TopLevelGrammar::from_json_schema(schema)
 }
 
 /// A model's tokens as llguidance sees them: built once per model (a trie over up to 262144

@@ -109,8 +109,18 @@ impl ApiError {
     /// An engine failure: a prompt over the context is the client's fault, anything else
     /// the server's.
     pub fn engine(e: &anyhow::Error) -> Self {
+        Self::job(e, None)
+    }
+
+    /// An engine failure of a job whose constraint came from the request field
+    /// `grammar_param`: a grammar that does not compile is the client's fault, named by it.
+    pub fn job(e: &anyhow::Error, grammar_param: Option<&str>) -> Self {
         match e.downcast_ref::<JobError>() {
             Some(JobError::PromptTooLong { .. }) => Self::context_exceeded(e.to_string()),
+            Some(JobError::BadGrammar(_)) => Self::invalid(
+                grammar_param,
+                format!("{}: {e:#}", grammar_param.unwrap_or("the request")),
+            ),
             _ => Self::internal(e),
         }
     }

@@ -2,11 +2,13 @@
 //! turned into OpenAI responses and stream chunks.
 use super::errors::ApiError;
 use crate::engine::sampler::random_seed;
-use crate::engine::{Finish, Message, Output, SamplingParams, TokenLogprobs, DEFAULT_MAX_TOKENS};
+use crate::engine::{
+    Constraint, Finish, Grammar, Message, Output, SamplingParams, TokenLogprobs, DEFAULT_MAX_TOKENS,
+};
 use crate::wire::{
     ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChatMessage, ChatRequest, ChunkChoice,
-    Common, Completion, CompletionRequest, Delta, FinishReason, TextChoice, TextCompletion,
-    TextLogprobs, TokenLogprob, TopLogprob, Usage,
+    Common, Completion, CompletionRequest, Delta, FinishReason, GrammarSyntax, ResponseFormat,
+    TextChoice, TextCompletion, TextLogprobs, TokenLogprob, TopLogprob, Usage,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -29,6 +31,9 @@ pub struct Params {
     pub seed: Option<u64>,
     pub stream: bool,
     pub include_usage: bool,
+    /// What every choice must follow, and the request field it came from (a 400 names it
+    /// when the grammar does not compile).
+    pub constraint: Option<(Constraint, &'static str)>,
 }
 
 impl Params {
@@ -75,8 +80,17 @@ fn top_count(param: &str, n: i64) -> Result<usize, ApiError> {
 
 /// Parses a JSON body into `T`, answering 400 with serde's reason when it does not fit.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(None, format!("the request body is not valid: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        // A malformed `response_format` is named, as a bad value in it is.
+        let bad_format = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("response_format").cloned())
+            .is_some_and(|f| serde_json::from_value::<Option<ResponseFormat>>(f).is_err());
+        ApiError::invalid(
+            bad_format.then_some("response_format"),
+            format!("the request body is not valid: {e}"),
+        )
+    })
 }
 
 /// The settings both endpoints share, checked; fields whose meaning would be silently lost
@@ -147,19 +161,34 @@ pub fn params(c: &Common) -> Result<Params, ApiError> {
         seed,
         stream: c.stream,
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        constraint: response_format(c)?.map(|g| (Constraint::Full(g), "response_format")),
     })
 }
 
+/// `response_format` as the grammar of the whole output (None: free text). `strict` or not,
+/// the output follows the schema: constrained decoding costs nothing for being exact.
+fn response_format(c: &Common) -> Result<Option<Grammar>, ApiError> {
+    Ok(Some(match &c.response_format {
+        None | Some(ResponseFormat::Text) => return Ok(None),
+        Some(ResponseFormat::JsonObject) => Grammar::JsonObject,
+        Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
+            None => Grammar::JsonSchema(Value::Bool(true)),
+            Some(s @ (Value::Object(_) | Value::Bool(_))) => Grammar::JsonSchema(s.clone()),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    Some("response_format"),
+                    "response_format.json_schema.schema must be a JSON Schema: an object",
+                ))
+            }
+        },
+        Some(ResponseFormat::Grammar { grammar }) => match grammar.syntax {
+            GrammarSyntax::Lark => Grammar::Lark(grammar.definition.clone()),
+            GrammarSyntax::Regex => Grammar::Regex(grammar.definition.clone()),
+        },
+    }))
+}
+
 fn refuse_unsupported(c: &Common) -> Result<(), ApiError> {
-    let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null() && *v != false);
-    for (name, value) in [("response_format", &c.response_format)] {
-        if set(value) {
-            return Err(ApiError::invalid(
-                Some(name),
-                format!("`{name}` is not supported by this server; leave it out"),
-            ));
-        }
-    }
     if c.stream_options.is_some() && !c.stream {
         return Err(ApiError::invalid(
             Some("stream_options"),
@@ -464,9 +493,11 @@ impl Meta {
 }
 
 /// OpenAI has no separate reason for an end-of-turn token and a stop string: both are "stop".
+/// A constraint with no way on is Conclave's own `dead_end`.
 pub fn finish_reason(f: Option<Finish>) -> FinishReason {
     match f {
         Some(Finish::Length) => FinishReason::Length,
+        Some(Finish::DeadEnd) => FinishReason::DeadEnd,
         _ => FinishReason::Stop,
     }
 }
@@ -519,15 +550,15 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("max_completion_tokens"));
         let e = bad(json!({"model": "m", "stop": ["a", "b", "c", "d", "e"]}));
         assert_eq!(e.param.as_deref(), Some("stop"));
+        let schema = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": 3}});
         assert_eq!(
-            bad(json!({"model": "m", "response_format": {"type": "json_object"}}))
+            bad(json!({"model": "m", "response_format": schema}))
                 .param
                 .as_deref(),
             Some("response_format")
         );
-        // Unset, null or false: not asked for, so not refused.
         let ok = json!({"model": "m", "response_format": null, "whatever": 1});
-        assert!(params(&common(ok)).is_ok());
+        assert!(params(&common(ok)).unwrap().constraint.is_none());
     }
 
     #[test]

@@ -152,6 +152,12 @@ async fn chat(
                  leave logprobs out or ask a single model",
             ));
         }
+        if params.constraint.is_some() {
+            return Err(ApiError::invalid(
+                Some("response_format"),
+                "an ensemble does not take response_format yet; ask a single model",
+            ));
+        }
         return ensemble(app, name, &req.common, &params, &messages).await;
     }
     if req.common.ensemble.is_some() {
@@ -194,14 +200,15 @@ async fn generate(
         samples: params.samples.clone(),
         ignore_eos: false,
         stream: None,
-        constraint: None,
+        constraint: params.constraint.as_ref().map(|c| c.0.clone()),
     };
+    let grammar_param = params.constraint.as_ref().map(|c| c.1);
     if params.stream {
-        return sse::generate(app, job, meta, params.include_usage, permit).await;
+        return sse::generate(app, job, meta, params.include_usage, grammar_param, permit).await;
     }
     let output = within(&app, app.0.engine.generate(job))
         .await?
-        .map_err(|e| ApiError::engine(&e))?;
+        .map_err(|e| ApiError::job(&e, grammar_param))?;
     drop(permit);
     app.0.metrics.generation(model, &output);
     let body = meta.response(openai::choices(&output), openai::output_usage(&output));

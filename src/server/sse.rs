@@ -38,13 +38,24 @@ pub async fn generate(
     mut job: Job,
     meta: Meta,
     include_usage: bool,
+    grammar_param: Option<&'static str>,
     permit: OwnedSemaphorePermit,
 ) -> Result<Response, ApiError> {
     let (piece_tx, pieces) = mpsc::unbounded_channel();
     job.stream = Some(piece_tx);
     let (tx, mut rx) = mpsc::channel::<Result<Event, ApiError>>(BUFFER);
     let n = job.samples.len();
-    tokio::spawn(pump(app, job, meta, n, include_usage, pieces, tx, permit));
+    tokio::spawn(pump(
+        app,
+        job,
+        meta,
+        n,
+        include_usage,
+        grammar_param,
+        pieces,
+        tx,
+        permit,
+    ));
     match rx.recv().await {
         Some(Ok(first)) => {
             let head = futures_util::stream::once(async move { Ok::<_, Infallible>(first) });
@@ -64,6 +75,8 @@ pub async fn generate(
     }
 }
 
+/// `grammar_param`: the request field the job's constraint came from, named by a 400 when
+/// its grammar does not compile.
 #[allow(clippy::too_many_arguments)]
 async fn pump(
     app: App,
@@ -71,6 +84,7 @@ async fn pump(
     meta: Meta,
     n: usize,
     include_usage: bool,
+    grammar_param: Option<&'static str>,
     mut pieces: mpsc::UnboundedReceiver<Piece>,
     tx: mpsc::Sender<Result<Event, ApiError>>,
     _permit: OwnedSemaphorePermit,
@@ -137,12 +151,14 @@ async fn pump(
     let output = match result {
         Ok(o) => o,
         Err(e) if !started => {
-            let _ = tx.send(Err(ApiError::engine(&e))).await;
+            let _ = tx.send(Err(ApiError::job(&e, grammar_param))).await;
             return;
         }
         Err(e) => {
             // Mid-stream there is no status left to set: OpenAI sends the error as an event.
-            let _ = tx.send(Ok(data(&ApiError::engine(&e).body()))).await;
+            let _ = tx
+                .send(Ok(data(&ApiError::job(&e, grammar_param).body())))
+                .await;
             return;
         }
     };

@@ -13,7 +13,8 @@ mod response;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use request::{
     ChatMessage, ChatRequest, Common, CompletionRequest, Content, FunctionCall, FunctionDef,
-    FunctionName, NamedTool, OneOrMany, Part, StreamOptions, Tool, ToolCall, ToolChoice, ToolMode,
+    FunctionName, GrammarFormat, GrammarSyntax, JsonSchemaFormat, NamedTool, OneOrMany, Part,
+    ResponseFormat, StreamOptions, Tool, ToolCall, ToolChoice, ToolMode,
 };
 pub use response::{
     ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChunkChoice, Completion, Delta,

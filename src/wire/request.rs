@@ -52,14 +52,54 @@ pub struct Common {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
-    /// Read only to be refused when set: this server does not constrain the output's format,
-    /// so its shape is left untyped.
+    /// The form the output must take; the server constrains decoding to it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_format: Option<Value>,
+    pub response_format: Option<ResponseFormat>,
     /// Conclave's own: overrides a `conclave/<preset>`'s agents or settings, with the keys of
     /// an ensemble file (the server reads it into its ensemble config types).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<Value>,
+}
+
+/// `response_format`: OpenAI's `text`, `json_object` and `json_schema`, and Conclave's
+/// `grammar`, whose `grammar` object is the shape OpenAI gives a custom tool's grammar
+/// format (`{"syntax": "lark" | "regex", "definition": "..."}`, the Chat API's
+/// `tools[].custom.format`). llama-server and mistral.rs take grammars in a top-level
+/// `grammar` field instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+    Grammar { grammar: GrammarFormat },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Absent: any JSON value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
+    /// Whether OpenAI enforces the schema; this server always does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrammarFormat {
+    pub syntax: GrammarSyntax,
+    pub definition: String,
+}
+
+/// `lark` is llguidance's Lark dialect; `regex` a regular expression for the whole output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrammarSyntax {
+    Lark,
+    Regex,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -13,6 +13,9 @@ pub enum FinishReason {
     Length,
     ToolCalls,
     ContentFilter,
+    /// Conclave's own: the output's grammar (`response_format`, a tool's schema) allowed no
+    /// token at all.
+    DeadEnd,
     /// Whatever else another server says (this one never does).
     #[serde(other)]
     Other,
