@@ -4,7 +4,7 @@
 //! each (end-of-turn tokens ignored), so sizes compare like for like. With `repeats` > 1 every
 //! size runs that many times, the sizes taking turns, and its row is the mean, with the
 //! range of the wall ratio over the turns.
-use crate::engine::{model_name, Engine, Job, Message, Output, Prompt, SamplingParams};
+use crate::engine::{model_name, Constraint, Engine, Job, Message, Output, Prompt, SamplingParams};
 use anyhow::Result;
 use serde::Serialize;
 
@@ -34,6 +34,8 @@ pub struct SpeedReport {
     pub model: String,
     pub prompt_tokens: usize,
     pub max_tokens: usize,
+    /// Whether every sample decoded under a grammar (`--json-schema`, `--grammar`).
+    pub constrained: bool,
     pub results: Vec<SpeedRow>,
 }
 
@@ -42,12 +44,15 @@ pub const PROMPT: &str =
 
 /// `prompt_tokens`: None for `PROMPT` in the model's chat template; Some(n) for exactly n
 /// tokens of `PROMPT`'s text repeated, without a template, as llama-bench's `-p n` measures.
+/// `constraint`: what every sample follows (its rows end when their output is complete).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     model_spec: &str,
     sizes: &[usize],
     max_tokens: usize,
     prompt_tokens: Option<usize>,
     repeats: usize,
+    constraint: Option<Constraint>,
     on_row: impl Fn(&SpeedRow),
 ) -> Result<SpeedReport> {
     anyhow::ensure!(repeats > 0, "--repeats needs at least one run");
@@ -71,7 +76,7 @@ pub fn run(
             .collect(),
         ignore_eos: true,
         stream: None,
-        constraint: None,
+        constraint: constraint.clone(),
     };
     // Through the engine thread, as the server's requests run; its timings are the
     // generation's own, so the hand-over to the thread is not counted.
@@ -126,6 +131,7 @@ pub fn run(
         model: model_name(model_spec),
         prompt_tokens: warm.prompt_tokens,
         max_tokens,
+        constrained: constraint.is_some(),
         results,
     })
 }

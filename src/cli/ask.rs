@@ -2,8 +2,8 @@
 use super::ensemble::{self, EnsembleArgs, Question};
 use crate::engine::sampler::random_seed;
 use crate::engine::{
-    model_name, Engine, Job, Message, Piece, Prompt, SamplingParams, DEFAULT_MAX_TOKENS,
-    DEFAULT_MODEL,
+    model_name, Engine, GrammarArgs, Job, Message, Piece, Prompt, SamplingParams,
+    DEFAULT_MAX_TOKENS, DEFAULT_MODEL,
 };
 use anyhow::Result;
 use serde_json::json;
@@ -42,11 +42,18 @@ pub struct AskArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub grammar: GrammarArgs,
+    #[command(flatten)]
     pub ensemble: EnsembleArgs,
 }
 
 pub fn run(args: AskArgs) -> Result<()> {
+    let constraint = args.grammar.constraint()?;
     if args.ensemble.is_requested() {
+        anyhow::ensure!(
+            constraint.is_none(),
+            "--json-schema and --grammar are for one model; leave out the ensemble options"
+        );
         let question = Question {
             prompt: &args.prompt,
             model: &args.model,
@@ -80,22 +87,24 @@ pub fn run(args: AskArgs) -> Result<()> {
         }],
         ignore_eos: false,
         stream: (!args.json).then_some(tx),
-        constraint: None,
+        constraint,
     };
     let engine = Engine::start();
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    let output = rt.block_on(async {
-        // The stream ends when the engine drops the job's sender, after its last piece.
-        let print = async {
-            let mut out = std::io::stdout();
-            while let Some(piece) = rx.recv().await {
-                let _ = write!(out, "{}", piece.text);
-                let _ = out.flush();
-            }
-        };
-        let (output, ()) = tokio::join!(engine.generate(job), print);
-        output
-    })?;
+    let output = rt
+        .block_on(async {
+            // The stream ends when the engine drops the job's sender, after its last piece.
+            let print = async {
+                let mut out = std::io::stdout();
+                while let Some(piece) = rx.recv().await {
+                    let _ = write!(out, "{}", piece.text);
+                    let _ = out.flush();
+                }
+            };
+            let (output, ()) = tokio::join!(engine.generate(job), print);
+            output
+        })
+        .map_err(|e| args.grammar.explain(e))?;
     let answer = &output.completions[0];
     if args.json {
         let v = json!({

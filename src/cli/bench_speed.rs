@@ -1,6 +1,6 @@
 //! `conclave bench-speed`: wall time and aggregate decode speed for N samples of one prompt.
 use crate::bench::speed;
-use crate::engine::DEFAULT_MODEL;
+use crate::engine::{GrammarArgs, DEFAULT_MODEL};
 use anyhow::Result;
 
 #[derive(Debug, clap::Args)]
@@ -24,6 +24,11 @@ pub struct BenchSpeedArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Every sample decodes under this constraint, to compare with unconstrained decoding. A
+    /// sample ends when its output is complete: give a grammar whose outputs run past
+    /// --max-tokens (e.g. an array schema with a large minItems).
+    #[command(flatten)]
+    pub grammar: GrammarArgs,
 }
 
 pub fn run(args: BenchSpeedArgs) -> Result<()> {
@@ -55,6 +60,7 @@ pub fn run(args: BenchSpeedArgs) -> Result<()> {
         args.max_tokens,
         args.prompt_tokens,
         args.repeats,
+        args.grammar.constraint()?,
         |r| {
             if !json {
                 println!(
@@ -70,7 +76,8 @@ pub fn run(args: BenchSpeedArgs) -> Result<()> {
                 );
             }
         },
-    )?;
+    )
+    .map_err(|e| args.grammar.explain(e))?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     }

@@ -15,10 +15,11 @@
 use super::generate::JobError;
 use crate::model::tokenizer::TokenBytes;
 use crate::model::Model;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{JsonCompileOptions, Matcher, ParserFactory};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A language the output must belong to.
@@ -75,6 +76,58 @@ fn json(mut schema: serde_json::Value) -> TopLevelGrammar {
         }
     }
     TopLevelGrammar::from_json_schema(schema)
+}
+
+/// The command line's constraint (`ask`, `bench-speed`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GrammarArgs {
+    /// Constrain the output to the JSON Schema in FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
+    pub json_schema: Option<PathBuf>,
+    /// Constrain the output to the grammar in FILE: llguidance's Lark dialect, or a regular
+    /// expression for the whole output when FILE's name ends in `.regex`.
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<PathBuf>,
+}
+
+impl GrammarArgs {
+    /// The constraint the files give (None when neither is set).
+    pub fn constraint(&self) -> Result<Option<Constraint>> {
+        let read = |path: &Path, what: &str| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the {what} in {}", path.display()))
+        };
+        let grammar = if let Some(path) = &self.json_schema {
+            let text = read(path, "JSON Schema")?;
+            let schema = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not JSON: a JSON Schema file holds one JSON object",
+                    path.display()
+                )
+            })?;
+            Grammar::JsonSchema(schema)
+        } else if let Some(path) = &self.grammar {
+            let text = read(path, "grammar")?;
+            if path.extension().is_some_and(|e| e == "regex") {
+                // An editor's final newline is not part of the expression.
+                Grammar::Regex(text.strip_suffix('\n').unwrap_or(&text).to_string())
+            } else {
+                Grammar::Lark(text)
+            }
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(Constraint::Full(grammar)))
+    }
+
+    /// `e`, naming the file when it is the grammar that does not compile.
+    pub fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        let file = self.json_schema.as_ref().or(self.grammar.as_ref());
+        match (file, e.downcast_ref::<JobError>()) {
+            (Some(f), Some(JobError::BadGrammar(_))) => e.context(format!("{}", f.display())),
+            _ => e,
+        }
+    }
 }
 
 /// A model's tokens as llguidance sees them: built once per model (a trie over up to 262144

@@ -9,7 +9,7 @@ mod worker;
 pub use crate::model::chat::Message;
 pub use crate::model::tool_call::{canonical_json, ToolCall, ToolDef};
 pub use crate::store::catalog::DEFAULT_MODEL;
-pub use constraint::{Constraint, Grammar};
+pub use constraint::{Constraint, Grammar, GrammarArgs};
 pub use generate::{Completion, Finish, JobError, Logprob, Output, Piece, TokenLogprobs};
 pub use load::{load_tokenizer, model_name};
 pub use sampler::{Sampler, SamplingParams};

@@ -45,7 +45,7 @@ pub fn fixture(rel: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// A Python with the official `openai` client and `prometheus-client`: a virtual environment
+/// A Python with the official `openai` client, `prometheus-client` and `jsonschema`: a virtual environment
 /// under target/tmp, made on first use and reused afterwards. Test binaries run in parallel,
 /// so a file lock lets one of them make it while the others wait.
 pub fn python_with_openai() -> PathBuf {
@@ -55,7 +55,9 @@ pub fn python_with_openai() -> PathBuf {
     let ready = dir.join("ready");
     let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
     lock.lock().unwrap();
-    if ready.exists() {
+    // `ready` lists what was installed: a list that grew makes the environment again.
+    let packages = ["openai", "prometheus-client", "jsonschema"];
+    if std::fs::read_to_string(&ready).is_ok_and(|r| r == packages.join(" ")) {
         return python;
     }
     // A half-made environment (a run killed midway) is made again from nothing.
@@ -72,7 +74,6 @@ pub fn python_with_openai() -> PathBuf {
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let packages = ["openai", "prometheus-client"];
     eprintln!("installing {packages:?} into {} (once)", dir.display());
     let out = Command::new(&python)
         .args(["-m", "pip", "install", "--quiet"])
@@ -87,6 +88,6 @@ pub fn python_with_openai() -> PathBuf {
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::write(&ready, "").unwrap();
+    std::fs::write(&ready, packages.join(" ")).unwrap();
     python
 }
