@@ -243,6 +243,39 @@ fn qwen_tool_call_is_text_a_lark_literal_forces_as_one_token() {
     );
 }
 
+#[test]
+fn logprobs_are_of_the_distribution_the_grammar_leaves() {
+    let mut j = job(
+        "smollm2-135m",
+        "Is fire hot? Answer yes or no.",
+        Some(Constraint::Full(Grammar::Regex("(yes|no)".into()))),
+        &[5],
+    );
+    j.samples[0].top_logprobs = Some(20);
+    let out = run(j).unwrap();
+    let c = &out.completions[0];
+    assert!(["yes", "no"].contains(&c.text.as_str()), "{:?}", c.text);
+    let lps = c.logprobs.as_ref().unwrap();
+    let first = &lps[0];
+    // The few tokens that can begin "yes" or "no" share all the probability: the masked,
+    // renormalised distribution, not the model's whole one.
+    assert!(!first.top.is_empty() && first.top.len() < 20, "{first:?}");
+    for t in &first.top {
+        assert!(
+            "yes".starts_with(&t.text) || "no".starts_with(&t.text),
+            "{t:?}"
+        );
+    }
+    let total: f32 = first.top.iter().map(|t| t.logprob.exp()).sum();
+    assert!((total - 1.0).abs() < 1e-3, "{total}: {first:?}");
+    let chosen = first
+        .top
+        .iter()
+        .find(|t| t.token == first.chosen.token)
+        .unwrap();
+    assert_eq!(chosen.logprob, first.chosen.logprob);
+}
+
 // ---- response_format over HTTP ----
 
 use conclave::server::{serve, App, Options};

@@ -40,7 +40,10 @@ pub enum Constraint {
     /// The whole completion follows the grammar.
     Full(Grammar),
     /// Free text until the completion's text ends with one of the triggers; from there that
-    /// trigger's grammar constrains the rest (llama.cpp's "lazy grammars").
+    /// trigger's grammar constrains the rest (llama.cpp's "lazy grammars"). The text is
+    /// looked at after each token, so a trigger must end where a token does: a one-token
+    /// trigger such as Qwen's "<tool_call>" always does, while "```json" followed in the same
+    /// token by more text is missed.
     Lazy(Vec<(String, Grammar)>),
 }
 
@@ -272,10 +275,10 @@ impl RowConstraint {
             tracing::debug!("constraint dead end: {e:#}");
             DeadEnd
         })?;
-        apply(&allowed, logits, out);
-        if out.iter().all(|&l| l == f32::NEG_INFINITY) {
+        if allowed.is_zero() {
             return Err(DeadEnd);
         }
+        apply(&allowed, logits, out);
         Ok(true)
     }
 
@@ -310,19 +313,26 @@ impl RowConstraint {
     }
 }
 
-/// `logits` with every token outside `allowed` at −∞, written into `out`.
+/// `logits` with every token outside `allowed` at −∞, written into `out`. Inside a JSON
+/// string nearly every token is allowed: whole words of the mask are copied as slices.
 fn apply(allowed: &SimpleVob, logits: &[f32], out: &mut Vec<f32>) {
     out.clear();
     out.resize(logits.len(), f32::NEG_INFINITY);
-    let words = allowed.as_slice();
-    for (w, &bits) in words.iter().enumerate() {
-        if bits == 0 {
-            continue;
+    for (w, &bits) in allowed.as_slice().iter().enumerate() {
+        let lo = w * 32;
+        if lo >= logits.len() {
+            break;
         }
-        for b in 0..32 {
-            let i = w * 32 + b;
-            if bits & (1 << b) != 0 && i < logits.len() {
-                out[i] = logits[i];
+        let hi = (lo + 32).min(logits.len());
+        match bits {
+            0 => {}
+            u32::MAX => out[lo..hi].copy_from_slice(&logits[lo..hi]),
+            _ => {
+                for i in lo..hi {
+                    if bits >> (i - lo) & 1 != 0 {
+                        out[i] = logits[i];
+                    }
+                }
             }
         }
     }

@@ -78,6 +78,10 @@ pub struct Sampler {
 
 /// The chosen token and its log-probability under the model's unaltered distribution.
 ///
+/// Under a grammar (engine/constraint.rs) the logits the sampler sees are already masked:
+/// the distribution is then the model's renormalised over the tokens the grammar allows,
+/// the one tokens are drawn from, and a masked token is never among `top`.
+///
 /// That distribution is the log-softmax of the logits before temperature, top-k, top-p and
 /// min-p (after the repetition penalty, which the API never sets): what vLLM reports by
 /// default (`logprobs_mode = "raw_logprobs"`, vllm/config), and what OpenAI documents as the
