@@ -9,6 +9,7 @@ mod openai;
 mod routes;
 mod served;
 mod sse;
+mod tools;
 
 pub use errors::ApiError;
 

@@ -3,6 +3,7 @@
 use super::errors::ApiError;
 use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
+use super::tools::{self, Tools};
 use super::{metrics, sse, App};
 use crate::engine::{Job, Message, Prompt};
 use crate::ensemble::{Runner, Trace};
@@ -140,11 +141,18 @@ async fn chat(
     State(app): State<App>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ChatRequest = openai::parse(&body(&app, raw)?)?;
+    let req: ChatRequest = tools::parse_chat(&body(&app, raw)?)?;
     let mut params = openai::params(&req.common)?;
     params.set_logprobs(openai::chat_logprobs(&req)?);
     let messages = openai::messages(&req)?;
+    let tools = tools::tools(&req)?;
     if let Some(name) = req.common.model.strip_prefix(ENSEMBLE_PREFIX) {
+        if tools.is_some() {
+            return Err(ApiError::invalid(
+                Some("tools"),
+                "ensembles do not call tools yet; ask a single model",
+            ));
+        }
         if params.logprobs() {
             return Err(ApiError::invalid(
                 Some("logprobs"),
@@ -161,7 +169,14 @@ async fn chat(
         ));
     }
     let model = app.0.served.model(&req.common.model)?;
-    generate(app, &model, Prompt::Chat(messages), params, Shape::Chat).await
+    let prompt = match &tools {
+        Some(t) => Prompt::ChatTools {
+            messages,
+            tools: t.defs.clone(),
+        },
+        None => Prompt::Chat(messages),
+    };
+    generate(app, &model, prompt, params, Shape::Chat, tools).await
 }
 
 async fn completions(
@@ -173,16 +188,18 @@ async fn completions(
     params.set_logprobs(openai::text_logprobs(&req)?);
     let prompt = openai::prompt(&req)?;
     let model = app.0.served.model(&req.common.model)?;
-    generate(app, &model, Prompt::Text(prompt), params, Shape::Text).await
+    generate(app, &model, Prompt::Text(prompt), params, Shape::Text, None).await
 }
 
-/// One engine job: `n` choices from one prefill, whole or streamed.
+/// One engine job: `n` choices from one prefill, whole or streamed; with `tools`, each
+/// choice's calls are read out of its text.
 async fn generate(
     app: App,
     model: &str,
     prompt: Prompt,
     params: Params,
     shape: Shape,
+    tools: Option<Tools>,
 ) -> Result<Response, ApiError> {
     let permit = app.admit()?;
     let meta = Meta::new(model, shape);
@@ -196,14 +213,18 @@ async fn generate(
         stream: None,
     };
     if params.stream {
-        return sse::generate(app, job, meta, params.include_usage, permit).await;
+        return sse::generate(app, job, meta, params.include_usage, tools, permit).await;
     }
     let output = within(&app, app.0.engine.generate(job))
         .await?
         .map_err(|e| ApiError::engine(&e))?;
     drop(permit);
     app.0.metrics.generation(model, &output);
-    let body = meta.response(openai::choices(&output), openai::output_usage(&output));
+    let mut answers = openai::choices(&output);
+    if let Some(t) = &tools {
+        answers.iter_mut().for_each(|a| a.read_calls(t));
+    }
+    let body = meta.response(answers, openai::output_usage(&output));
     Ok(Json(body).into_response())
 }
 
