@@ -326,7 +326,7 @@ impl Output {
         }
         let mut events = Vec::new();
         if !(self.open && matches!(self.items.last(), Some(OutputItem::Message { .. }))) {
-            events.extend(self.close_open());
+            events.extend(self.close_open(Status::Completed));
             events.extend(self.open_message());
         }
         let output_index = self.items.len() - 1;
@@ -374,8 +374,9 @@ impl Output {
         ]
     }
 
-    /// Marks the open item completed: the events that say it is done.
-    fn close_open(&mut self) -> Vec<Event> {
+    /// Marks the open item done with `done` (`completed`, or `incomplete` when the output was
+    /// cut at `max_output_tokens`): the events that say so.
+    fn close_open(&mut self, done: Status) -> Vec<Event> {
         if !std::mem::take(&mut self.open) {
             return Vec::new();
         }
@@ -389,7 +390,7 @@ impl Output {
                 content,
                 ..
             } => {
-                *status = Status::Completed;
+                *status = done;
                 let text = content[0].text.clone();
                 events.push(Event::TextDone {
                     item_id: id.clone(),
@@ -411,7 +412,7 @@ impl Output {
                 status,
                 ..
             } => {
-                *status = Status::Completed;
+                *status = done;
                 events.push(Event::ArgumentsDone {
                     item_id: id.clone(),
                     output_index,
@@ -439,11 +440,13 @@ impl Output {
         if self.items.is_empty() {
             events.extend(self.open_message());
         }
-        events.extend(self.close_open());
-        if self.finish == Some(FinishReason::Length) {
-            if let Some(OutputItem::Message { status, .. }) = self.items.last_mut() {
-                *status = Status::Incomplete;
-            }
+        let cut = self.finish == Some(FinishReason::Length);
+        events.extend(self.close_open(if cut {
+            Status::Incomplete
+        } else {
+            Status::Completed
+        }));
+        if cut {
             r.status = Status::Incomplete;
             r.incomplete_details = Some(IncompleteDetails {
                 reason: "max_output_tokens".into(),
