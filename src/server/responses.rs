@@ -6,12 +6,13 @@
 //! cancelling when the client leaves) holds here too.
 use super::errors::ApiError;
 use crate::wire::responses::{
-    Event, IncompleteDetails, Input, InputItem, OutputItem, OutputText, Response, ResponseError,
-    ResponseUsage, ResponsesRequest, Status, StreamEvent, Tool,
+    Event, IncompleteDetails, Input, InputItem, ItemContent, OutputItem, OutputText, Response,
+    ResponseError, ResponseUsage, ResponsesRequest, Status, StreamEvent, Tool,
 };
 use crate::wire::{
     ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Common, Content, FinishReason,
-    StreamOptions,
+    FunctionCall, FunctionDef, FunctionDelta, FunctionName, NamedTool, StreamOptions,
+    Tool as ChatTool, ToolCall, ToolCallDelta, ToolChoice, ToolMode,
 };
 use axum::body::Body;
 use axum::response::sse::{self, Sse};
@@ -52,8 +53,28 @@ pub fn to_chat(req: &ResponsesRequest) -> Result<(ChatRequest, Asked), ApiError>
                 ));
             }
             for (i, item) in items.iter().enumerate() {
-                messages.push(message(item, &format!("input[{i}]"))?);
-                origins.push(format!("input[{i}]"));
+                let param = format!("input[{i}]");
+                match message(item, &param)? {
+                    Turn::Message(m) => {
+                        messages.push(m);
+                        origins.push(param);
+                    }
+                    // Calls made together are one assistant message, with its text if any.
+                    Turn::Call(call) => match messages.last_mut() {
+                        Some(m) if m.role == "assistant" => {
+                            m.tool_calls.get_or_insert_with(Vec::new).push(call)
+                        }
+                        _ => {
+                            messages.push(ChatMessage {
+                                role: "assistant".into(),
+                                content: None,
+                                tool_calls: Some(vec![call]),
+                                tool_call_id: None,
+                            });
+                            origins.push(param);
+                        }
+                    },
+                }
             }
         }
     }
@@ -69,11 +90,13 @@ pub fn to_chat(req: &ResponsesRequest) -> Result<(ChatRequest, Asked), ApiError>
         .enumerate()
         .map(|(i, t)| chat_tool(t, i))
         .collect::<Result<Vec<_>, _>>()?;
+    let chat_choice = req.tool_choice.as_ref().map(tool_choice).transpose()?;
     let tool_choice = req.tool_choice.clone().unwrap_or(json!("auto"));
     let chat = ChatRequest {
         messages,
-        logprobs: false,
-        top_logprobs: None,
+        tools: (!chat_tools.is_empty()).then_some(chat_tools),
+        tool_choice: chat_choice,
+        parallel_tool_calls: req.parallel_tool_calls,
         common: Common {
             model: req.model.clone(),
             temperature: req.temperature,
@@ -85,11 +108,11 @@ pub fn to_chat(req: &ResponsesRequest) -> Result<(ChatRequest, Asked), ApiError>
             stream_options: req.stream.then_some(StreamOptions {
                 include_usage: true,
             }),
-            tools: (!chat_tools.is_empty()).then(|| Value::Array(chat_tools)),
             response_format: response_format(req.text.as_ref())?,
             ensemble: req.ensemble.clone(),
             ..Common::default()
         },
+        ..ChatRequest::default()
     };
     let base = Response {
         id: format!("resp_{:016x}", rand::random::<u64>()),
@@ -154,37 +177,61 @@ fn refuse_unsupported(req: &ResponsesRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// One input item as a chat message.
-fn message(item: &InputItem, param: &str) -> Result<ChatMessage, ApiError> {
+/// What one input item adds to the conversation.
+enum Turn {
+    Message(ChatMessage),
+    /// A call the assistant made earlier.
+    Call(ToolCall),
+}
+
+/// One input item in chat terms.
+fn message(item: &InputItem, param: &str) -> Result<Turn, ApiError> {
     let invalid = |msg: String| ApiError::invalid(Some(param), msg);
+    let field = |v: &Option<String>, name: &str| {
+        v.clone().ok_or_else(|| {
+            let kind = item.kind.as_deref().unwrap_or("message");
+            invalid(format!("a `{kind}` item needs `{name}`"))
+        })
+    };
+    let text = |c: &Option<ItemContent>, name: &str| match c {
+        Some(c) => c.text().map_err(|kind| {
+            invalid(format!(
+                "content part of type `{kind}` is not supported: only input_text (and \
+                 output_text in assistant messages)"
+            ))
+        }),
+        None => Err(invalid(format!("`{name}` is missing"))),
+    };
     match item.kind.as_deref() {
         None | Some("message") => {
             let role = match item.role.as_deref() {
                 Some(r @ ("user" | "system" | "developer" | "assistant")) => r,
                 Some(other) => {
                     return Err(invalid(format!(
-                        "role `{other}` is not supported: use user, system, developer or assistant"
+                        "role `{other}` is not supported: use user, system, developer or \
+                         assistant (a function's result is a `function_call_output` item)"
                     )))
                 }
                 None => return Err(invalid("a message needs a `role`".into())),
             };
-            let text = match &item.content {
-                Some(c) => c.text().map_err(|kind| {
-                    invalid(format!(
-                        "content part of type `{kind}` is not supported: only input_text \
-                         (and output_text in assistant messages)"
-                    ))
-                })?,
-                None => return Err(invalid("a message needs `content`".into())),
-            };
-            Ok(ChatMessage {
-                role: role.to_string(),
-                content: Some(Content::Text(text)),
-            })
+            let mut m = ChatMessage::text(role, &text(&item.content, "content")?);
+            if role == "assistant" && matches!(&m.content, Some(Content::Text(t)) if t.is_empty()) {
+                m.content = None;
+            }
+            Ok(Turn::Message(m))
         }
-        Some(kind @ ("function_call" | "function_call_output")) => Err(invalid(format!(
-            "`{kind}` items are not supported by this server yet"
-        ))),
+        Some("function_call") => Ok(Turn::Call(ToolCall {
+            id: field(&item.call_id, "call_id")?,
+            kind: "function".into(),
+            function: FunctionCall {
+                name: field(&item.name, "name")?,
+                arguments: field(&item.arguments, "arguments")?,
+            },
+        })),
+        Some("function_call_output") => Ok(Turn::Message(ChatMessage {
+            tool_call_id: Some(field(&item.call_id, "call_id")?),
+            ..ChatMessage::text("tool", &text(&item.output, "output")?)
+        })),
         Some(other) => Err(invalid(format!(
             "items of type `{other}` are not supported: use message, function_call or \
              function_call_output"
@@ -192,8 +239,29 @@ fn message(item: &InputItem, param: &str) -> Result<ChatMessage, ApiError> {
     }
 }
 
+/// `tool_choice` in chat terms: a mode, or `{"type": "function", "name": …}` (Responses put the
+/// name where chat completions nest it under `function`).
+fn tool_choice(v: &Value) -> Result<ToolChoice, ApiError> {
+    if let Ok(mode) = serde_json::from_value::<ToolMode>(v.clone()) {
+        return Ok(ToolChoice::Mode(mode));
+    }
+    match (
+        v.get("type").and_then(Value::as_str),
+        v.get("name").and_then(Value::as_str),
+    ) {
+        (Some("function"), Some(name)) => Ok(ToolChoice::Named(NamedTool {
+            kind: "function".into(),
+            function: FunctionName { name: name.into() },
+        })),
+        _ => Err(ApiError::invalid(
+            Some("tool_choice"),
+            "tool_choice must be none, auto, required or {\"type\": \"function\", \"name\": …}",
+        )),
+    }
+}
+
 /// A Responses function tool in chat completions' nested shape.
-fn chat_tool(t: &Tool, i: usize) -> Result<Value, ApiError> {
+fn chat_tool(t: &Tool, i: usize) -> Result<ChatTool, ApiError> {
     let param = format!("tools[{i}]");
     if t.kind != "function" {
         return Err(ApiError::invalid(
@@ -210,17 +278,12 @@ fn chat_tool(t: &Tool, i: usize) -> Result<Value, ApiError> {
             "a function tool needs a `name`",
         ));
     };
-    let mut function = json!({"name": name});
-    if let Some(d) = &t.description {
-        function["description"] = json!(d);
-    }
-    if let Some(p) = &t.parameters {
-        function["parameters"] = p.clone();
-    }
-    if let Some(s) = t.strict {
-        function["strict"] = json!(s);
-    }
-    Ok(json!({"type": "function", "function": function}))
+    Ok(ChatTool::function(FunctionDef {
+        name: name.clone(),
+        description: t.description.clone(),
+        parameters: t.parameters.clone(),
+        strict: t.strict,
+    }))
 }
 
 /// `text.format` as a chat `response_format`: Responses flatten `json_schema`'s fields into the
@@ -297,6 +360,17 @@ fn whole(chat: &ChatCompletion, mut r: Response) -> Response {
             None => String::new(),
         };
         out.text(&text);
+        for (index, c) in choice.message.tool_calls.iter().flatten().enumerate() {
+            out.call(&ToolCallDelta {
+                index,
+                id: Some(c.id.clone()),
+                kind: Some(c.kind.clone()),
+                function: Some(FunctionDelta {
+                    name: Some(c.function.name.clone()),
+                    arguments: Some(c.function.arguments.clone()),
+                }),
+            });
+        }
         out.finish(choice.finish_reason);
     }
     r.usage = chat
@@ -315,6 +389,8 @@ struct Output {
     items: Vec<OutputItem>,
     /// Whether the last item is still being written.
     open: bool,
+    /// The chat stream's index of the call being written.
+    call: Option<usize>,
     finish: Option<FinishReason>,
 }
 
@@ -341,6 +417,46 @@ impl Output {
             delta: piece.to_string(),
             logprobs: Vec::new(),
         });
+        events
+    }
+
+    /// A piece of a call: the first piece of the chat's call `index` opens a `function_call`
+    /// item, the next ones add to its arguments.
+    fn call(&mut self, d: &ToolCallDelta) -> Vec<Event> {
+        let mut events = Vec::new();
+        let f = d.function.clone().unwrap_or_default();
+        if !(self.open && self.call == Some(d.index)) {
+            events.extend(self.close_open(Status::Completed));
+            let item = OutputItem::FunctionCall {
+                id: format!("fc_{:016x}", rand::random::<u64>()),
+                call_id: d
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("call_{:016x}", rand::random::<u64>())),
+                name: f.name.unwrap_or_default(),
+                arguments: String::new(),
+                status: Status::InProgress,
+            };
+            events.push(Event::ItemAdded {
+                output_index: self.items.len(),
+                item: item.clone(),
+            });
+            self.items.push(item);
+            self.open = true;
+            self.call = Some(d.index);
+        }
+        if let Some(piece) = f.arguments.filter(|a| !a.is_empty()) {
+            let output_index = self.items.len() - 1;
+            let Some(OutputItem::FunctionCall { id, arguments, .. }) = self.items.last_mut() else {
+                unreachable!("a call was opened above");
+            };
+            arguments.push_str(&piece);
+            events.push(Event::ArgumentsDelta {
+                item_id: id.clone(),
+                output_index,
+                delta: piece,
+            });
+        }
         events
     }
 
@@ -377,6 +493,7 @@ impl Output {
     /// Marks the open item done with `done` (`completed`, or `incomplete` when the output was
     /// cut at `max_output_tokens`): the events that say so.
     fn close_open(&mut self, done: Status) -> Vec<Event> {
+        self.call = None;
         if !std::mem::take(&mut self.open) {
             return Vec::new();
         }
@@ -560,6 +677,9 @@ impl Translator {
                     if let Some(t) = &choice.delta.content {
                         events.extend(self.output.text(t));
                     }
+                    for d in choice.delta.tool_calls.iter().flatten() {
+                        events.extend(self.output.call(d));
+                    }
                     self.output.finish(choice.finish_reason);
                 }
                 events
@@ -634,4 +754,217 @@ fn stream(body: Body, asked: Asked) -> axum::response::Response {
             Ok::<_, Infallible>(sse::Event::default().event(e.event.name()).data(data))
         });
     Sse::new(events).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(v: Value) -> ResponsesRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_function_call_round_trip_becomes_chat_messages_and_tools() {
+        let req = request(json!({"model": "m", "instructions": "Be brief.",
+            "tools": [{"type": "function", "name": "get_weather", "description": "Weather now",
+                       "parameters": {"type": "object"}, "strict": true}],
+            "tool_choice": {"type": "function", "name": "get_weather"},
+            "input": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+                 "arguments": "{\"city\":\"Paris\"}"},
+                {"type": "function_call", "call_id": "call_2", "name": "get_weather",
+                 "arguments": "{\"city\":\"Lyon\"}"},
+                {"type": "function_call_output", "call_id": "call_1", "output": "18C"}]}));
+        let (chat, asked) = to_chat(&req).unwrap();
+        let v = serde_json::to_value(&chat).unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function":
+                        {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "call_2", "type": "function", "function":
+                        {"name": "get_weather", "arguments": "{\"city\":\"Lyon\"}"}}]},
+                {"role": "tool", "content": "18C", "tool_call_id": "call_1"}])
+        );
+        assert_eq!(
+            v["tools"],
+            json!([{"type": "function", "function": {"name": "get_weather",
+                "description": "Weather now", "parameters": {"type": "object"}, "strict": true}}])
+        );
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "function", "function": {"name": "get_weather"}})
+        );
+        // An error about the tool message names the item it came from.
+        let e = renamed(ApiError::invalid(Some("messages[3]"), "x"), &asked);
+        assert_eq!(e.param.as_deref(), Some("input[3]"));
+    }
+
+    fn chat_completion(message: Value, finish: &str) -> ChatCompletion {
+        serde_json::from_value(json!({"choices": [{"index": 0, "message": message,
+            "finish_reason": finish}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}))
+        .unwrap()
+    }
+
+    fn base() -> Response {
+        to_chat(&request(json!({"model": "m", "input": "hi"})))
+            .unwrap()
+            .1
+            .base
+    }
+
+    #[test]
+    fn a_chat_answer_with_calls_becomes_function_call_items() {
+        let chat = chat_completion(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_9",
+                "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}),
+            "tool_calls",
+        );
+        let r = serde_json::to_value(whole(&chat, base())).unwrap();
+        assert_eq!(r["status"], "completed");
+        assert_eq!(r["output"].as_array().unwrap().len(), 1, "{r}");
+        let item = &r["output"][0];
+        assert!(item["id"].as_str().unwrap().starts_with("fc_"));
+        assert_eq!(
+            (
+                &item["type"],
+                &item["call_id"],
+                &item["name"],
+                &item["arguments"]
+            ),
+            (
+                &json!("function_call"),
+                &json!("call_9"),
+                &json!("f"),
+                &json!("{\"a\":1}")
+            )
+        );
+        assert_eq!(
+            r["usage"],
+            json!({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
+                   "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0},
+                   "total_tokens": 8})
+        );
+        // Text cut at the limit: an incomplete message, and an incomplete response.
+        let chat = chat_completion(json!({"role": "assistant", "content": "Par"}), "length");
+        let r = serde_json::to_value(whole(&chat, base())).unwrap();
+        assert_eq!(
+            (&r["status"], &r["incomplete_details"]["reason"]),
+            (&json!("incomplete"), &json!("max_output_tokens"))
+        );
+        assert_eq!(r["output"][0]["status"], "incomplete");
+        assert_eq!(r["output"][0]["content"][0]["text"], "Par");
+    }
+
+    /// Feeds a chat SSE body, cut at awkward places, through the reader and the translator.
+    fn translate(chunks: &[Value]) -> Vec<Value> {
+        let mut body = String::new();
+        for c in chunks {
+            body.push_str(&format!("data: {c}\n\n"));
+        }
+        body.push_str("data: [DONE]\n\n");
+        let mut reader = SseReader::default();
+        let mut t = Translator::new(base());
+        let mut events = t.start();
+        for piece in body.as_bytes().chunks(7) {
+            for e in reader.push(piece) {
+                events.extend(t.event(e));
+            }
+        }
+        events.extend(t.end());
+        events
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect()
+    }
+
+    fn chunk(delta: Value, finish: Value) -> Value {
+        json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    }
+
+    #[test]
+    fn streamed_text_then_a_call_become_two_items_in_order() {
+        let events = translate(&[
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"content": "Let me "}), Value::Null),
+            chunk(json!({"content": "look."}), Value::Null),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                       "function": {"name": "f", "arguments": ""}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+                Value::Null,
+            ),
+            chunk(json!({}), json!("tool_calls")),
+            json!({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 6}}),
+        ]);
+        let seen: Vec<(String, Value)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_string(),
+                    e["output_index"].clone(),
+                )
+            })
+            .collect();
+        let want = [
+            ("response.created", Value::Null),
+            ("response.in_progress", Value::Null),
+            ("response.output_item.added", json!(0)),
+            ("response.content_part.added", json!(0)),
+            ("response.output_text.delta", json!(0)),
+            ("response.output_text.delta", json!(0)),
+            ("response.output_text.done", json!(0)),
+            ("response.content_part.done", json!(0)),
+            ("response.output_item.done", json!(0)),
+            ("response.output_item.added", json!(1)),
+            ("response.function_call_arguments.delta", json!(1)),
+            ("response.function_call_arguments.delta", json!(1)),
+            ("response.function_call_arguments.done", json!(1)),
+            ("response.output_item.done", json!(1)),
+            ("response.completed", Value::Null),
+        ];
+        let want: Vec<(String, Value)> = want.into_iter().map(|(k, i)| (k.into(), i)).collect();
+        assert_eq!(seen, want);
+        let numbers: Vec<u64> = events
+            .iter()
+            .map(|e| e["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert_eq!(numbers, (0..events.len() as u64).collect::<Vec<_>>());
+        let last = &events.last().unwrap()["response"];
+        assert_eq!(last["output"][0]["content"][0]["text"], "Let me look.");
+        assert_eq!(
+            (
+                &last["output"][1]["call_id"],
+                &last["output"][1]["arguments"]
+            ),
+            (&json!("call_1"), &json!("{\"a\":1}"))
+        );
+        assert_eq!(events[13]["item"], last["output"][1]);
+        assert_eq!(last["usage"]["total_tokens"], 10);
+    }
+
+    #[test]
+    fn an_error_mid_stream_fails_the_response() {
+        let events = translate(&[
+            chunk(json!({"content": "Hel"}), Value::Null),
+            json!({"error": {"message": "boom", "type": "server_error"}}),
+        ]);
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(&kinds[kinds.len() - 2..], ["error", "response.failed"]);
+        let last = events.last().unwrap();
+        assert_eq!(last["response"]["status"], "failed");
+        assert_eq!(last["response"]["error"]["message"], "boom");
+    }
 }
