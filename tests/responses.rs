@@ -260,3 +260,70 @@ fn input_it_cannot_serve_is_a_400_naming_the_param() {
         ])
     );
 }
+
+/// A weather tool, the Responses API's flat function-tool shape.
+const WEATHER: &str = "tools = [{'type': 'function', 'name': 'get_weather', \
+    'description': 'Get the current weather in a city', 'strict': True, 'parameters': \
+    {'type': 'object', 'properties': {'city': {'type': 'string'}}, 'required': ['city'], \
+    'additionalProperties': False}}]\n";
+
+#[test]
+fn a_function_call_round_trip_on_qwen() {
+    let out = python(&format!(
+        "{WEATHER}\
+         history = [{{'role': 'user', 'content': 'What is the weather in Paris right now?'}}]\n\
+         args = dict(model='{QWEN}', tools=tools, tool_choice='required', \
+         max_output_tokens=80, temperature=0.7, extra_body={{'seed': 3}})\n\
+         first = client.responses.create(input=history, **args)\n\
+         events = [show(e) for e in client.responses.create(input=history, stream=True, \
+         **args)]\n\
+         call = [o for o in first.output if o.type == 'function_call'][0]\n\
+         history += first.output\n\
+         history.append({{'type': 'function_call_output', 'call_id': call.call_id, \
+         'output': json.dumps({{'city': 'Paris', 'temperature_c': 31, 'sky': 'sunny'}})}})\n\
+         answer = client.responses.create(model='{QWEN}', input=history, tools=tools, \
+         max_output_tokens=60, temperature=0)\n\
+         out = {{'first': show(first), 'call': show(call), 'events': events, \
+         'answer': show(answer), 'text': answer.output_text}}"
+    ));
+    let call = &out["call"];
+    assert_eq!(call["name"], "get_weather", "{out}");
+    assert!(call["call_id"].as_str().is_some_and(|c| !c.is_empty()));
+    let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["city"].as_str().unwrap().contains("Paris"), "{args}");
+    // The streamed call is the same call, its arguments' deltas spelling them out.
+    let events = out["events"].as_array().unwrap();
+    let last = &events.last().unwrap()["response"];
+    let streamed = last["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "function_call")
+        .unwrap_or_else(|| panic!("no call streamed: {last}"));
+    assert_eq!(
+        (&streamed["name"], &streamed["arguments"]),
+        (&call["name"], &call["arguments"])
+    );
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.function_call_arguments.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, call["arguments"].as_str().unwrap());
+    // Told the result, the model answers in text with it.
+    let answer = &out["answer"];
+    assert_eq!(answer["status"], "completed", "{answer}");
+    assert!(
+        answer["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["type"] == "message"),
+        "{answer}"
+    );
+    let text = out["text"].as_str().unwrap();
+    assert!(
+        text.contains("31") || text.to_lowercase().contains("sunny"),
+        "{text}"
+    );
+}
