@@ -165,6 +165,7 @@ fn warm_up(model: &str) -> Job {
         samples: vec![SamplingParams::default()],
         ignore_eos: true,
         stream: None,
+        constraint: None,
     }
 }
 
