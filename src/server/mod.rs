@@ -6,6 +6,7 @@
 mod errors;
 mod metrics;
 mod openai;
+mod responses;
 mod routes;
 mod served;
 mod sse;

@@ -4,7 +4,7 @@ use super::errors::ApiError;
 use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
 use super::tools::{self, Tools};
-use super::{metrics, sse, App};
+use super::{metrics, responses, sse, App};
 use crate::engine::{Job, Message, Prompt};
 use crate::ensemble::{Runner, Trace};
 use crate::wire::{ChatRequest, Common, CompletionRequest, ModelCard, ModelList, Usage};
@@ -24,6 +24,7 @@ pub fn router(app: App) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/metrics", get(metrics_text))
@@ -31,7 +32,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .merge(protected)
         .route("/health", get(health))
-        .fallback(|| async { ApiError::not_found("no such endpoint: see /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics") })
+        .fallback(|| async { ApiError::not_found("no such endpoint: see /v1/models, /v1/chat/completions, /v1/completions, /v1/responses, /health, /metrics") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(app.clone(), record))
         .with_state(app)
@@ -63,7 +64,11 @@ async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let endpoint = match req.uri().path() {
         p if p.starts_with("/v1/models") => "/v1/models".to_string(),
-        p @ ("/v1/chat/completions" | "/v1/completions" | "/health" | "/metrics") => p.into(),
+        p @ ("/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/responses"
+        | "/health"
+        | "/metrics") => p.into(),
         _ => "other".into(),
     };
     let resp = next.run(req).await;
@@ -124,6 +129,17 @@ async fn model(
             "GET /v1/models lists what is served",
         ))
     }
+}
+
+/// `/v1/responses`: translated to a chat request, answered by `chat`, translated back.
+async fn responses(
+    State(app): State<App>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req = openai::parse(&body(&app, raw)?)?;
+    let (chat_req, asked) = responses::to_chat(&req)?;
+    let chat_body = serde_json::to_vec(&chat_req).map_err(|e| ApiError::internal(&e.into()))?;
+    responses::answer(chat(State(app), Ok(chat_body.into())).await, asked).await
 }
 
 /// The body, or 413 past the size limit.
