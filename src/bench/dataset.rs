@@ -2,10 +2,12 @@
 //!
 //! Every line must be a valid item for the task; a bad one stops the load with its file and
 //! line number, so no item is ever skipped silently. Blank lines are not items.
-use crate::ensemble::extract::extract;
+use crate::ensemble::extract::{calls_ballot, extract, NO_CALL};
 use crate::ensemble::AnswerKind;
+use crate::wire::ChatMessage;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -22,6 +24,10 @@ pub enum Task {
     Text,
     /// HumanEval: `{"task_id", "prompt", "entry_point", "test"}`.
     Code,
+    /// Function calling: `{"messages", "tools", "accepted": [call or "text", …]}`, a call
+    /// being `{"name", "arguments"}` (or a list of them for parallel calls) and "text" a reply
+    /// that calls nothing. Right when the reply's calls equal an accepted one's.
+    Tools,
 }
 
 impl Task {
@@ -32,6 +38,8 @@ impl Task {
             Task::Choice => AnswerKind::Choice,
             Task::Text => AnswerKind::Text,
             Task::Code => AnswerKind::Code,
+            // The runner reads a reply's calls whenever tools are offered; a call is JSON.
+            Task::Tools => AnswerKind::Json,
         }
     }
 
@@ -39,6 +47,8 @@ impl Task {
     pub fn role(self) -> &'static str {
         match self {
             Task::Code => "programmer",
+            // Roles ask for an "Answer:" line; a tools item's own conversation is sent instead.
+            Task::Tools => "assistant",
             _ => "solver",
         }
     }
@@ -66,6 +76,8 @@ pub enum Gold {
     Answer(String),
     /// A program that must pass its tests.
     Code(Problem),
+    /// The ballots (`extract::calls_ballot`) of the replies that count as right.
+    Calls(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +87,15 @@ pub struct Item {
     /// What the model is asked: the task's instruction around the question.
     pub prompt: String,
     pub gold: Gold,
+    /// A tools item's conversation, sent whole instead of `prompt` in a role's frame.
+    pub chat: Option<Chat>,
+}
+
+/// A conversation with the functions it offers, in OpenAI's shapes as the dataset has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chat {
+    pub messages: Vec<ChatMessage>,
+    pub tools: Vec<Value>,
 }
 
 /// One line as written; which fields a task needs is checked after parsing.
@@ -88,6 +109,9 @@ struct Line {
     prompt: Option<String>,
     entry_point: Option<String>,
     test: Option<String>,
+    messages: Option<Vec<ChatMessage>>,
+    tools: Option<Vec<Value>>,
+    accepted: Option<Vec<Value>>,
 }
 
 /// Loads every item of `path` (`.jsonl`, or `.jsonl.gz`).
@@ -181,16 +205,89 @@ pub fn parse(text: &str, task: Task, line_no: usize) -> Result<Item> {
             };
             (prompts::code(&problem.prompt), Gold::Code(problem))
         }
+        Task::Tools => {
+            let (chat, gold) = tools_item(line)?;
+            let last_user = chat.messages.iter().rev().find(|m| m.role == "user");
+            let prompt = last_user
+                .and_then(|m| m.content.as_ref()?.text().ok())
+                .ok_or_else(|| anyhow!("\"messages\" needs a user message with text"))?;
+            return Ok(Item {
+                id,
+                prompt,
+                gold,
+                chat: Some(chat),
+            });
+        }
     };
-    Ok(Item { id, prompt, gold })
+    Ok(Item {
+        id,
+        prompt,
+        gold,
+        chat: None,
+    })
+}
+
+/// A tools line's conversation and the ballots of its accepted answers.
+fn tools_item(line: Line) -> Result<(Chat, Gold)> {
+    let need = |what: &str| anyhow!("missing \"{what}\" (a tools item needs {})", FIELDS[4]);
+    let messages = line
+        .messages
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| need("messages"))?;
+    let tools = line
+        .tools
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| need("tools"))?;
+    let accepted = line
+        .accepted
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| need("accepted"))?;
+    let mut names = Vec::new();
+    for (i, t) in tools.iter().enumerate() {
+        match t.pointer("/function/name").and_then(Value::as_str) {
+            Some(n) if t["type"] == "function" => names.push(n),
+            _ => bail!(
+                "\"tools\"[{i}] is not {{\"type\": \"function\", \"function\": {{\"name\", \
+                 \"parameters\"}}}}"
+            ),
+        }
+    }
+    let mut ballots = Vec::new();
+    for (i, a) in accepted.iter().enumerate() {
+        let calls: Vec<&Value> = match a {
+            Value::String(s) if s == NO_CALL => Vec::new(),
+            Value::Array(calls) if !calls.is_empty() => calls.iter().collect(),
+            Value::Object(_) => vec![a],
+            _ => bail!(
+                "\"accepted\"[{i}] must be a call {{\"name\", \"arguments\"}}, a list of calls \
+                 or \"{NO_CALL}\" (no call), found {a}"
+            ),
+        };
+        let mut pairs = Vec::new();
+        for c in calls {
+            let name = c["name"].as_str().filter(|n| names.contains(n));
+            let (Some(name), Some(args)) = (name, c.get("arguments").filter(|v| v.is_object()))
+            else {
+                bail!(
+                    "\"accepted\"[{i}]: {c} needs a \"name\" among the item's tools ({}) and \
+                     \"arguments\", an object",
+                    names.join(", ")
+                );
+            };
+            pairs.push((name, args));
+        }
+        ballots.push(calls_ballot(pairs));
+    }
+    Ok((Chat { messages, tools }, Gold::Calls(ballots)))
 }
 
 /// The fields each task's lines need, in `Task` order.
-const FIELDS: [&str; 4] = [
+const FIELDS: [&str; 5] = [
     "\"question\" and \"answer\" with the number after ####",
     "\"question\", \"choices\" and \"answer\" (a letter)",
     "\"question\" and \"answer\"",
     "\"task_id\", \"prompt\", \"entry_point\" and \"test\"",
+    "\"messages\", \"tools\" and \"accepted\" (calls {\"name\", \"arguments\"} or \"text\")",
 ];
 
 /// The number after the last `####`, commas stripped, normalised as replies' answers are.
@@ -286,6 +383,61 @@ mod tests {
         assert!(matches!(item.gold, Gold::Code(ref p) if p.entry_point == "f"));
         let no_test = r#"{"task_id": "T/0", "prompt": "def f():\n", "entry_point": "f"}"#;
         assert!(err(no_test, Task::Code).contains("\"test\""));
+    }
+
+    #[test]
+    fn tools_items_read_their_accepted_calls() {
+        let line = r#"{"id": "w", "messages": [{"role": "user", "content": "Paris weather?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+            "accepted": [{"name": "get_weather", "arguments": {"unit": "c", "city": "Paris"}},
+                         [{"name": "get_weather", "arguments": {"city": "Paris"}},
+                          {"name": "get_weather", "arguments": {"city": "Rome"}}],
+                         "text"]}"#;
+        let item = parse(&line.replace('\n', " "), Task::Tools, 1).unwrap();
+        assert_eq!(item.prompt, "Paris weather?");
+        let chat = item.chat.unwrap();
+        assert_eq!((chat.messages.len(), chat.tools.len()), (1, 1));
+        let Gold::Calls(ballots) = item.gold else {
+            panic!("a tools item's gold is its calls")
+        };
+        assert_eq!(
+            ballots[0],
+            r#"{"arguments":{"city":"Paris","unit":"c"},"name":"get_weather"}"#
+        );
+        assert!(ballots[1].starts_with('[') && ballots[1].contains("Rome"));
+        assert_eq!(ballots[2], NO_CALL);
+    }
+
+    #[test]
+    fn the_tools_datasets_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dev = load(&root.join("benches/data/tools-dev.jsonl"), Task::Tools).unwrap();
+        assert!(dev.len() >= 80, "{} items", dev.len());
+        let no_call = |i: &Item| matches!(&i.gold, Gold::Calls(c) if c == &[NO_CALL]);
+        assert!(dev.iter().any(no_call));
+        let sample = load(&root.join("tests/data/tools_sample.jsonl"), Task::Tools).unwrap();
+        assert_eq!(sample.len(), 6);
+    }
+
+    #[test]
+    fn tools_items_say_what_is_wrong() {
+        let base = r#"{"messages": [{"role": "user", "content": "q"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}], "accepted": ACC}"#
+            .replace('\n', " ");
+        let bad = |acc: &str| err(&base.replace("ACC", acc), Task::Tools);
+        assert!(bad(r#"[{"name": "g", "arguments": {}}]"#).contains("among the item's tools (f)"));
+        assert!(bad(r#"[{"name": "f", "arguments": "{}"}]"#).contains("an object"));
+        assert!(bad(r#"["none"]"#).contains("\"text\" (no call)"));
+        assert!(bad("[]").contains("missing \"accepted\""));
+        let no_tools = r#"{"messages": [{"role": "user", "content": "q"}], "accepted": ["text"]}"#;
+        assert!(err(no_tools, Task::Tools).contains("missing \"tools\""));
+        let bad_tool = base.replace(
+            r#"{"type": "function", "function": {"name": "f"}}"#,
+            r#"{"name": "f"}"#,
+        );
+        assert!(err(&bad_tool.replace("ACC", "[\"text\"]"), Task::Tools).contains("\"tools\"[0]"));
+        let no_user = base.replace("user", "system").replace("ACC", "[\"text\"]");
+        assert!(err(&no_user, Task::Tools).contains("user message"));
     }
 
     #[test]

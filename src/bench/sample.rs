@@ -170,7 +170,7 @@ pub async fn record(
     let verifier = match &item.gold {
         Gold::Code(p) => Some(Verifier::for_code(&p.prompt, &p.entry_point)),
         Gold::Answer(_) if series.ens.answer == AnswerKind::Number => Some(Verifier::Calculator),
-        Gold::Answer(_) => None,
+        Gold::Answer(_) | Gold::Calls(_) => None,
     };
     let mut scorer = Scorer::new(&item.gold, verifier.as_ref());
     let mut rec = Record {
@@ -179,6 +179,7 @@ pub async fn record(
         id: item.id.clone(),
         gold: match &item.gold {
             Gold::Answer(a) => Some(a.clone()),
+            Gold::Calls(c) => Some(c.join(" | ")),
             Gold::Code(_) => None,
         },
         samples: Vec::new(),
@@ -274,6 +275,7 @@ impl<'a> Scorer<'a> {
         };
         match self.gold {
             Gold::Answer(g) => Ok(answer == g),
+            Gold::Calls(accepted) => Ok(accepted.iter().any(|a| a == answer)),
             Gold::Code(p) => {
                 if let Some(&ok) = self.runs.get(answer) {
                     return Ok(ok);

@@ -423,6 +423,29 @@ fn write_canonical(v: &serde_json::Value, out: &mut String) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Tool calls
+
+/// The ballot of a reply that calls no tool: all such replies vote together.
+pub const NO_CALL: &str = "text";
+
+/// A reply's calls as one ballot: a call is `{"arguments":…,"name":…}` in canonical JSON, so
+/// calls with equal names and equal arguments (see [`canonical_json`]) vote together; several
+/// calls are the array of them, in the order written; no call is [`NO_CALL`].
+pub fn calls_ballot<'a>(
+    calls: impl IntoIterator<Item = (&'a str, &'a serde_json::Value)>,
+) -> String {
+    let mut calls: Vec<serde_json::Value> = calls
+        .into_iter()
+        .map(|(name, arguments)| serde_json::json!({"name": name, "arguments": arguments}))
+        .collect();
+    match calls.len() {
+        0 => NO_CALL.to_string(),
+        1 => canonical_json(&calls.remove(0)),
+        _ => canonical_json(&serde_json::Value::Array(calls)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,5 +657,21 @@ mod tests {
             json(r#"{"q": "say \"hi\"\n"}"#),
             s(r#"{"q":"say \"hi\"\n"}"#)
         );
+    }
+
+    #[test]
+    fn calls_vote_by_name_and_canonical_arguments() {
+        let a = serde_json::json!({"unit": "c", "city": "Paris", "days": 2.0});
+        let b = serde_json::json!({"city": "Paris", "days": 2, "unit": "c"});
+        assert_eq!(
+            calls_ballot([("w", &a)]),
+            r#"{"arguments":{"city":"Paris","days":2,"unit":"c"},"name":"w"}"#
+        );
+        assert_eq!(calls_ballot([("w", &a)]), calls_ballot([("w", &b)]));
+        assert_ne!(calls_ballot([("w", &a)]), calls_ballot([("v", &a)]));
+        assert_eq!(calls_ballot([]), NO_CALL);
+        let two = calls_ballot([("w", &a), ("v", &b)]);
+        assert!(two.starts_with(r#"[{"arguments""#), "{two}");
+        assert_ne!(two, calls_ballot([("v", &b), ("w", &a)]));
     }
 }
