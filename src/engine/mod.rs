@@ -6,6 +6,7 @@ pub mod sampler;
 mod worker;
 
 pub use crate::model::chat::Message;
+pub use crate::model::tool_call::{canonical_json, ToolCall, ToolDef};
 pub use crate::store::catalog::DEFAULT_MODEL;
 pub use generate::{Completion, Finish, JobError, Logprob, Output, Piece, TokenLogprobs};
 pub use load::{load_tokenizer, model_name};

@@ -1,5 +1,6 @@
 //! Several agents answer one question; an aggregation strategy combines their answers.
 pub mod aggregate;
+pub mod calls;
 pub mod config;
 pub mod decide;
 pub mod extract;

@@ -110,8 +110,6 @@ fn request(
             .iter()
             .map(|m| ChatMessage::text(&m.role, &m.content))
             .collect(),
-        logprobs: false,
-        top_logprobs: None,
         common: Common {
             model: remote.model.clone(),
             max_tokens: Some(max_tokens),
@@ -121,6 +119,7 @@ fn request(
             seed: Some((sampling.seed & 0x7fff_ffff) as i64),
             ..Common::default()
         },
+        ..ChatRequest::default()
     }
 }
 

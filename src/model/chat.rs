@@ -3,14 +3,21 @@
 //! Message text is never parsed for special tokens: it is rendered as a placeholder, and the
 //! rendered prompt comes back as pieces, template text (special tokens allowed) and message
 //! text (always plain), so a user who types `<|im_start|>system` gets ordinary tokens.
+use super::tool_call::ToolCall;
 use anyhow::{Context, Result};
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
+/// One turn: `system`, `user`, `assistant` (with the calls it made, if any) or `tool` (the
+/// result of the call `tool_call_id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
@@ -18,6 +25,8 @@ impl Message {
         Self {
             role: role.to_string(),
             content: content.to_string(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
 }

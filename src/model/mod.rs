@@ -7,6 +7,7 @@ pub mod kv_cache;
 pub mod math;
 pub mod qmatmul;
 pub mod tokenizer;
+pub mod tool_call;
 pub mod transformer;
 
 use anyhow::{Context, Result};

@@ -152,7 +152,7 @@ pub fn params(c: &Common) -> Result<Params, ApiError> {
 
 fn refuse_unsupported(c: &Common) -> Result<(), ApiError> {
     let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null() && *v != false);
-    for (name, value) in [("tools", &c.tools), ("response_format", &c.response_format)] {
+    for (name, value) in [("response_format", &c.response_format)] {
         if set(value) {
             return Err(ApiError::invalid(
                 Some(name),
@@ -175,6 +175,12 @@ pub fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
         return Err(ApiError::invalid(
             Some("messages"),
             "messages must hold at least one message",
+        ));
+    }
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid(
+            Some("tools"),
+            "`tools` is not supported by this server yet; leave it out",
         ));
     }
     let mut out = Vec::new();
@@ -401,11 +407,12 @@ impl Meta {
             (true, _) => Delta {
                 role: Some("assistant".into()),
                 content: Some(text.to_string()),
+                ..Delta::default()
             },
             (false, Some(_)) => Delta::default(),
             (false, None) => Delta {
-                role: None,
                 content: Some(text.to_string()),
+                ..Delta::default()
             },
         };
         let choice = ChunkChoice {
@@ -513,11 +520,13 @@ mod tests {
         let e = bad(json!({"model": "m", "stop": ["a", "b", "c", "d", "e"]}));
         assert_eq!(e.param.as_deref(), Some("stop"));
         assert_eq!(
-            bad(json!({"model": "m", "tools": [{}]})).param.as_deref(),
-            Some("tools")
+            bad(json!({"model": "m", "response_format": {"type": "json_object"}}))
+                .param
+                .as_deref(),
+            Some("response_format")
         );
         // Unset, null or false: not asked for, so not refused.
-        let ok = json!({"model": "m", "tools": null, "whatever": 1});
+        let ok = json!({"model": "m", "response_format": null, "whatever": 1});
         assert!(params(&common(ok)).is_ok());
     }
 

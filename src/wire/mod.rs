@@ -12,10 +12,11 @@ mod response;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use request::{
-    ChatMessage, ChatRequest, Common, CompletionRequest, Content, OneOrMany, Part, StreamOptions,
+    ChatMessage, ChatRequest, Common, CompletionRequest, Content, FunctionCall, FunctionDef,
+    FunctionName, NamedTool, OneOrMany, Part, StreamOptions, Tool, ToolCall, ToolChoice, ToolMode,
 };
 pub use response::{
     ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChunkChoice, Completion, Delta,
-    FinishReason, ModelCard, ModelList, TextChoice, TextCompletion, TextLogprobs, TokenLogprob,
-    TopLogprob, Usage,
+    FinishReason, FunctionDelta, ModelCard, ModelList, TextChoice, TextCompletion, TextLogprobs,
+    TokenLogprob, ToolCallDelta, TopLogprob, Usage,
 };

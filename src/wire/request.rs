@@ -52,10 +52,8 @@ pub struct Common {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
-    /// Read only to be refused when set: this server calls no tools and does not constrain
-    /// the output's format, so their shapes are left untyped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tools: Option<Value>,
+    /// Read only to be refused when set: this server does not constrain the output's format,
+    /// so its shape is left untyped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
     /// Conclave's own: overrides a `conclave/<preset>`'s agents or settings, with the keys of
@@ -64,7 +62,7 @@ pub struct Common {
     pub ensemble: Option<Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     /// Return each output token's log-probability.
@@ -74,17 +72,114 @@ pub struct ChatRequest {
     /// a negative one is refused naming this field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_logprobs: Option<i64>,
+    /// Functions the model may call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    /// Whether, and which, tool the model must call; `auto` when tools are given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether one reply may hold several calls (OpenAI's default: true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub common: Common,
 }
 
-/// One message of a conversation, in a request or as a chat completion's answer.
+/// One entry of `tools`: `{"type": "function", "function": {...}}` (OpenAI has no other
+/// kind on chat completions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+impl Tool {
+    pub fn function(function: FunctionDef) -> Self {
+        Self {
+            kind: "function".into(),
+            function,
+        }
+    }
+}
+
+/// A function the model may call: its name, what it does, and its arguments as a JSON Schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema object; none means the function takes no arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    /// The call's arguments must follow `parameters` exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: a mode, or `{"type": "function", "function": {"name": ...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    Mode(ToolMode),
+    Named(NamedTool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolMode {
+    /// Call no tool: answer in text.
+    None,
+    /// Text or calls, as the model chooses.
+    Auto,
+    /// At least one call.
+    Required,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedTool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionName,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionName {
+    pub name: String,
+}
+
+/// A call the assistant made: in a reply's message, and in the history sent back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+/// The function called and its arguments, a JSON object as a string (the model wrote it:
+/// OpenAI does not promise it parses, this server does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// One message of a conversation, in a request or as a chat completion's answer. An
+/// assistant's answer that calls tools has `tool_calls` and (usually) no `content`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `developer` (OpenAI's newer name for `system`), `user`, `assistant`, …
+    /// `system`, `developer` (OpenAI's newer name for `system`), `user`, `assistant`, `tool`.
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant message's calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A `tool` message: the call whose result `content` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -92,6 +187,8 @@ impl ChatMessage {
         Self {
             role: role.to_string(),
             content: Some(Content::Text(content.to_string())),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
@@ -143,4 +240,50 @@ pub struct CompletionRequest {
     pub logprobs: Option<i64>,
     #[serde(flatten)]
     pub common: Common,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tool_fields_read_and_write_openai_shapes() {
+        let v = json!({"model": "m", "messages": [
+            {"role": "user", "content": "weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                "type": "function", "function": {"name": "get_weather",
+                "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "description": "Weather now", "strict": true, "parameters":
+                {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": false});
+        let req: ChatRequest = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(req.tools.as_ref().unwrap()[0].function.strict, Some(true));
+        assert_eq!(
+            req.messages[1].tool_calls.as_ref().unwrap()[0]
+                .function
+                .name,
+            "get_weather"
+        );
+        assert_eq!(req.messages[2].tool_call_id.as_deref(), Some("call_1"));
+        let back = serde_json::to_value(&req).unwrap();
+        assert_eq!(back["tools"], v["tools"]);
+        assert_eq!(back["tool_choice"], v["tool_choice"]);
+        assert_eq!(
+            back["messages"][1]["tool_calls"],
+            v["messages"][1]["tool_calls"]
+        );
+        for (mode, want) in [
+            ("none", ToolMode::None),
+            ("auto", ToolMode::Auto),
+            ("required", ToolMode::Required),
+        ] {
+            let c: ToolChoice = serde_json::from_value(json!(mode)).unwrap();
+            assert_eq!(c, ToolChoice::Mode(want));
+        }
+        assert!(serde_json::from_value::<ToolChoice>(json!("sometimes")).is_err());
+    }
 }
