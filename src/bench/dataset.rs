@@ -2,6 +2,7 @@
 //!
 //! Every line must be a valid item for the task; a bad one stops the load with its file and
 //! line number, so no item is ever skipped silently. Blank lines are not items.
+use crate::engine::ToolCall;
 use crate::ensemble::extract::{calls_ballot, extract, NO_CALL};
 use crate::ensemble::AnswerKind;
 use crate::wire::ChatMessage;
@@ -263,7 +264,7 @@ fn tools_item(line: Line) -> Result<(Chat, Gold)> {
                  or \"{NO_CALL}\" (no call), found {a}"
             ),
         };
-        let mut pairs = Vec::new();
+        let mut answer = Vec::new();
         for c in calls {
             let name = c["name"].as_str().filter(|n| names.contains(n));
             let (Some(name), Some(args)) = (name, c.get("arguments").filter(|v| v.is_object()))
@@ -274,9 +275,9 @@ fn tools_item(line: Line) -> Result<(Chat, Gold)> {
                     names.join(", ")
                 );
             };
-            pairs.push((name, args));
+            answer.push(ToolCall::new(name, args.clone()));
         }
-        ballots.push(calls_ballot(pairs));
+        ballots.push(calls_ballot(&answer));
     }
     Ok((Chat { messages, tools }, Gold::Calls(ballots)))
 }

@@ -4,6 +4,7 @@
 //! also normalises: "1,000", "1000.0" and "$1000" all become "1000"; "(b)" becomes "B";
 //! JSON is re-serialized with sorted keys.
 
+use crate::engine::{canonical_json, ToolCall};
 use std::fmt;
 
 /// What shape of answer a task expects, which decides how replies are compared.
@@ -373,76 +374,27 @@ pub fn extract_json(text: &str) -> Option<serde_json::Value> {
     None
 }
 
-/// Compact JSON with every object's keys sorted, so equal values give equal strings
-/// whatever order a model wrote the keys in. Numbers compare by value: an integral float
-/// within ±2^53 is written as an integer (`1.0`, `1e0` and `1` are one answer). A string
-/// never equals a number (`"5"` is not `5`): a model that quotes a number wrote another value.
-pub fn canonical_json(v: &serde_json::Value) -> String {
-    let mut out = String::new();
-    write_canonical(v, &mut out);
-    out
-}
-
-fn write_canonical(v: &serde_json::Value, out: &mut String) {
-    use serde_json::Value;
-    match v {
-        Value::Null | Value::Bool(_) | Value::String(_) => out.push_str(&v.to_string()),
-        Value::Number(n) => match n.as_f64() {
-            // 2^53: beyond it not every integer is a float, so the float's own text stays.
-            Some(f) if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                out.push_str(&format!("{}", f as i64))
-            }
-            _ => out.push_str(&n.to_string()),
-        },
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            // Sorted here, not by the map: serde_json keeps insertion order when any crate in
-            // the build enables its `preserve_order` feature.
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Tool calls
 
 /// The ballot of a reply that calls no tool: all such replies vote together.
 pub const NO_CALL: &str = "text";
 
-/// A reply's calls as one ballot: a call is `{"arguments":…,"name":…}` in canonical JSON, so
-/// calls with equal names and equal arguments (see [`canonical_json`]) vote together; several
-/// calls are the array of them, in the order written; no call is [`NO_CALL`].
-pub fn calls_ballot<'a>(
-    calls: impl IntoIterator<Item = (&'a str, &'a serde_json::Value)>,
-) -> String {
-    let mut calls: Vec<serde_json::Value> = calls
-        .into_iter()
-        .map(|(name, arguments)| serde_json::json!({"name": name, "arguments": arguments}))
-        .collect();
-    match calls.len() {
-        0 => NO_CALL.to_string(),
-        1 => canonical_json(&calls.remove(0)),
-        _ => canonical_json(&serde_json::Value::Array(calls)),
+/// A reply's calls as one ballot: a call is its [`ToolCall::canonical`] form, so calls with
+/// equal names and equal arguments (see [`canonical_json`]) vote together; several calls are
+/// the array of them, in the order written; no call is [`NO_CALL`].
+pub fn calls_ballot(calls: &[ToolCall]) -> String {
+    match calls {
+        [] => NO_CALL.to_string(),
+        [one] => one.canonical(),
+        _ => format!(
+            "[{}]",
+            calls
+                .iter()
+                .map(ToolCall::canonical)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     }
 }
 
@@ -661,17 +613,24 @@ mod tests {
 
     #[test]
     fn calls_vote_by_name_and_canonical_arguments() {
-        let a = serde_json::json!({"unit": "c", "city": "Paris", "days": 2.0});
-        let b = serde_json::json!({"city": "Paris", "days": 2, "unit": "c"});
-        assert_eq!(
-            calls_ballot([("w", &a)]),
-            r#"{"arguments":{"city":"Paris","days":2,"unit":"c"},"name":"w"}"#
+        let a = ToolCall::new(
+            "w",
+            serde_json::json!({"unit": "c", "city": "P", "days": 2.0}),
         );
-        assert_eq!(calls_ballot([("w", &a)]), calls_ballot([("w", &b)]));
-        assert_ne!(calls_ballot([("w", &a)]), calls_ballot([("v", &a)]));
-        assert_eq!(calls_ballot([]), NO_CALL);
-        let two = calls_ballot([("w", &a), ("v", &b)]);
+        let b = ToolCall::new(
+            "w",
+            serde_json::json!({"city": "P", "days": 2, "unit": "c"}),
+        );
+        let v = ToolCall::new("v", a.arguments.clone());
+        assert_eq!(
+            calls_ballot(std::slice::from_ref(&a)),
+            r#"{"arguments":{"city":"P","days":2,"unit":"c"},"name":"w"}"#
+        );
+        assert_eq!(calls_ballot(&[a.clone()]), calls_ballot(&[b.clone()]));
+        assert_ne!(calls_ballot(&[a.clone()]), calls_ballot(&[v.clone()]));
+        assert_eq!(calls_ballot(&[]), NO_CALL);
+        let two = calls_ballot(&[a.clone(), v.clone()]);
         assert!(two.starts_with(r#"[{"arguments""#), "{two}");
-        assert_ne!(two, calls_ballot([("v", &b), ("w", &a)]));
+        assert_ne!(two, calls_ballot(&[v, a]));
     }
 }
