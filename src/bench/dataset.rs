@@ -2,10 +2,10 @@
 //!
 //! Every line must be a valid item for the task; a bad one stops the load with its file and
 //! line number, so no item is ever skipped silently. Blank lines are not items.
-use crate::engine::ToolCall;
+use crate::engine::{Message, ToolCall, ToolDef};
 use crate::ensemble::extract::{calls_ballot, extract, NO_CALL};
 use crate::ensemble::AnswerKind;
-use crate::wire::ChatMessage;
+use crate::wire::{ChatMessage, Tool};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -92,11 +92,11 @@ pub struct Item {
     pub chat: Option<Chat>,
 }
 
-/// A conversation with the functions it offers, in OpenAI's shapes as the dataset has them.
+/// A conversation with the functions it offers (the dataset writes them in OpenAI's shapes).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chat {
-    pub messages: Vec<ChatMessage>,
-    pub tools: Vec<Value>,
+    pub messages: Vec<Message>,
+    pub tools: Vec<ToolDef>,
 }
 
 /// One line as written; which fields a task needs is checked after parsing.
@@ -111,7 +111,7 @@ struct Line {
     entry_point: Option<String>,
     test: Option<String>,
     messages: Option<Vec<ChatMessage>>,
-    tools: Option<Vec<Value>>,
+    tools: Option<Vec<Tool>>,
     accepted: Option<Vec<Value>>,
 }
 
@@ -208,9 +208,12 @@ pub fn parse(text: &str, task: Task, line_no: usize) -> Result<Item> {
         }
         Task::Tools => {
             let (chat, gold) = tools_item(line)?;
-            let last_user = chat.messages.iter().rev().find(|m| m.role == "user");
-            let prompt = last_user
-                .and_then(|m| m.content.as_ref()?.text().ok())
+            let prompt = chat
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == "user" && !m.content.trim().is_empty())
+                .map(|m| m.content.clone())
                 .ok_or_else(|| anyhow!("\"messages\" needs a user message with text"))?;
             return Ok(Item {
                 id,
@@ -243,16 +246,28 @@ fn tools_item(line: Line) -> Result<(Chat, Gold)> {
         .accepted
         .filter(|a| !a.is_empty())
         .ok_or_else(|| need("accepted"))?;
-    let mut names = Vec::new();
-    for (i, t) in tools.iter().enumerate() {
-        match t.pointer("/function/name").and_then(Value::as_str) {
-            Some(n) if t["type"] == "function" => names.push(n),
-            _ => bail!(
-                "\"tools\"[{i}] is not {{\"type\": \"function\", \"function\": {{\"name\", \
-                 \"parameters\"}}}}"
-            ),
+    let messages = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message(m).with_context(|| format!("\"messages\"[{i}]")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut defs = Vec::new();
+    for (i, t) in tools.into_iter().enumerate() {
+        if t.kind != "function" || t.function.name.is_empty() {
+            bail!(
+                "\"tools\"[{i}] is not {{\"type\": \"function\", \"function\": {{\"name\", …}}}}"
+            );
         }
+        let f = t.function;
+        defs.push(ToolDef {
+            name: f.name,
+            description: f.description,
+            parameters: f
+                .parameters
+                .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+        });
     }
+    let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
     let mut ballots = Vec::new();
     for (i, a) in accepted.iter().enumerate() {
         let calls: Vec<&Value> = match a {
@@ -279,7 +294,31 @@ fn tools_item(line: Line) -> Result<(Chat, Gold)> {
         }
         ballots.push(calls_ballot(&answer));
     }
-    Ok((Chat { messages, tools }, Gold::Calls(ballots)))
+    let chat = Chat {
+        messages,
+        tools: defs,
+    };
+    Ok((chat, Gold::Calls(ballots)))
+}
+
+/// A dataset's message: a system, user or assistant turn of text. (Turns with tool calls or
+/// results are what a conversation continues from, not what these items ask.)
+fn message(m: &ChatMessage) -> Result<Message> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => "system",
+        r @ ("user" | "assistant") => r,
+        r => bail!("role `{r}` is not supported in a dataset: use system, user or assistant"),
+    };
+    if m.tool_calls.is_some() || m.tool_call_id.is_some() {
+        bail!("tool calls and results in the history are not supported in a dataset");
+    }
+    let text = match &m.content {
+        None => String::new(),
+        Some(c) => c
+            .text()
+            .map_err(|kind| anyhow!("content of type `{kind}`: only text is supported"))?,
+    };
+    Ok(Message::new(role, &text))
 }
 
 /// The fields each task's lines need, in `Task` order.
@@ -434,7 +473,7 @@ mod tests {
         assert!(err(no_tools, Task::Tools).contains("missing \"tools\""));
         let bad_tool = base.replace(
             r#"{"type": "function", "function": {"name": "f"}}"#,
-            r#"{"name": "f"}"#,
+            r#"{"type": "retrieval", "function": {"name": "f"}}"#,
         );
         assert!(err(&bad_tool.replace("ACC", "[\"text\"]"), Task::Tools).contains("\"tools\"[0]"));
         let no_user = base.replace("user", "system").replace("ACC", "[\"text\"]");

@@ -10,7 +10,7 @@ use super::store::{Check, Decided, Record, Sample};
 use crate::ensemble::config::Quick;
 use crate::ensemble::decide::{plan, Plan, Rule};
 use crate::ensemble::verify;
-use crate::ensemble::{AgentTrace, AnswerKind, Ensemble, Member, Runner, Strategy, Verifier};
+use crate::ensemble::{AgentTrace, AnswerKind, Ask, Ensemble, Member, Runner, Strategy, Verifier};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -191,12 +191,16 @@ pub async fn record(
         run,
         written: 0.0,
     };
+    let ask = match &item.chat {
+        Some(c) => Ask::conversation(c.messages.clone(), c.tools.clone()),
+        None => Ask::from(&item.prompt),
+    };
     for n in series.runs(sizes) {
         let ens = sized(&series.ens, n, index);
         let checked = matches!(plan(&ens), Plan::Check { .. });
         let t = match &verifier {
-            Some(v) if checked => runner.run_verified(&ens, &item.prompt, v).await?,
-            _ => runner.run(&ens, &item.prompt).await?,
+            Some(v) if checked => runner.run_verified(&ens, ask.clone(), v).await?,
+            _ => runner.run(&ens, ask.clone()).await?,
         };
         let samples = t
             .agents
