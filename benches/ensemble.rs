@@ -33,6 +33,7 @@ fn bench(c: &mut Criterion) {
             samples,
             ignore_eos: true,
             stream: None,
+            constraint: None,
         };
         // Throughput in generated tokens, so N = 8 and N = 1 compare as tokens/s.
         group.throughput(Throughput::Elements((n * TOKENS) as u64));

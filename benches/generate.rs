@@ -47,6 +47,7 @@ fn bench(c: &mut Criterion) {
         }],
         ignore_eos: true,
         stream: None,
+        constraint: None,
     };
     let engine = Engine::start();
     let rt = tokio::runtime::Builder::new_current_thread()

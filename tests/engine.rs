@@ -15,6 +15,7 @@ fn job(max_tokens: usize, text: &str) -> Job {
         }],
         ignore_eos: true,
         stream: None,
+        constraint: None,
     }
 }
 

@@ -91,6 +91,7 @@ fn over_long_prompt_is_refused_before_any_work() {
         samples: vec![SamplingParams::default()],
         ignore_eos: false,
         stream: None,
+        constraint: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -20,6 +20,7 @@ fn job(text: &str, max_tokens: usize, samples: Vec<SamplingParams>) -> Job {
         samples,
         ignore_eos: false,
         stream: None,
+        constraint: None,
     }
 }
 

@@ -71,6 +71,7 @@ pub fn run(
             .collect(),
         ignore_eos: true,
         stream: None,
+        constraint: None,
     };
     // Through the engine thread, as the server's requests run; its timings are the
     // generation's own, so the hand-over to the thread is not counted.

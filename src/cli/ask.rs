@@ -80,6 +80,7 @@ pub fn run(args: AskArgs) -> Result<()> {
         }],
         ignore_eos: false,
         stream: (!args.json).then_some(tx),
+        constraint: None,
     };
     let engine = Engine::start();
     let rt = tokio::runtime::Builder::new_current_thread().build()?;

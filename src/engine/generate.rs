@@ -1,16 +1,17 @@
 //! Generation: one prefill of the prompt, then N samples decoded together as one batch.
+use super::constraint::{Compiled, DeadEnd, RowConstraint};
 use super::sampler::{Pick, Sampler, SamplingParams};
 use crate::model::tokenizer::Incremental;
 use crate::model::{KvCache, Model, RowLogits};
 use anyhow::{bail, Result};
 use serde::Serialize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Prompts longer than this are prefilled in pieces, bounding the attention scratch memory.
 const PREFILL_CHUNK: usize = 512;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Request {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
@@ -18,8 +19,11 @@ pub(crate) struct Request {
     pub stop: Vec<String>,
     /// One entry per sample; every sample shares the prompt's prefill.
     pub samples: Vec<SamplingParams>,
-    /// Keep going past end-of-turn tokens (benchmarks that need a fixed length).
+    /// Keep going past end-of-turn tokens (benchmarks that need a fixed length). A row under
+    /// a grammar still ends when the grammar takes an end-of-turn token.
     pub ignore_eos: bool,
+    /// The job's grammar, compiled; each row follows it with its own parser.
+    pub constraint: Option<Arc<Compiled>>,
 }
 
 /// Why a job ended without an output, for callers that answer differently per cause (the
@@ -35,6 +39,9 @@ pub enum JobError {
     /// Nobody waits for the job any more: its reply or its stream receiver was dropped.
     #[error("the job was cancelled: its caller went away")]
     Cancelled,
+    /// The job's constraint does not compile (llguidance's reason); fix the schema or grammar.
+    #[error("the grammar does not compile: {0}")]
+    BadGrammar(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,6 +53,9 @@ pub enum Finish {
     Stop,
     /// `max_tokens` or the context ran out.
     Length,
+    /// The constraint allowed no token at all (a grammar with no way on from its text).
+    #[serde(rename = "dead_end")]
+    DeadEnd,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,6 +150,9 @@ struct Row {
     logprobs: Option<Vec<TokenLogprobs>>,
     logprobs_emitted: usize,
     finish: Option<Finish>,
+    /// The row's grammar state, and its masked logits (reused from step to step).
+    constraint: Option<RowConstraint>,
+    masked: Vec<f32>,
 }
 
 /// One request's samples from prefill to their last token. Their KV rows live in a [`Batch`],
@@ -205,6 +218,8 @@ impl Generation {
                 logprobs: p.top_logprobs.map(|_| Vec::new()),
                 logprobs_emitted: 0,
                 finish: None,
+                constraint: req.constraint.clone().map(RowConstraint::new),
+                masked: Vec::new(),
             })
             .collect();
         let mut g = Self {
@@ -390,8 +405,14 @@ impl Batch {
     }
 }
 
-/// Samples one token for `row` from `logits`.
-fn draw(req: &Request, row: &mut Row, logits: &[f32]) -> Pick {
+/// Samples one token for `row` from `logits`, masked by its constraint; Err when the
+/// constraint allows no token.
+fn draw(req: &Request, row: &mut Row, logits: &[f32]) -> Result<Pick, DeadEnd> {
+    let masked = match &mut row.constraint {
+        Some(c) => c.mask(logits, &mut row.masked)?,
+        None => false,
+    };
+    let logits = if masked { &row.masked[..] } else { logits };
     // The penalty looks back `repeat_last_n` tokens at most: copy only that window.
     let n = row.sampler.params().repeat_last_n;
     let from_prompt = n.saturating_sub(row.tokens.len()).min(req.prompt.len());
@@ -400,15 +421,37 @@ fn draw(req: &Request, row: &mut Row, logits: &[f32]) -> Pick {
         .chain(&row.tokens[row.tokens.len().saturating_sub(n)..])
         .copied()
         .collect();
-    row.sampler.sample(logits, &recent)
+    Ok(row.sampler.sample(logits, &recent))
 }
 
-/// Takes `pick` as `row`'s next token: its text, and whether it ends the row.
-fn take(model: &Model, req: &Request, row: &mut Row, pick: Pick, max_tokens: usize) -> Result<()> {
-    if !req.ignore_eos && model.tokenizer.stop_ids.contains(&pick.token) {
+/// Takes `pick` as `row`'s next token: its text, and whether it ends the row (a dead end of
+/// its constraint ends it without a token).
+fn take(
+    model: &Model,
+    req: &Request,
+    row: &mut Row,
+    pick: Result<Pick, DeadEnd>,
+    max_tokens: usize,
+) -> Result<()> {
+    let Ok(pick) = pick else {
+        row.finish = Some(Finish::DeadEnd);
+        return Ok(());
+    };
+    let constrained = row.constraint.as_ref().is_some_and(|c| c.is_active());
+    if (!req.ignore_eos || constrained) && model.tokenizer.stop_ids.contains(&pick.token) {
         row.finish = Some(Finish::Eos);
         return Ok(());
     }
+    let complete = match &mut row.constraint {
+        Some(c) => match c.take(pick.token) {
+            Ok(complete) => complete,
+            Err(DeadEnd) => {
+                row.finish = Some(Finish::DeadEnd);
+                return Ok(());
+            }
+        },
+        None => false,
+    };
     row.tokens.push(pick.token);
     row.logprob_sum += pick.logprob;
     if let Some(lps) = &mut row.logprobs {
@@ -428,8 +471,13 @@ fn take(model: &Model, req: &Request, row: &mut Row, pick: Pick, max_tokens: usi
     model
         .tokenizer
         .decode_more(&row.tokens, &mut row.decoded, &mut row.text)?;
+    if let Some(c) = &mut row.constraint {
+        c.after_text(&row.text);
+    }
     if let Some(cut) = first_stop(&row.text, &req.stop) {
         row.text.truncate(cut);
+        row.finish = Some(Finish::Stop);
+    } else if complete {
         row.finish = Some(Finish::Stop);
     } else if row.tokens.len() >= max_tokens {
         row.finish = Some(Finish::Length);

@@ -1,5 +1,6 @@
 //! The only door to a model: front ends send [`Job`]s to the [`Engine`] thread, which loads
 //! models, samples and batches generation; no front end holds a model itself.
+mod constraint;
 mod generate;
 mod load;
 pub mod sampler;
@@ -8,6 +9,7 @@ mod worker;
 pub use crate::model::chat::Message;
 pub use crate::model::tool_call::{canonical_json, ToolCall, ToolDef};
 pub use crate::store::catalog::DEFAULT_MODEL;
+pub use constraint::{Constraint, Grammar};
 pub use generate::{Completion, Finish, JobError, Logprob, Output, Piece, TokenLogprobs};
 pub use load::{load_tokenizer, model_name};
 pub use sampler::{Sampler, SamplingParams};

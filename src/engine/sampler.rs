@@ -136,7 +136,11 @@ impl Sampler {
             Some(k) if k > 0 => {
                 let mut best = top_k(logits, k.min(logits.len()));
                 best.sort_unstable_by(by_logit);
-                best.into_iter().map(|(t, l)| (t, l - norm)).collect()
+                // Tokens a constraint masks out are no alternatives.
+                best.into_iter()
+                    .filter(|&(_, l)| l > f32::NEG_INFINITY)
+                    .map(|(t, l)| (t, l - norm))
+                    .collect()
             }
             _ => Vec::new(),
         };
@@ -159,6 +163,9 @@ impl Sampler {
                 .collect()
         };
         cand.sort_unstable_by(by_logit);
+        // Tokens a constraint masked out (−∞) are never drawn, not even by rounding.
+        let allowed = cand.iter().take_while(|c| c.1 > f32::NEG_INFINITY).count();
+        cand.truncate(allowed.max(1));
         // Probabilities at temperature 1 for the truncation steps, as llama.cpp does.
         let max = cand[0].1;
         let probs: Vec<f32> = cand.iter().map(|c| (c.1 - max).exp()).collect();

@@ -9,10 +9,12 @@
 //!
 //! A job whose caller has gone (its reply future or its stream receiver dropped, e.g. an HTTP
 //! client that disconnected) is dropped before its next step, freeing its rows of the batch.
+use super::constraint::{Constraint, Vocab};
 use super::generate::{Batch, Generation, JobError, Output, Piece, Request};
 use super::load::load;
 use super::sampler::SamplingParams;
 use crate::model::chat::Message;
+use crate::model::tool_call::ToolDef;
 use crate::model::{KvCache, Model};
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
@@ -25,6 +27,11 @@ use tokio::sync::oneshot;
 #[derive(Debug, Clone)]
 pub enum Prompt {
     Chat(Vec<Message>),
+    /// A conversation that offers the model functions to call (`Chat` offers none).
+    ChatTools {
+        messages: Vec<Message>,
+        tools: Vec<ToolDef>,
+    },
     Text(String),
     /// Exactly `tokens` prompt tokens: `text`'s tokens repeated, no template (what
     /// llama-bench's `-p` measures).
@@ -39,7 +46,10 @@ impl Prompt {
     /// next-turn marker; raw text implies none).
     pub(crate) fn encode(&self, model: &Model) -> Result<(Vec<u32>, Vec<String>)> {
         Ok(match self {
-            Prompt::Chat(messages) => (model.encode_chat(messages)?, model.default_stops()),
+            Prompt::Chat(messages) => (model.encode_chat(messages, &[])?, model.default_stops()),
+            Prompt::ChatTools { messages, tools } => {
+                (model.encode_chat(messages, tools)?, model.default_stops())
+            }
             Prompt::Text(text) => (model.encode_text(text)?, Vec::new()),
             Prompt::Filler { text, tokens } => {
                 let ids = model.encode_text(text)?;
@@ -66,6 +76,8 @@ pub struct Job {
     pub ignore_eos: bool,
     /// Receives each sample's pieces as they are decoded.
     pub stream: Stream,
+    /// A grammar every sample follows (None: free text).
+    pub constraint: Option<Constraint>,
 }
 
 /// Where a job's text goes while it is decoded.
@@ -146,6 +158,8 @@ fn abandoned(reply: &oneshot::Sender<Result<Output>>, stream: &Stream) -> bool {
 
 fn serve(rx: mpsc::Receiver<Envelope>, stats: &Stats) {
     let mut models: HashMap<String, Model> = HashMap::new();
+    // Each model's tokens for grammars, built on its first constrained job.
+    let mut vocabs: HashMap<String, Vocab> = HashMap::new();
     let mut batches: HashMap<String, Batch> = HashMap::new();
     let mut flight: HashMap<u64, InFlight> = HashMap::new();
     let mut next_key = 0u64;
@@ -167,13 +181,14 @@ fn serve(rx: mpsc::Receiver<Envelope>, stats: &Stats) {
             }
             let key = next_key;
             next_key += 1;
-            let joined = start(&mut models, &job, stats).and_then(|(generation, cache)| {
-                if let Some(cache) = cache {
-                    let batch = batches.entry(job.model.clone()).or_default();
-                    batch.join(key, generation.active(), cache)?;
-                }
-                Ok(generation)
-            });
+            let joined =
+                start(&mut models, &mut vocabs, &job, stats).and_then(|(generation, cache)| {
+                    if let Some(cache) = cache {
+                        let batch = batches.entry(job.model.clone()).or_default();
+                        batch.join(key, generation.active(), cache)?;
+                    }
+                    Ok(generation)
+                });
             match joined {
                 Ok(generation) => {
                     flight.insert(
@@ -267,9 +282,11 @@ fn step(model: &Model, batch: &mut Batch, flight: &mut HashMap<u64, InFlight>) -
     batch.retain(|k, s| !flight[&k].generation.is_finished(s))
 }
 
-/// Loads the model if needed, renders the prompt and prefills it.
+/// Loads the model if needed, compiles the job's constraint, renders the prompt and
+/// prefills it.
 fn start(
     models: &mut HashMap<String, Model>,
+    vocabs: &mut HashMap<String, Vocab>,
     job: &Job,
     stats: &Stats,
 ) -> Result<(Generation, Option<KvCache>)> {
@@ -278,6 +295,15 @@ fn start(
         models.insert(job.model.clone(), model);
     }
     let model = &models[&job.model];
+    let constraint = match &job.constraint {
+        Some(c) => {
+            if !vocabs.contains_key(&job.model) {
+                vocabs.insert(job.model.clone(), Vocab::new(model)?);
+            }
+            Some(vocabs[&job.model].compile(c)?)
+        }
+        None => None,
+    };
     let (prompt, mut stop) = job.prompt.encode(model)?;
     tracing::debug!("prompt tokens: {prompt:?}");
     if job.ignore_eos {
@@ -291,6 +317,7 @@ fn start(
         stop,
         samples: job.samples.clone(),
         ignore_eos: job.ignore_eos,
+        constraint,
     };
     let (g, cache) = Generation::start(model, req, &mut forward(&job.stream))?;
     stats

@@ -333,6 +333,7 @@ impl Runner {
                         samples,
                         ignore_eos: false,
                         stream: None,
+                        constraint: None,
                     };
                     let engine = self.engine.clone();
                     tokio::spawn(async move { engine.generate(job).await.map(Replies::from) })
@@ -529,6 +530,7 @@ impl Runner {
             samples: vec![sampling],
             ignore_eos: false,
             stream: None,
+            constraint: None,
         };
         let out = self.engine.generate(job).await?;
         usage.prompt_tokens += out.prompt_tokens;

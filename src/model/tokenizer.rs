@@ -135,6 +135,18 @@ pub struct GgufTokenizer {
     pub add_bos: bool,
     /// Ids that end generation: eos, eot, eom and llama.cpp's end-of-generation texts.
     pub stop_ids: Vec<u32>,
+    /// Byte-level BPE (`gpt2`) rather than SentencePiece (`llama`): how a vocabulary string
+    /// spells its bytes, for [`GgufTokenizer::token_bytes`].
+    byte_level: bool,
+}
+
+/// What one token stands for, as grammar-constrained decoding sees it (engine/constraint.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenBytes {
+    /// The bytes the token adds to the text.
+    Text(Vec<u8>),
+    /// A control token, by its vocabulary name (e.g. "<|im_end|>"); it adds no text.
+    Special(String),
 }
 
 impl GgufTokenizer {
@@ -234,6 +246,7 @@ impl GgufTokenizer {
             eos,
             add_bos,
             stop_ids,
+            byte_level: model == "gpt2",
         })
     }
 
@@ -283,9 +296,63 @@ impl GgufTokenizer {
         self.tokenizer.get_vocab_size(true)
     }
 
+    /// Every token's [`TokenBytes`], by id. The special ones are those `decode` skips (control,
+    /// unknown, end-of-generation and FIM tokens); user-defined tokens such as Qwen's
+    /// "<tool_call>" are text. A vocabulary string that spells no bytes (none in the models
+    /// we know) is empty text, which no grammar can match.
+    pub fn token_bytes(&self) -> Vec<TokenBytes> {
+        let added = self.tokenizer.get_added_tokens_decoder();
+        let gpt2_bytes = gpt2_byte_of_char();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                let Some(name) = self.tokenizer.id_to_token(id) else {
+                    return TokenBytes::Text(Vec::new());
+                };
+                match added.get(&id) {
+                    Some(a) if a.special => return TokenBytes::Special(name),
+                    Some(a) => return TokenBytes::Text(a.content.clone().into_bytes()),
+                    None => {}
+                }
+                TokenBytes::Text(if self.byte_level {
+                    let bytes: Option<Vec<u8>> =
+                        name.chars().map(|c| gpt2_bytes.get(&c).copied()).collect();
+                    bytes.unwrap_or_default()
+                } else if let Some(b) = spm_byte(&name) {
+                    vec![b]
+                } else {
+                    name.replace('▁', " ").into_bytes()
+                })
+            })
+            .collect()
+    }
+
     pub fn inner(&self) -> &Tokenizer {
         &self.tokenizer
     }
+}
+
+/// The byte each character of a byte-level vocabulary stands for: GPT-2's `bytes_to_unicode`
+/// (openai/gpt-2 `src/encoder.py`), where printable Latin-1 bytes are themselves and the
+/// others, in order, are U+0100 onwards.
+fn gpt2_byte_of_char() -> HashMap<char, u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 0x100u32;
+    (0..=255u8)
+        .map(|b| {
+            if printable(b) {
+                (char::from(b), b)
+            } else {
+                next += 1;
+                (char::from_u32(next - 1).expect("below U+0200"), b)
+            }
+        })
+        .collect()
+}
+
+/// A SentencePiece byte-fallback token "<0xNN>"'s byte.
+fn spm_byte(name: &str) -> Option<u8> {
+    let hex = name.strip_prefix("<0x")?.strip_suffix('>')?;
+    (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok())?
 }
 
 /// Byte-level BPE: returns the tokenizer and llama.cpp's default for add_bos.

@@ -164,6 +164,7 @@ fn warm_up(model: &str) -> Job {
         samples: vec![SamplingParams::default()],
         ignore_eos: true,
         stream: None,
+        constraint: None,
     }
 }
 

@@ -194,6 +194,7 @@ async fn generate(
         samples: params.samples.clone(),
         ignore_eos: false,
         stream: None,
+        constraint: None,
     };
     if params.stream {
         return sse::generate(app, job, meta, params.include_usage, permit).await;
