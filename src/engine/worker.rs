@@ -14,6 +14,7 @@ use super::generate::{Batch, Generation, JobError, Output, Piece, Request};
 use super::load::load;
 use super::sampler::SamplingParams;
 use crate::model::chat::Message;
+use crate::model::tool_call::ToolDef;
 use crate::model::{KvCache, Model};
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
@@ -26,6 +27,11 @@ use tokio::sync::oneshot;
 #[derive(Debug, Clone)]
 pub enum Prompt {
     Chat(Vec<Message>),
+    /// A conversation that offers the model functions to call (`Chat` offers none).
+    ChatTools {
+        messages: Vec<Message>,
+        tools: Vec<ToolDef>,
+    },
     Text(String),
     /// Exactly `tokens` prompt tokens: `text`'s tokens repeated, no template (what
     /// llama-bench's `-p` measures).
@@ -40,7 +46,10 @@ impl Prompt {
     /// next-turn marker; raw text implies none).
     pub(crate) fn encode(&self, model: &Model) -> Result<(Vec<u32>, Vec<String>)> {
         Ok(match self {
-            Prompt::Chat(messages) => (model.encode_chat(messages)?, model.default_stops()),
+            Prompt::Chat(messages) => (model.encode_chat(messages, &[])?, model.default_stops()),
+            Prompt::ChatTools { messages, tools } => {
+                (model.encode_chat(messages, tools)?, model.default_stops())
+            }
             Prompt::Text(text) => (model.encode_text(text)?, Vec::new()),
             Prompt::Filler { text, tokens } => {
                 let ids = model.encode_text(text)?;

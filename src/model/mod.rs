@@ -17,6 +17,7 @@ use config::Config;
 use gguf::GgufFile;
 use std::path::{Path, PathBuf};
 use tokenizer::GgufTokenizer;
+use tool_call::ToolDef;
 use transformer::{Logits, Transformer};
 
 pub use kv_cache::KvCache;
@@ -102,11 +103,11 @@ impl Model {
         self.config().ctx_len
     }
 
-    /// Prompt tokens for a conversation, ending where the assistant's reply starts. Message
+    /// Prompt tokens for a conversation offering `tools`, ending where the assistant's reply starts. Message
     /// text is encoded without special tokens; BOS is added when the GGUF asks for it.
-    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
+    pub fn encode_chat(&self, messages: &[Message], tools: &[ToolDef]) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
-        for piece in self.chat.render(messages, true)? {
+        for piece in self.chat.render(messages, tools, true)? {
             match piece {
                 Piece::Template(t) => ids.extend(self.tokenizer.encode(&t, true)?),
                 Piece::Content(c) => ids.extend(self.tokenizer.encode(&c, false)?),
