@@ -3,9 +3,10 @@
 use super::errors::ApiError;
 use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
-use super::tools::{self, Tools};
+use super::tools;
 use super::{metrics, sse, App};
 use crate::engine::{Job, Message, Prompt};
+use crate::ensemble::calls::Tools;
 use crate::ensemble::{Runner, Trace};
 use crate::wire::{ChatRequest, Common, CompletionRequest, ModelCard, ModelList, Usage};
 use axum::body::Bytes;
@@ -211,14 +212,14 @@ async fn generate(
         samples: params.samples.clone(),
         ignore_eos: false,
         stream: None,
-        constraint: None,
+        constraint: tools.as_ref().map(Tools::constraint),
     };
     if params.stream {
         return sse::generate(app, job, meta, params.include_usage, tools, permit).await;
     }
     let output = within(&app, app.0.engine.generate(job))
         .await?
-        .map_err(|e| ApiError::engine(&e))?;
+        .map_err(|e| tools::job_error(&e, tools.as_ref()))?;
     drop(permit);
     app.0.metrics.generation(model, &output);
     let mut answers = openai::choices(&output);

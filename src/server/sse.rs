@@ -8,9 +8,10 @@
 //! then cancels before its next step.
 use super::errors::ApiError;
 use super::openai::{self, Meta};
-use super::tools::{Held, Tools};
+use super::tools::{self, Held};
 use super::App;
 use crate::engine::{Finish, Job, Piece};
+use crate::ensemble::calls::Tools;
 use crate::wire::Usage;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -166,12 +167,14 @@ async fn pump(
     let output = match result {
         Ok(o) => o,
         Err(e) if !started => {
-            let _ = tx.send(Err(ApiError::engine(&e))).await;
+            let _ = tx.send(Err(tools::job_error(&e, tools.as_ref()))).await;
             return;
         }
         Err(e) => {
             // Mid-stream there is no status left to set: OpenAI sends the error as an event.
-            let _ = tx.send(Ok(data(&ApiError::engine(&e).body()))).await;
+            let _ = tx
+                .send(Ok(data(&tools::job_error(&e, tools.as_ref()).body())))
+                .await;
             return;
         }
     };

@@ -2,49 +2,10 @@
 //! checked into engine terms, the calls read back out of each choice's text
 //! (`ensemble::calls`), and a stream's text held back where a call may start.
 use super::errors::ApiError;
-use crate::engine::{ToolCall, ToolDef};
-use crate::ensemble::calls::{self, Parsed};
+use crate::engine::{JobError, ToolCall, ToolDef};
+use crate::ensemble::calls::{self, Choice, Tools};
 use crate::wire::{self, ChatRequest, ToolChoice, ToolMode};
 use serde_json::Value;
-
-/// What a request offers, checked.
-#[derive(Debug, Clone)]
-pub struct Tools {
-    pub defs: Vec<ToolDef>,
-    pub choice: Choice,
-    /// Whether one reply may hold several calls.
-    pub parallel: bool,
-}
-
-/// `tool_choice`, checked (`none` offers no tools at all, so it is not here).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Choice {
-    /// Text or calls, as the model chooses.
-    Auto,
-    /// At least one call, of any offered function.
-    Required,
-    /// A call of this function.
-    Named(String),
-}
-
-impl Tools {
-    /// The functions the model may call under `choice` (a named choice allows only its own).
-    pub fn names(&self) -> Vec<String> {
-        match &self.choice {
-            Choice::Named(n) => vec![n.clone()],
-            _ => self.defs.iter().map(|d| d.name.clone()).collect(),
-        }
-    }
-
-    /// A choice's text split into its text and calls (at most one unless `parallel`).
-    pub fn read(&self, text: &str) -> Parsed {
-        let mut p = calls::parse(text, &self.names());
-        if !self.parallel {
-            p.calls.truncate(1);
-        }
-        p
-    }
-}
 
 /// Parses a chat request body; a malformed `tools`, `tool_choice` or `parallel_tool_calls`
 /// is a 400 naming that field (serde alone would name none).
@@ -144,6 +105,18 @@ pub fn tools(req: &ChatRequest) -> Result<Option<Tools>, ApiError> {
         choice,
         parallel: req.parallel_tool_calls.unwrap_or(true),
     }))
+}
+
+/// An engine failure of a job under `tools`' constraint: a parameter schema the grammar
+/// compiler refuses is the client's fault, named `tools`.
+pub fn job_error(e: &anyhow::Error, tools: Option<&Tools>) -> ApiError {
+    match e.downcast_ref::<JobError>() {
+        Some(JobError::BadGrammar(_)) if tools.is_some() => ApiError::invalid(
+            Some("tools"),
+            format!("a function's `parameters` is not a JSON Schema this server can follow: {e:#}"),
+        ),
+        _ => ApiError::engine(e),
+    }
 }
 
 /// OpenAI's rule for function names (`^[a-zA-Z0-9_-]{1,64}$`). The chat template writes names
