@@ -32,8 +32,8 @@ fn qwen_template_renders_tools_calls_and_results_as_transformers_does() {
     let tools = [ToolDef {
         name: "get_weather".into(),
         description: Some("Current weather in a city".into()),
-        parameters: json!({"type": "object", "required": ["city"], "properties": {
-            "city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}}}),
+        parameters: json!({"properties": {"city": {"type": "string"},
+            "unit": {"enum": ["c", "f"], "type": "string"}}, "required": ["city"], "type": "object"}),
     }];
     let mut call = Message::new("assistant", "");
     call.tool_calls = vec![ToolCall {

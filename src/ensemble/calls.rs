@@ -11,8 +11,110 @@
 //!
 //! The server and the ensemble both read calls here; the server streams text up to
 //! [`call_start`], so the text it streams is always a prefix of the text [`parse`] leaves.
-use crate::engine::ToolCall;
-use serde_json::{Map, Value};
+//!
+//! [`Tools::constraint`] makes the calls themselves valid by construction: a Lark grammar
+//! (llguidance's dialect) whose call objects embed each function's parameter schema with
+//! `%json{…}`. With `required` or a named function the whole reply is calls; with `auto` the
+//! text is free until the model opens a call (`<tool_call>` or ```` ```json ````), and from
+//! there the call follows the grammar (a lazy constraint, as llama.cpp's lazy grammars).
+use crate::engine::{Constraint, Grammar, ToolCall, ToolDef};
+use serde_json::{json, Map, Value};
+
+/// What a request offers the model, checked.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub defs: Vec<ToolDef>,
+    pub choice: Choice,
+    /// Whether one reply may hold several calls.
+    pub parallel: bool,
+}
+
+/// `tool_choice` (`none` offers no tools, so it is no [`Tools`] at all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// Text or calls, as the model chooses.
+    Auto,
+    /// At least one call, of any offered function.
+    Required,
+    /// A call of this function.
+    Named(String),
+}
+
+impl Tools {
+    /// The functions the model may call under `choice` (a named choice allows only its own).
+    pub fn names(&self) -> Vec<String> {
+        self.callable().map(|d| d.name.clone()).collect()
+    }
+
+    fn callable(&self) -> impl Iterator<Item = &ToolDef> {
+        self.defs.iter().filter(|d| match &self.choice {
+            Choice::Named(n) => &d.name == n,
+            _ => true,
+        })
+    }
+
+    /// A reply's text split into its text and calls (at most one unless `parallel`).
+    pub fn read(&self, text: &str) -> Parsed {
+        let mut p = parse(text, &self.names());
+        if !self.parallel {
+            p.calls.truncate(1);
+        }
+        p
+    }
+
+    /// The constraint calls are generated under: Qwen2.5's `<tool_call>` form (what the
+    /// template shows, and the fallback prompt too), the arguments following the schema.
+    pub fn constraint(&self) -> Constraint {
+        let call_rules = self.call_rules();
+        let tag = r#""<tool_call>\n" call "\n</tool_call>""#;
+        let more = if self.parallel {
+            format!(r#" ("\n" {tag})*"#)
+        } else {
+            String::new()
+        };
+        match self.choice {
+            Choice::Required | Choice::Named(_) => {
+                Constraint::Full(Grammar::Lark(format!("start: {tag}{more}\n{call_rules}")))
+            }
+            Choice::Auto => {
+                // After the trigger: the rest of the tag, or of the fence (one call per fence).
+                let after_tag = format!(r#"start: "\n" call "\n</tool_call>"{more}"#);
+                let after_fence = r#"start: "\n" call "\n```""#;
+                Constraint::Lazy(vec![
+                    (
+                        TAG_OPEN.into(),
+                        Grammar::Lark(format!("{after_tag}\n{call_rules}")),
+                    ),
+                    (
+                        format!("{FENCE}json"),
+                        Grammar::Lark(format!("{after_fence}\n{call_rules}")),
+                    ),
+                ])
+            }
+        }
+    }
+
+    /// `call: f0 | f1 | …`, each `fN` the JSON of a call of one function: its name, then
+    /// arguments under its schema, written as the prompt shows them (`", "` and `": "`, no
+    /// other whitespace, so a small model cannot pad a call without end).
+    fn call_rules(&self) -> String {
+        let mut alts = Vec::new();
+        let mut rules = String::new();
+        for (i, d) in self.callable().enumerate() {
+            let schema = json!({
+                "type": "object",
+                "properties": {"name": {"const": d.name}, "arguments": d.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+                "x-guidance": {"whitespace_flexible": false, "item_separator": ", ",
+                               "key_separator": ": ", "coerce_one_of": true},
+            });
+            alts.push(format!("f{i}"));
+            rules.push_str(&format!("f{i}: %json {schema}\n"));
+        }
+        format!("call: {}\n{rules}", alts.join(" | "))
+    }
+}
 
 const TAG_OPEN: &str = "<tool_call>";
 const TAG_CLOSE: &str = "</tool_call>";

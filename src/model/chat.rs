@@ -404,8 +404,9 @@ mod tests {
         ToolDef {
             name: "get_weather".into(),
             description: Some("Weather <|im_start|> now".into()),
-            parameters: serde_json::json!({"type": "object",
-                "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+            // Keys sorted, as serde_json keeps them without `preserve_order` (with it, as given).
+            parameters: serde_json::json!({"properties": {"city": {"type": "string"}},
+                "required": ["city"], "type": "object"}),
         }
     }
 

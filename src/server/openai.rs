@@ -1,12 +1,13 @@
 //! OpenAI requests (`crate::wire`) checked and turned into engine terms, and engine output
 //! turned into OpenAI responses and stream chunks.
 use super::errors::ApiError;
-use super::tools::{self, Tools};
+use super::tools;
 use crate::engine::sampler::random_seed;
 use crate::engine::{
     Constraint, Finish, Grammar, Message, Output, SamplingParams, TokenLogprobs, ToolCall,
     DEFAULT_MAX_TOKENS,
 };
+use crate::ensemble::calls::Tools;
 use crate::wire::{
     ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChatMessage, ChatRequest, ChunkChoice,
     Common, Completion, CompletionRequest, Content, Delta, FinishReason, FunctionDelta,

@@ -3,9 +3,10 @@
 use super::errors::ApiError;
 use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
-use super::tools::{self, Tools};
+use super::tools;
 use super::{metrics, responses, sse, App};
 use crate::engine::{Job, Message, Prompt};
+use crate::ensemble::calls::Tools;
 use crate::ensemble::{Runner, Trace};
 use crate::wire::{ChatRequest, Common, CompletionRequest, ModelCard, ModelList, Usage};
 use axum::body::Bytes;
@@ -225,6 +226,13 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     let permit = app.admit()?;
     let meta = Meta::new(model, shape);
+    // A call's grammar comes from the tools; otherwise from `response_format`. Either names
+    // its own param when it cannot compile.
+    let (constraint, grammar_param) = match (&tools, &params.constraint) {
+        (Some(t), _) => (Some(t.constraint()), Some("tools")),
+        (None, Some((c, param))) => (Some(c.clone()), Some(*param)),
+        (None, None) => (None, None),
+    };
     let job = Job {
         model: model.to_string(),
         prompt,
@@ -233,9 +241,8 @@ async fn generate(
         samples: params.samples.clone(),
         ignore_eos: false,
         stream: None,
-        constraint: params.constraint.as_ref().map(|c| c.0.clone()),
+        constraint,
     };
-    let grammar_param = params.constraint.as_ref().map(|c| c.1);
     if params.stream {
         return sse::generate(
             app,

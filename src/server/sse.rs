@@ -8,9 +8,10 @@
 //! then cancels before its next step.
 use super::errors::ApiError;
 use super::openai::{self, Meta};
-use super::tools::{Held, Tools};
+use super::tools::Held;
 use super::App;
 use crate::engine::{Finish, Job, Piece};
+use crate::ensemble::calls::Tools;
 use crate::wire::Usage;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};

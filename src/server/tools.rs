@@ -3,48 +3,9 @@
 //! (`ensemble::calls`), and a stream's text held back where a call may start.
 use super::errors::ApiError;
 use crate::engine::{ToolCall, ToolDef};
-use crate::ensemble::calls::{self, Parsed};
+use crate::ensemble::calls::{self, Choice, Tools};
 use crate::wire::{self, ChatRequest, ToolChoice, ToolMode};
 use serde_json::Value;
-
-/// What a request offers, checked.
-#[derive(Debug, Clone)]
-pub struct Tools {
-    pub defs: Vec<ToolDef>,
-    pub choice: Choice,
-    /// Whether one reply may hold several calls.
-    pub parallel: bool,
-}
-
-/// `tool_choice`, checked (`none` offers no tools at all, so it is not here).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Choice {
-    /// Text or calls, as the model chooses.
-    Auto,
-    /// At least one call, of any offered function.
-    Required,
-    /// A call of this function.
-    Named(String),
-}
-
-impl Tools {
-    /// The functions the model may call under `choice` (a named choice allows only its own).
-    pub fn names(&self) -> Vec<String> {
-        match &self.choice {
-            Choice::Named(n) => vec![n.clone()],
-            _ => self.defs.iter().map(|d| d.name.clone()).collect(),
-        }
-    }
-
-    /// A choice's text split into its text and calls (at most one unless `parallel`).
-    pub fn read(&self, text: &str) -> Parsed {
-        let mut p = calls::parse(text, &self.names());
-        if !self.parallel {
-            p.calls.truncate(1);
-        }
-        p
-    }
-}
 
 /// Parses a chat request body; a malformed `tools`, `tool_choice` or `parallel_tool_calls`
 /// is a 400 naming that field (serde alone would name none).
