@@ -3,7 +3,7 @@
 use super::errors::ApiError;
 use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
-use super::{metrics, responses, sse, App};
+use super::{metrics, sse, App};
 use crate::engine::{Job, Message, Prompt};
 use crate::ensemble::{Runner, Trace};
 use crate::wire::{ChatRequest, Common, CompletionRequest, ModelCard, ModelList, Usage};
@@ -136,9 +136,9 @@ async fn responses(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req = openai::parse(&body(&app, raw)?)?;
-    let (chat_req, asked) = responses::to_chat(&req)?;
+    let (chat_req, asked) = super::responses::to_chat(&req)?;
     let chat_body = serde_json::to_vec(&chat_req).map_err(|e| ApiError::internal(&e.into()))?;
-    responses::answer(chat(State(app), Ok(chat_body.into())).await, asked).await
+    super::responses::answer(chat(State(app), Ok(chat_body.into())).await, asked).await
 }
 
 /// The body, or 413 past the size limit.
