@@ -2,10 +2,13 @@
 //!
 //! Every line must be a valid item for the task; a bad one stops the load with its file and
 //! line number, so no item is ever skipped silently. Blank lines are not items.
-use crate::ensemble::extract::extract;
+use crate::engine::{Message, ToolCall, ToolDef};
+use crate::ensemble::extract::{calls_ballot, extract, NO_CALL};
 use crate::ensemble::AnswerKind;
+use crate::wire::{ChatMessage, Tool};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -22,6 +25,10 @@ pub enum Task {
     Text,
     /// HumanEval: `{"task_id", "prompt", "entry_point", "test"}`.
     Code,
+    /// Function calling: `{"messages", "tools", "accepted": [call or "text", …]}`, a call
+    /// being `{"name", "arguments"}` (or a list of them for parallel calls) and "text" a reply
+    /// that calls nothing. Right when the reply's calls equal an accepted one's.
+    Tools,
 }
 
 impl Task {
@@ -32,6 +39,8 @@ impl Task {
             Task::Choice => AnswerKind::Choice,
             Task::Text => AnswerKind::Text,
             Task::Code => AnswerKind::Code,
+            // The runner reads a reply's calls whenever tools are offered; a call is JSON.
+            Task::Tools => AnswerKind::Json,
         }
     }
 
@@ -39,6 +48,8 @@ impl Task {
     pub fn role(self) -> &'static str {
         match self {
             Task::Code => "programmer",
+            // Roles ask for an "Answer:" line; a tools item's own conversation is sent instead.
+            Task::Tools => "assistant",
             _ => "solver",
         }
     }
@@ -66,6 +77,8 @@ pub enum Gold {
     Answer(String),
     /// A program that must pass its tests.
     Code(Problem),
+    /// The ballots (`extract::calls_ballot`) of the replies that count as right.
+    Calls(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +88,15 @@ pub struct Item {
     /// What the model is asked: the task's instruction around the question.
     pub prompt: String,
     pub gold: Gold,
+    /// A tools item's conversation, sent whole instead of `prompt` in a role's frame.
+    pub chat: Option<Chat>,
+}
+
+/// A conversation with the functions it offers (the dataset writes them in OpenAI's shapes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chat {
+    pub messages: Vec<Message>,
+    pub tools: Vec<ToolDef>,
 }
 
 /// One line as written; which fields a task needs is checked after parsing.
@@ -88,6 +110,9 @@ struct Line {
     prompt: Option<String>,
     entry_point: Option<String>,
     test: Option<String>,
+    messages: Option<Vec<ChatMessage>>,
+    tools: Option<Vec<Tool>>,
+    accepted: Option<Vec<Value>>,
 }
 
 /// Loads every item of `path` (`.jsonl`, or `.jsonl.gz`).
@@ -181,16 +206,128 @@ pub fn parse(text: &str, task: Task, line_no: usize) -> Result<Item> {
             };
             (prompts::code(&problem.prompt), Gold::Code(problem))
         }
+        Task::Tools => {
+            let (chat, gold) = tools_item(line)?;
+            let prompt = chat
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == "user" && !m.content.trim().is_empty())
+                .map(|m| m.content.clone())
+                .ok_or_else(|| anyhow!("\"messages\" needs a user message with text"))?;
+            return Ok(Item {
+                id,
+                prompt,
+                gold,
+                chat: Some(chat),
+            });
+        }
     };
-    Ok(Item { id, prompt, gold })
+    Ok(Item {
+        id,
+        prompt,
+        gold,
+        chat: None,
+    })
+}
+
+/// A tools line's conversation and the ballots of its accepted answers.
+fn tools_item(line: Line) -> Result<(Chat, Gold)> {
+    let need = |what: &str| anyhow!("missing \"{what}\" (a tools item needs {})", FIELDS[4]);
+    let messages = line
+        .messages
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| need("messages"))?;
+    let tools = line
+        .tools
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| need("tools"))?;
+    let accepted = line
+        .accepted
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| need("accepted"))?;
+    let messages = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message(m).with_context(|| format!("\"messages\"[{i}]")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut defs = Vec::new();
+    for (i, t) in tools.into_iter().enumerate() {
+        if t.kind != "function" || t.function.name.is_empty() {
+            bail!(
+                "\"tools\"[{i}] is not {{\"type\": \"function\", \"function\": {{\"name\", …}}}}"
+            );
+        }
+        let f = t.function;
+        defs.push(ToolDef {
+            name: f.name,
+            description: f.description,
+            parameters: f
+                .parameters
+                .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+        });
+    }
+    let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+    let mut ballots = Vec::new();
+    for (i, a) in accepted.iter().enumerate() {
+        let calls: Vec<&Value> = match a {
+            Value::String(s) if s == NO_CALL => Vec::new(),
+            Value::Array(calls) if !calls.is_empty() => calls.iter().collect(),
+            Value::Object(_) => vec![a],
+            _ => bail!(
+                "\"accepted\"[{i}] must be a call {{\"name\", \"arguments\"}}, a list of calls \
+                 or \"{NO_CALL}\" (no call), found {a}"
+            ),
+        };
+        let mut answer = Vec::new();
+        for c in calls {
+            let name = c["name"].as_str().filter(|n| names.contains(n));
+            let (Some(name), Some(args)) = (name, c.get("arguments").filter(|v| v.is_object()))
+            else {
+                bail!(
+                    "\"accepted\"[{i}]: {c} needs a \"name\" among the item's tools ({}) and \
+                     \"arguments\", an object",
+                    names.join(", ")
+                );
+            };
+            answer.push(ToolCall::new(name, args.clone()));
+        }
+        ballots.push(calls_ballot(&answer));
+    }
+    let chat = Chat {
+        messages,
+        tools: defs,
+    };
+    Ok((chat, Gold::Calls(ballots)))
+}
+
+/// A dataset's message: a system, user or assistant turn of text. (Turns with tool calls or
+/// results are what a conversation continues from, not what these items ask.)
+fn message(m: &ChatMessage) -> Result<Message> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => "system",
+        r @ ("user" | "assistant") => r,
+        r => bail!("role `{r}` is not supported in a dataset: use system, user or assistant"),
+    };
+    if m.tool_calls.is_some() || m.tool_call_id.is_some() {
+        bail!("tool calls and results in the history are not supported in a dataset");
+    }
+    let text = match &m.content {
+        None => String::new(),
+        Some(c) => c
+            .text()
+            .map_err(|kind| anyhow!("content of type `{kind}`: only text is supported"))?,
+    };
+    Ok(Message::new(role, &text))
 }
 
 /// The fields each task's lines need, in `Task` order.
-const FIELDS: [&str; 4] = [
+const FIELDS: [&str; 5] = [
     "\"question\" and \"answer\" with the number after ####",
     "\"question\", \"choices\" and \"answer\" (a letter)",
     "\"question\" and \"answer\"",
     "\"task_id\", \"prompt\", \"entry_point\" and \"test\"",
+    "\"messages\", \"tools\" and \"accepted\" (calls {\"name\", \"arguments\"} or \"text\")",
 ];
 
 /// The number after the last `####`, commas stripped, normalised as replies' answers are.
@@ -286,6 +423,61 @@ mod tests {
         assert!(matches!(item.gold, Gold::Code(ref p) if p.entry_point == "f"));
         let no_test = r#"{"task_id": "T/0", "prompt": "def f():\n", "entry_point": "f"}"#;
         assert!(err(no_test, Task::Code).contains("\"test\""));
+    }
+
+    #[test]
+    fn tools_items_read_their_accepted_calls() {
+        let line = r#"{"id": "w", "messages": [{"role": "user", "content": "Paris weather?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+            "accepted": [{"name": "get_weather", "arguments": {"unit": "c", "city": "Paris"}},
+                         [{"name": "get_weather", "arguments": {"city": "Paris"}},
+                          {"name": "get_weather", "arguments": {"city": "Rome"}}],
+                         "text"]}"#;
+        let item = parse(&line.replace('\n', " "), Task::Tools, 1).unwrap();
+        assert_eq!(item.prompt, "Paris weather?");
+        let chat = item.chat.unwrap();
+        assert_eq!((chat.messages.len(), chat.tools.len()), (1, 1));
+        let Gold::Calls(ballots) = item.gold else {
+            panic!("a tools item's gold is its calls")
+        };
+        assert_eq!(
+            ballots[0],
+            r#"{"arguments":{"city":"Paris","unit":"c"},"name":"get_weather"}"#
+        );
+        assert!(ballots[1].starts_with('[') && ballots[1].contains("Rome"));
+        assert_eq!(ballots[2], NO_CALL);
+    }
+
+    #[test]
+    fn the_tools_datasets_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dev = load(&root.join("benches/data/tools-dev.jsonl"), Task::Tools).unwrap();
+        assert!(dev.len() >= 80, "{} items", dev.len());
+        let no_call = |i: &Item| matches!(&i.gold, Gold::Calls(c) if c == &[NO_CALL]);
+        assert!(dev.iter().any(no_call));
+        let sample = load(&root.join("tests/data/tools_sample.jsonl"), Task::Tools).unwrap();
+        assert_eq!(sample.len(), 6);
+    }
+
+    #[test]
+    fn tools_items_say_what_is_wrong() {
+        let base = r#"{"messages": [{"role": "user", "content": "q"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}], "accepted": ACC}"#
+            .replace('\n', " ");
+        let bad = |acc: &str| err(&base.replace("ACC", acc), Task::Tools);
+        assert!(bad(r#"[{"name": "g", "arguments": {}}]"#).contains("among the item's tools (f)"));
+        assert!(bad(r#"[{"name": "f", "arguments": "{}"}]"#).contains("an object"));
+        assert!(bad(r#"["none"]"#).contains("\"text\" (no call)"));
+        assert!(bad("[]").contains("missing \"accepted\""));
+        let no_tools = r#"{"messages": [{"role": "user", "content": "q"}], "accepted": ["text"]}"#;
+        assert!(err(no_tools, Task::Tools).contains("missing \"tools\""));
+        let bad_tool = base.replace(
+            r#"{"type": "function", "function": {"name": "f"}}"#,
+            r#"{"type": "retrieval", "function": {"name": "f"}}"#,
+        );
+        assert!(err(&bad_tool.replace("ACC", "[\"text\"]"), Task::Tools).contains("\"tools\"[0]"));
+        let no_user = base.replace("user", "system").replace("ACC", "[\"text\"]");
+        assert!(err(&no_user, Task::Tools).contains("user message"));
     }
 
     #[test]

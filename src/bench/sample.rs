@@ -10,7 +10,7 @@ use super::store::{Check, Decided, Record, Sample};
 use crate::ensemble::config::Quick;
 use crate::ensemble::decide::{plan, Plan, Rule};
 use crate::ensemble::verify;
-use crate::ensemble::{AgentTrace, AnswerKind, Ensemble, Member, Runner, Strategy, Verifier};
+use crate::ensemble::{AgentTrace, AnswerKind, Ask, Ensemble, Member, Runner, Strategy, Verifier};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -170,7 +170,7 @@ pub async fn record(
     let verifier = match &item.gold {
         Gold::Code(p) => Some(Verifier::for_code(&p.prompt, &p.entry_point)),
         Gold::Answer(_) if series.ens.answer == AnswerKind::Number => Some(Verifier::Calculator),
-        Gold::Answer(_) => None,
+        Gold::Answer(_) | Gold::Calls(_) => None,
     };
     let mut scorer = Scorer::new(&item.gold, verifier.as_ref());
     let mut rec = Record {
@@ -179,6 +179,7 @@ pub async fn record(
         id: item.id.clone(),
         gold: match &item.gold {
             Gold::Answer(a) => Some(a.clone()),
+            Gold::Calls(c) => Some(c.join(" | ")),
             Gold::Code(_) => None,
         },
         samples: Vec::new(),
@@ -190,12 +191,16 @@ pub async fn record(
         run,
         written: 0.0,
     };
+    let ask = match &item.chat {
+        Some(c) => Ask::conversation(c.messages.clone(), c.tools.clone()),
+        None => Ask::from(&item.prompt),
+    };
     for n in series.runs(sizes) {
         let ens = sized(&series.ens, n, index);
         let checked = matches!(plan(&ens), Plan::Check { .. });
         let t = match &verifier {
-            Some(v) if checked => runner.run_verified(&ens, &item.prompt, v).await?,
-            _ => runner.run(&ens, &item.prompt).await?,
+            Some(v) if checked => runner.run_verified(&ens, ask.clone(), v).await?,
+            _ => runner.run(&ens, ask.clone()).await?,
         };
         let samples = t
             .agents
@@ -274,6 +279,7 @@ impl<'a> Scorer<'a> {
         };
         match self.gold {
             Gold::Answer(g) => Ok(answer == g),
+            Gold::Calls(accepted) => Ok(accepted.iter().any(|a| a == answer)),
             Gold::Code(p) => {
                 if let Some(&ok) = self.runs.get(answer) {
                     return Ok(ok);

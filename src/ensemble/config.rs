@@ -577,6 +577,21 @@ mod tests {
     }
 
     #[test]
+    fn answer_kinds_are_read_by_name() {
+        let e = Ensemble::from_toml(
+            "answer = \"json\"\n[[member]]\nmodel = \"m\"",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(e.answer, AnswerKind::Json);
+        let bad = Ensemble::from_toml(
+            "answer = \"yaml\"\n[[member]]\nmodel = \"m\"",
+            Path::new("."),
+        );
+        assert!(format!("{:#}", bad.unwrap_err()).contains("json"));
+    }
+
+    #[test]
     fn seeds_are_distinct_and_follow_the_ensemble_seed() {
         let text =
             "seed = 1\n[[member]]\nmodel = \"m\"\ncount = 5\n[[member]]\nmodel = \"m\"\ncount = 3";

@@ -1,8 +1,10 @@
 //! Pulling a comparable answer out of an agent's free-form reply.
 //!
 //! Voting only works when equal answers compare equal as strings, so every extractor
-//! also normalises: "1,000", "1000.0" and "$1000" all become "1000"; "(b)" becomes "B".
+//! also normalises: "1,000", "1000.0" and "$1000" all become "1000"; "(b)" becomes "B";
+//! JSON is re-serialized with sorted keys.
 
+use crate::engine::{canonical_json, ToolCall};
 use std::fmt;
 
 /// What shape of answer a task expects, which decides how replies are compared.
@@ -19,6 +21,8 @@ pub enum AnswerKind {
     Text,
     /// The first fenced code block.
     Code,
+    /// A JSON value: a ```json block, or the first object or array in the reply.
+    Json,
 }
 
 impl fmt::Display for AnswerKind {
@@ -35,6 +39,7 @@ pub fn extract(kind: AnswerKind, text: &str) -> Option<String> {
         AnswerKind::Choice => extract_choice(text),
         AnswerKind::Text => extract_text(text),
         AnswerKind::Code => extract_code(text),
+        AnswerKind::Json => extract_json(text).map(|v| canonical_json(&v)),
     }
 }
 
@@ -329,6 +334,70 @@ fn extract_code(text: &str) -> Option<String> {
     Some(lines[first..=last].join("\n"))
 }
 
+// ---------------------------------------------------------------------------
+// JSON
+
+/// The JSON value a reply gives: the whole reply when it is JSON (as a constrained reply
+/// is), else the first fenced block that parses (```json or untagged), else the first object
+/// or array in the text that parses. A model states its JSON first and explains after, so
+/// the first wins; brace pairs that are not JSON (`{x}` in prose) are passed over.
+pub fn extract_json(text: &str) -> Option<serde_json::Value> {
+    if let Ok(v) = serde_json::from_str(text.trim()) {
+        return Some(v);
+    }
+    let mut rest = text;
+    while let Some(open) = rest.find("```") {
+        let after = &rest[open + 3..];
+        let Some(close) = after.find("```") else {
+            break;
+        };
+        let block = &after[..close];
+        // The opening line may hold a language tag ("json", "JSON", "jsonc").
+        let body = match block.split_once('\n') {
+            Some((tag, body)) if !tag.trim_start().starts_with(['{', '[']) => body,
+            _ => block,
+        };
+        if let Ok(v) = serde_json::from_str(body.trim()) {
+            return Some(v);
+        }
+        rest = &after[close + 3..];
+    }
+    for (i, c) in text.char_indices() {
+        if c != '{' && c != '[' {
+            continue;
+        }
+        let mut values = serde_json::Deserializer::from_str(&text[i..]).into_iter();
+        if let Some(Ok(v)) = values.next() {
+            return Some(v);
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Tool calls
+
+/// The ballot of a reply that calls no tool: all such replies vote together.
+pub const NO_CALL: &str = "text";
+
+/// A reply's calls as one ballot: a call is its [`ToolCall::canonical`] form, so calls with
+/// equal names and equal arguments (see [`canonical_json`]) vote together; several calls are
+/// the array of them, in the order written; no call is [`NO_CALL`].
+pub fn calls_ballot(calls: &[ToolCall]) -> String {
+    match calls {
+        [] => NO_CALL.to_string(),
+        [one] => one.canonical(),
+        _ => format!(
+            "[{}]",
+            calls
+                .iter()
+                .map(ToolCall::canonical)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +416,9 @@ mod tests {
     }
     fn s(x: &str) -> Option<String> {
         Some(x.to_string())
+    }
+    fn json(t: &str) -> Option<String> {
+        extract(AnswerKind::Json, t)
     }
 
     #[test]
@@ -486,5 +558,79 @@ mod tests {
         assert_eq!(code("def f(): pass"), None);
         assert_eq!(code("```python\n\n```"), None);
         assert_eq!(code(""), None);
+    }
+
+    #[test]
+    fn json_is_found_in_blocks_prose_or_whole() {
+        assert_eq!(
+            json(" {\"b\": 1, \"a\": [true, null]} "),
+            s(r#"{"a":[true,null],"b":1}"#)
+        );
+        assert_eq!(json("42"), s("42"));
+        let fenced = "Sure:\n```json\n{\"city\": \"Paris\"}\n```\nDone.";
+        assert_eq!(json(fenced), s(r#"{"city":"Paris"}"#));
+        assert_eq!(json("```\n[1, 2]\n```"), s("[1,2]"));
+        // A fenced block that is not JSON is passed over for the next one.
+        assert_eq!(
+            json("```py\nx = {1}\n```\n```json\n{\"x\": 1}\n```"),
+            s(r#"{"x":1}"#)
+        );
+        // In prose: the first object or array that parses; `{x}` is not JSON.
+        let prose = "Set {x} to this: {\"k\": {\"z\": 1, \"y\": \"}\"}} and then [3]";
+        assert_eq!(json(prose), s(r#"{"k":{"y":"}","z":1}}"#));
+        assert_eq!(json("The list is [1, 2, 3]."), s("[1,2,3]"));
+    }
+
+    #[test]
+    fn json_unparseable_gives_no_answer() {
+        assert_eq!(json(""), None);
+        assert_eq!(json("no json here"), None);
+        assert_eq!(json("{\"a\": 1,}"), None);
+        assert_eq!(json("```json\n{\"a\": \n```"), None);
+        assert_eq!(json("{\"unclosed\": [1, 2"), None);
+    }
+
+    #[test]
+    fn json_canonical_form_votes_equal_values_equal() {
+        let same = [
+            r#"{"a": 1, "b": {"d": [1, 2], "c": "x"}}"#,
+            r#"{"b": {"c": "x", "d": [1.0, 2e0]}, "a": 1.00}"#,
+            "```json\n{\n  \"b\": {\"c\": \"x\", \"d\": [1, 2]},\n  \"a\": 1\n}\n```",
+        ];
+        for t in same {
+            assert_eq!(json(t), s(r#"{"a":1,"b":{"c":"x","d":[1,2]}}"#), "{t}");
+        }
+        // A quoted number, another array order or a fraction are other answers.
+        assert_eq!(json(r#"{"a": "1"}"#), s(r#"{"a":"1"}"#));
+        assert_ne!(json("[1, 2]"), json("[2, 1]"));
+        assert_eq!(json("[0.5, -3.0, 1e300]"), s("[0.5,-3,1e+300]"));
+        // Strings keep their escapes valid.
+        assert_eq!(
+            json(r#"{"q": "say \"hi\"\n"}"#),
+            s(r#"{"q":"say \"hi\"\n"}"#)
+        );
+    }
+
+    #[test]
+    fn calls_vote_by_name_and_canonical_arguments() {
+        let a = ToolCall::new(
+            "w",
+            serde_json::json!({"unit": "c", "city": "P", "days": 2.0}),
+        );
+        let b = ToolCall::new(
+            "w",
+            serde_json::json!({"city": "P", "days": 2, "unit": "c"}),
+        );
+        let v = ToolCall::new("v", a.arguments.clone());
+        assert_eq!(
+            calls_ballot(std::slice::from_ref(&a)),
+            r#"{"arguments":{"city":"P","days":2,"unit":"c"},"name":"w"}"#
+        );
+        assert_eq!(calls_ballot(&[a.clone()]), calls_ballot(&[b.clone()]));
+        assert_ne!(calls_ballot(&[a.clone()]), calls_ballot(&[v.clone()]));
+        assert_eq!(calls_ballot(&[]), NO_CALL);
+        let two = calls_ballot(&[a.clone(), v.clone()]);
+        assert!(two.starts_with(r#"[{"arguments""#), "{two}");
+        assert_ne!(two, calls_ballot(&[v, a]));
     }
 }

@@ -1,5 +1,6 @@
 //! Several agents answer one question; an aggregation strategy combines their answers.
 pub mod aggregate;
+pub mod ask;
 pub mod calls;
 pub mod config;
 pub mod decide;
@@ -12,6 +13,7 @@ pub mod run;
 pub mod verify;
 
 pub use aggregate::WeightBy;
+pub use ask::Ask;
 pub use config::{Agent, Ensemble, Member, Remote, Strategy};
 pub use extract::AnswerKind;
 pub use run::{AgentTrace, Runner, Trace};

@@ -55,7 +55,7 @@ impl Runner {
         let mut prompt = question.to_string();
         for round in 0..rounds {
             let mut agents = self
-                .answer(ens, &flat, &prompt, &mut usage, &mut notes)
+                .answer(ens, &flat, &prompt.as_str().into(), &mut usage, &mut notes)
                 .await?;
             check_all(&verifier, &mut agents).await?;
             prompts.push(prompt);
@@ -90,6 +90,7 @@ impl Runner {
             strategy: ens.strategy,
             answer: decision.answer,
             text,
+            calls: Vec::new(),
             agreement: decision.agreement,
             votes: decision.votes,
             winner: decision.winner,

@@ -1,14 +1,14 @@
 //! Running an ensemble: agents answer (batched per model and role), then the strategy decides.
 use super::aggregate::{self, Candidate, Decision};
+use super::ask::Ask;
 use super::config::{Agent, Ensemble, Member, Strategy};
 use super::decide::{decide, plan, Ballot, Decider, Plan, Rule};
-use super::extract::extract;
 use super::prompts;
 use super::remote;
 use super::reply::Replies;
 use super::verify::{Verdict, Verifier};
-use crate::engine::{Engine, Finish, Job, Message, Prompt, SamplingParams};
-use anyhow::Result;
+use crate::engine::{Engine, Finish, Job, Message, Prompt, SamplingParams, ToolCall};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,6 +24,9 @@ pub struct AgentTrace {
     pub temperature: f32,
     pub seed: u64,
     pub text: String,
+    /// With tools: the calls read from `text` (`extracted` is their ballot).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<ToolCall>,
     pub extracted: Option<String>,
     pub logprob_mean: f32,
     pub weight: f32,
@@ -70,6 +73,9 @@ pub struct Trace {
     pub answer: Option<String>,
     /// The full text behind the answer: the winner's, or the synthesis.
     pub text: String,
+    /// With tools: the calls of the answer (the winner's, or the synthesis's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<ToolCall>,
     pub agreement: f64,
     pub votes: BTreeMap<String, f64>,
     pub winner: Option<usize>,
@@ -139,9 +145,10 @@ impl Runner {
         self
     }
 
-    pub async fn run(&mut self, ens: &Ensemble, question: &str) -> Result<Trace> {
+    /// The ensemble's answer to a question (`&str`) or to an [`Ask`].
+    pub async fn run(&mut self, ens: &Ensemble, ask: impl Into<Ask>) -> Result<Trace> {
         self.reset(ens);
-        self.run_inner(ens, question, None).await
+        self.run_inner(ens, &ask.into(), None).await
     }
 
     /// Like `run`, with `verifier` checking candidates for `exec-vote` and `refine` (which
@@ -149,11 +156,11 @@ impl Runner {
     pub async fn run_verified(
         &mut self,
         ens: &Ensemble,
-        question: &str,
+        ask: impl Into<Ask>,
         verifier: &Verifier,
     ) -> Result<Trace> {
         self.reset(ens);
-        self.run_inner(ens, question, Some(verifier)).await
+        self.run_inner(ens, &ask.into(), Some(verifier)).await
     }
 
     fn reset(&mut self, ens: &Ensemble) {
@@ -167,13 +174,19 @@ impl Runner {
     fn run_inner<'a>(
         &'a self,
         ens: &'a Ensemble,
-        question: &'a str,
+        ask: &'a Ask,
         verifier: Option<&'a Verifier>,
     ) -> Pin<Box<dyn Future<Output = Result<Trace>> + Send + 'a>> {
         Box::pin(async move {
             let (rounds, decider) = match plan(ens) {
+                Plan::Check { .. } if ask.conversation.is_some() => bail!(
+                    "strategy `{}` checks answers to a question with a verifier, not a \
+                     conversation's replies or tool calls: use vote, weighted, medoid, judge or \
+                     debate for requests with tools or a response format",
+                    ens.strategy
+                ),
                 Plan::Check { rounds } => {
-                    return self.run_checked(ens, question, verifier, rounds).await
+                    return self.run_checked(ens, &ask.question, verifier, rounds).await
                 }
                 Plan::Answer { rounds, decider } => (rounds, decider),
             };
@@ -189,14 +202,12 @@ impl Runner {
                     Member::Ensemble(_) => None,
                 })
                 .collect();
-            let mut answers = self
-                .answer(ens, &flat, question, &mut usage, &mut notes)
-                .await?;
+            let mut answers = self.answer(ens, &flat, ask, &mut usage, &mut notes).await?;
             for m in &ens.members {
                 match m {
                     Member::Agent(_) => agents.push(answers.remove(0)),
                     Member::Ensemble(sub) => {
-                        let t = self.run_inner(sub, question, verifier).await?;
+                        let t = self.run_inner(sub, ask, verifier).await?;
                         usage.prompt_tokens += t.usage.prompt_tokens;
                         usage.completion_tokens += t.usage.completion_tokens;
                         agents.push(nested(sub, t));
@@ -208,14 +219,15 @@ impl Runner {
             // Each round's user prompt, so the trace shows what a round saw.
             let mut round_prompts = Vec::new();
             if rounds > 1 {
-                round_prompts.push(question.to_string());
+                round_prompts.push(ask.question.clone());
             }
             for _ in 1..rounds {
                 let previous: Vec<&str> = agents.iter().map(|a| a.text.as_str()).collect();
-                let prompt = prompts::debate(question, &previous);
-                round_prompts.push(prompt.clone());
+                let prompt = prompts::debate(&ask.question, &previous);
+                let next = ask.with_question(&prompt);
+                round_prompts.push(prompt);
                 let mut revised = self
-                    .answer(ens, &flat, &prompt, &mut usage, &mut notes)
+                    .answer(ens, &flat, &next, &mut usage, &mut notes)
                     .await?;
                 let next: Vec<AgentTrace> = agents
                     .iter()
@@ -231,15 +243,18 @@ impl Runner {
             }
             let cands = candidates(&agents);
             let (decision, text, judge) = self
-                .decide(
-                    ens, decider, &flat, question, &cands, &mut usage, &mut notes,
-                )
+                .decide(ens, decider, &flat, ask, &cands, &mut usage, &mut notes)
                 .await?;
+            let calls = match decision.winner {
+                Some(w) => agents[w].calls.clone(),
+                None => ask.read(ens.answer, &text).1,
+            };
             Ok(Trace {
                 name: ens.name.clone(),
                 strategy: ens.strategy,
                 answer: decision.answer.clone(),
                 text,
+                calls,
                 agreement: decision.agreement,
                 votes: decision.votes,
                 winner: decision.winner,
@@ -255,14 +270,14 @@ impl Runner {
         })
     }
 
-    /// Every agent answers `user`: one engine job per (model, role), so agents that share a
+    /// Every agent answers `ask`: one engine job per (model, role), so agents that share a
     /// prompt share its prefill and decode as one batch. Remote agents are asked over HTTP;
     /// one that fails is kept in the trace with its error and left out of the vote.
     pub(super) async fn answer(
         &self,
         ens: &Ensemble,
         agents: &[&Agent],
-        user: &str,
+        ask: &Ask,
         usage: &mut Usage,
         notes: &mut Vec<String>,
     ) -> Result<Vec<AgentTrace>> {
@@ -300,10 +315,7 @@ impl Runner {
             }
             let reserved = max_tokens * members.len();
             self.spent.fetch_add(reserved, Ordering::SeqCst);
-            let messages = vec![
-                Message::new("system", &lead.role.system),
-                Message::new("user", user),
-            ];
+            let messages = ask.messages(&lead.role.system);
             let samples: Vec<SamplingParams> = members
                 .iter()
                 .map(|&i| agents[i].sampling.clone())
@@ -341,23 +353,27 @@ impl Runner {
                 let a = agents[i];
                 let remote = a.remote.as_ref().map(|r| r.url.clone());
                 out[i] = Some(match reply {
-                    Ok(r) => AgentTrace {
-                        model: a.model.clone(),
-                        role: a.role.name.clone(),
-                        temperature: a.sampling.temperature,
-                        seed: a.sampling.seed,
-                        extracted: extract(ens.answer, &r.text),
-                        logprob_mean: r.logprob_mean,
-                        weight: a.weight,
-                        tokens: r.tokens,
-                        seconds: r.seconds,
-                        finish: r.finish,
-                        text: r.text,
-                        ensemble: None,
-                        remote,
-                        error: None,
-                        verdict: None,
-                    },
+                    Ok(r) => {
+                        let (extracted, calls) = ask.read(ens.answer, &r.text);
+                        AgentTrace {
+                            model: a.model.clone(),
+                            role: a.role.name.clone(),
+                            temperature: a.sampling.temperature,
+                            seed: a.sampling.seed,
+                            extracted,
+                            calls,
+                            logprob_mean: r.logprob_mean,
+                            weight: a.weight,
+                            tokens: r.tokens,
+                            seconds: r.seconds,
+                            finish: r.finish,
+                            text: r.text,
+                            ensemble: None,
+                            remote,
+                            error: None,
+                            verdict: None,
+                        }
+                    }
                     Err(e) => {
                         notes.push(format!(
                             "agent {} ({} / {}) failed and was left out of the vote: {e}",
@@ -403,7 +419,7 @@ impl Runner {
         ens: &Ensemble,
         decider: Decider,
         flat: &[&Agent],
-        question: &str,
+        ask: &Ask,
         cands: &[Candidate],
         usage: &mut Usage,
         notes: &mut Vec<String>,
@@ -426,9 +442,9 @@ impl Runner {
         };
         let texts: Vec<&str> = cands.iter().map(|c| c.text.as_str()).collect();
         let prompt = if fuse {
-            prompts::fuse(question, &texts)
+            prompts::fuse(&ask.question, &texts)
         } else {
-            prompts::judge(question, &texts)
+            prompts::judge(&ask.question, &texts)
         };
         let base = by_rule(Rule::Vote, notes);
         let Some(call) = self.call_judge(ens, flat, &prompt, usage, notes).await? else {
@@ -436,8 +452,10 @@ impl Runner {
             return Ok((base, t, None));
         };
         if fuse {
-            let answer =
-                extract(ens.answer, &call.text).or_else(|| Some(call.text.trim().to_string()));
+            let answer = ask
+                .read(ens.answer, &call.text)
+                .0
+                .or_else(|| Some(call.text.trim().to_string()));
             let d = Decision {
                 winner: None,
                 answer,
@@ -541,6 +559,7 @@ fn skipped(a: &Agent) -> AgentTrace {
         temperature: a.sampling.temperature,
         seed: a.sampling.seed,
         text: String::new(),
+        calls: Vec::new(),
         extracted: None,
         logprob_mean: 0.0,
         weight: a.weight,
@@ -563,6 +582,7 @@ fn nested(sub: &Ensemble, t: Trace) -> AgentTrace {
         temperature: 0.0,
         seed: 0,
         text: t.text.clone(),
+        calls: t.calls.clone(),
         extracted: t.answer.clone(),
         logprob_mean: t.agents.iter().map(|a| a.logprob_mean).sum::<f32>() / n,
         weight: 1.0,

@@ -43,7 +43,9 @@ impl ToolCall {
     }
 }
 
-/// `v` serialized with the keys of every object sorted and no whitespace.
+/// `v` serialized with the keys of every object sorted and no whitespace. Numbers compare by
+/// value: an integral float within ±2^53 is written as an integer (`1.0`, `1e0` and `1` are
+/// one value). A string never equals a number (`"5"` is not `5`).
 pub fn canonical_json(v: &Value) -> String {
     sorted(v).to_string()
 }
@@ -62,6 +64,11 @@ fn sorted(v: &Value) -> Value {
             Value::Object(out)
         }
         Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+        // 2^53: beyond it not every integer is a float, so such a float stays as written.
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+            _ => v.clone(),
+        },
         other => other.clone(),
     }
 }

@@ -10,6 +10,7 @@ mod responses;
 mod routes;
 mod served;
 mod sse;
+mod tools;
 
 pub use errors::ApiError;
 
