@@ -813,6 +813,21 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("input[3]"));
     }
 
+    #[test]
+    fn text_format_becomes_the_chat_response_format() {
+        let format = |f: Value| response_format(Some(&json!({"format": f})));
+        let schema = json!({"type": "object"});
+        assert_eq!(
+            format(json!({"type": "json_schema", "name": "x", "schema": schema, "strict": true}))
+                .unwrap(),
+            Some(json!({"type": "json_schema",
+                        "json_schema": {"name": "x", "schema": schema, "strict": true}}))
+        );
+        assert_eq!(format(json!({"type": "text"})).unwrap(), None);
+        let e = format(json!({"type": "yaml"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("text.format"));
+    }
+
     fn chat_completion(message: Value, finish: &str) -> ChatCompletion {
         serde_json::from_value(json!({"choices": [{"index": 0, "message": message,
             "finish_reason": finish}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}))
