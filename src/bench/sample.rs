@@ -166,6 +166,7 @@ pub async fn record(
     index: usize,
     sizes: &[usize],
     run: u32,
+    constrain: bool,
 ) -> Result<Record> {
     let verifier = match &item.gold {
         Gold::Code(p) => Some(Verifier::for_code(&p.prompt, &p.entry_point)),
@@ -192,7 +193,18 @@ pub async fn record(
         written: 0.0,
     };
     let ask = match &item.chat {
-        Some(c) => Ask::conversation(c.messages.clone(), c.tools.clone()),
+        Some(c) => {
+            let mut ask = Ask::conversation(c.messages.clone(), c.tools.clone());
+            if constrain {
+                ask.constraint = Some(calls::Tools {
+                    defs: c.tools.clone(),
+                    choice: calls::Choice::Auto,
+                    parallel: true,
+                }
+                .constraint());
+            }
+            ask
+        }
         None => Ask::from(&item.prompt),
     };
     for n in series.runs(sizes) {
