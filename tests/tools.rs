@@ -3,9 +3,12 @@
 mod common;
 
 use candle_core::quantized::gguf_file::Content;
-use conclave::engine::{ToolCall, ToolDef};
+use conclave::engine::{Engine, ToolCall, ToolDef};
 use conclave::model::chat::{ChatTemplate, Message, Piece};
+use conclave::server::{serve, App, Options};
 use serde_json::json;
+use std::path::Path;
+use std::process::Command;
 
 const QWEN: &str = "qwen2.5-coder-0.5b";
 
@@ -51,4 +54,46 @@ fn qwen_template_renders_tools_calls_and_results_as_transformers_does() {
     let want = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Current weather in a city\", \"parameters\": {\"properties\": {\"city\": {\"type\": \"string\"}, \"unit\": {\"enum\": [\"c\", \"f\"], \"type\": \"string\"}}, \"required\": [\"city\"], \"type\": \"object\"}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(text, want);
     assert!(pieces.contains(&Piece::Content("18 C".into())));
+}
+
+/// Starts `conclave serve` in this process on qwen2.5-coder-0.5b; returns its base URL.
+fn server() -> String {
+    common::model_path(QWEN);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let opts = Options {
+                models: vec![QWEN.into()],
+                ..Options::default()
+            };
+            let app = App::new(opts, Engine::start()).await.unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            serve(listener, app, std::future::pending()).await.unwrap();
+        });
+    });
+    format!("http://{}", rx.recv().unwrap())
+}
+
+/// tests/tools_client.py: a round trip, `required` on 100 prompts validated with
+/// `jsonschema`, a named function, streamed calls against whole ones, and the 400s.
+#[test]
+fn the_openai_client_calls_tools() {
+    let url = server();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools_client.py");
+    let mut cmd = Command::new(common::python_with_openai());
+    cmd.arg(&script).env("CONCLAVE_URL", format!("{url}/v1"));
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "tests/tools_client.py failed:\n{text}"
+    );
+    assert!(text.contains(" passed, 0 failed"), "{text}");
 }

@@ -6,9 +6,11 @@
 mod errors;
 mod metrics;
 mod openai;
+mod responses;
 mod routes;
 mod served;
 mod sse;
+mod tools;
 
 pub use errors::ApiError;
 

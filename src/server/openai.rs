@@ -1,12 +1,15 @@
 //! OpenAI requests (`crate::wire`) checked and turned into engine terms, and engine output
 //! turned into OpenAI responses and stream chunks.
 use super::errors::ApiError;
+use super::tools::{self, Tools};
 use crate::engine::sampler::random_seed;
-use crate::engine::{Finish, Message, Output, SamplingParams, TokenLogprobs, DEFAULT_MAX_TOKENS};
+use crate::engine::{
+    Finish, Message, Output, SamplingParams, TokenLogprobs, ToolCall, DEFAULT_MAX_TOKENS,
+};
 use crate::wire::{
     ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChatMessage, ChatRequest, ChunkChoice,
-    Common, Completion, CompletionRequest, Delta, FinishReason, TextChoice, TextCompletion,
-    TextLogprobs, TokenLogprob, TopLogprob, Usage,
+    Common, Completion, CompletionRequest, Content, Delta, FinishReason, FunctionDelta, TextChoice,
+    TextCompletion, TextLogprobs, TokenLogprob, ToolCallDelta, TopLogprob, Usage,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -177,12 +180,6 @@ pub fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
             "messages must hold at least one message",
         ));
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid(
-            Some("tools"),
-            "`tools` is not supported by this server yet; leave it out",
-        ));
-    }
     let mut out = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         let param = format!("messages[{i}]");
@@ -190,11 +187,13 @@ pub fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" => "tool",
             other => {
                 return Err(ApiError::invalid(
                     Some(&param),
                     format!(
-                        "role `{other}` is not supported: use system, developer, user or assistant"
+                        "role `{other}` is not supported: use system, developer, user, assistant \
+                         or tool"
                     ),
                 ))
             }
@@ -208,7 +207,17 @@ pub fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
                 )
             })?,
         };
-        out.push(Message::new(role, &text));
+        let mut msg = Message::new(role, &text);
+        if let Some(calls) = &m.tool_calls {
+            msg.tool_calls =
+                tools::history_calls(calls).map_err(|e| ApiError::invalid(Some(&param), e))?;
+        }
+        if role == "tool" {
+            msg.tool_call_id = Some(m.tool_call_id.clone().ok_or_else(|| {
+                ApiError::invalid(Some(&param), "a `tool` message needs its `tool_call_id`")
+            })?);
+        }
+        out.push(msg);
     }
     Ok(out)
 }
@@ -245,6 +254,8 @@ pub struct Answer {
     pub finish: Option<Finish>,
     /// When the request asked for them.
     pub logprobs: Option<Vec<TokenLogprobs>>,
+    /// The calls read out of the text (which then holds only what is not a call).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl Answer {
@@ -253,6 +264,23 @@ impl Answer {
             text,
             finish,
             logprobs: None,
+            tool_calls: Vec::new(),
+        }
+    }
+
+    /// Moves the calls in the text into `tool_calls`.
+    pub fn read_calls(&mut self, tools: &Tools) {
+        let parsed = tools.read(&self.text);
+        self.text = parsed.content;
+        self.tool_calls = parsed.calls;
+    }
+
+    /// OpenAI's reason: `tool_calls` when the answer calls tools.
+    fn finish_reason(&self) -> FinishReason {
+        if self.tool_calls.is_empty() {
+            finish_reason(self.finish)
+        } else {
+            FinishReason::ToolCalls
         }
     }
 }
@@ -362,11 +390,19 @@ impl Meta {
         let choices = choices
             .into_iter()
             .enumerate()
-            .map(|(index, a)| ChatChoice {
-                index,
-                message: ChatMessage::text("assistant", &a.text),
-                logprobs: a.logprobs.as_deref().map(chat_logprobs_of),
-                finish_reason: Some(finish_reason(a.finish)),
+            .map(|(index, a)| {
+                let mut message = ChatMessage::text("assistant", &a.text);
+                if !a.tool_calls.is_empty() {
+                    // OpenAI's calling reply has no text unless the model wrote some.
+                    message.content = (!a.text.is_empty()).then(|| Content::Text(a.text.clone()));
+                    message.tool_calls = Some(a.tool_calls.iter().map(tools::wire_call).collect());
+                }
+                ChatChoice {
+                    index,
+                    message,
+                    logprobs: a.logprobs.as_deref().map(chat_logprobs_of),
+                    finish_reason: Some(a.finish_reason()),
+                }
             })
             .collect();
         self.completion("chat.completion", choices, Some(usage))
@@ -422,6 +458,50 @@ impl Meta {
             finish_reason: finish.map(|f| finish_reason(Some(f))),
         };
         self.completion("chat.completion.chunk", vec![choice], None)
+    }
+
+    /// The chunks that stream choice `index`'s calls: per call, one with its id, type and name,
+    /// then one with its arguments; then the choice's last chunk, `finish_reason` `tool_calls`.
+    pub fn tool_call_chunks(&self, index: usize, calls: &[ToolCall]) -> Vec<ChatChunk> {
+        let chunk = |delta: Delta, finish_reason: Option<FinishReason>| {
+            let choice = ChunkChoice {
+                index,
+                delta,
+                logprobs: None,
+                finish_reason,
+            };
+            self.completion("chat.completion.chunk", vec![choice], None)
+        };
+        let mut out = Vec::new();
+        for (i, call) in calls.iter().enumerate() {
+            let wire = tools::wire_call(call);
+            let head = ToolCallDelta {
+                index: i,
+                id: Some(wire.id),
+                kind: Some(wire.kind),
+                function: Some(FunctionDelta {
+                    name: Some(wire.function.name),
+                    arguments: Some(String::new()),
+                }),
+            };
+            let args = ToolCallDelta {
+                index: i,
+                function: Some(FunctionDelta {
+                    name: None,
+                    arguments: Some(wire.function.arguments),
+                }),
+                ..ToolCallDelta::default()
+            };
+            for d in [head, args] {
+                let delta = Delta {
+                    tool_calls: Some(vec![d]),
+                    ..Delta::default()
+                };
+                out.push(chunk(delta, None));
+            }
+        }
+        out.push(chunk(Delta::default(), Some(FinishReason::ToolCalls)));
+        out
     }
 
     /// One streamed chunk of this request's endpoint (see `chat_chunk`; a text stream has no
@@ -482,6 +562,7 @@ pub fn choices(o: &Output) -> Vec<Answer> {
             text: c.text.clone(),
             finish: Some(c.finish),
             logprobs: c.logprobs.clone(),
+            tool_calls: Vec::new(),
         })
         .collect()
 }

@@ -3,7 +3,8 @@
 use super::errors::ApiError;
 use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
-use super::{metrics, sse, App};
+use super::tools::{self, Tools};
+use super::{metrics, responses, sse, App};
 use crate::engine::{Job, Message, Prompt};
 use crate::ensemble::{Runner, Trace};
 use crate::wire::{ChatRequest, Common, CompletionRequest, ModelCard, ModelList, Usage};
@@ -23,6 +24,7 @@ pub fn router(app: App) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/metrics", get(metrics_text))
@@ -30,7 +32,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .merge(protected)
         .route("/health", get(health))
-        .fallback(|| async { ApiError::not_found("no such endpoint: see /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics") })
+        .fallback(|| async { ApiError::not_found("no such endpoint: see /v1/models, /v1/chat/completions, /v1/completions, /v1/responses, /health, /metrics") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(app.clone(), record))
         .with_state(app)
@@ -62,7 +64,11 @@ async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let endpoint = match req.uri().path() {
         p if p.starts_with("/v1/models") => "/v1/models".to_string(),
-        p @ ("/v1/chat/completions" | "/v1/completions" | "/health" | "/metrics") => p.into(),
+        p @ ("/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/responses"
+        | "/health"
+        | "/metrics") => p.into(),
         _ => "other".into(),
     };
     let resp = next.run(req).await;
@@ -125,6 +131,17 @@ async fn model(
     }
 }
 
+/// `/v1/responses`: translated to a chat request, answered by `chat`, translated back.
+async fn responses(
+    State(app): State<App>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req = openai::parse(&body(&app, raw)?)?;
+    let (chat_req, asked) = responses::to_chat(&req)?;
+    let chat_body = serde_json::to_vec(&chat_req).map_err(|e| ApiError::internal(&e.into()))?;
+    responses::answer(chat(State(app), Ok(chat_body.into())).await, asked).await
+}
+
 /// The body, or 413 past the size limit.
 fn body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
@@ -140,11 +157,18 @@ async fn chat(
     State(app): State<App>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ChatRequest = openai::parse(&body(&app, raw)?)?;
+    let req: ChatRequest = tools::parse_chat(&body(&app, raw)?)?;
     let mut params = openai::params(&req.common)?;
     params.set_logprobs(openai::chat_logprobs(&req)?);
     let messages = openai::messages(&req)?;
+    let tools = tools::tools(&req)?;
     if let Some(name) = req.common.model.strip_prefix(ENSEMBLE_PREFIX) {
+        if tools.is_some() {
+            return Err(ApiError::invalid(
+                Some("tools"),
+                "ensembles do not call tools yet; ask a single model",
+            ));
+        }
         if params.logprobs() {
             return Err(ApiError::invalid(
                 Some("logprobs"),
@@ -161,7 +185,14 @@ async fn chat(
         ));
     }
     let model = app.0.served.model(&req.common.model)?;
-    generate(app, &model, Prompt::Chat(messages), params, Shape::Chat).await
+    let prompt = match &tools {
+        Some(t) => Prompt::ChatTools {
+            messages,
+            tools: t.defs.clone(),
+        },
+        None => Prompt::Chat(messages),
+    };
+    generate(app, &model, prompt, params, Shape::Chat, tools).await
 }
 
 async fn completions(
@@ -173,16 +204,18 @@ async fn completions(
     params.set_logprobs(openai::text_logprobs(&req)?);
     let prompt = openai::prompt(&req)?;
     let model = app.0.served.model(&req.common.model)?;
-    generate(app, &model, Prompt::Text(prompt), params, Shape::Text).await
+    generate(app, &model, Prompt::Text(prompt), params, Shape::Text, None).await
 }
 
-/// One engine job: `n` choices from one prefill, whole or streamed.
+/// One engine job: `n` choices from one prefill, whole or streamed; with `tools`, each
+/// choice's calls are read out of its text.
 async fn generate(
     app: App,
     model: &str,
     prompt: Prompt,
     params: Params,
     shape: Shape,
+    tools: Option<Tools>,
 ) -> Result<Response, ApiError> {
     let permit = app.admit()?;
     let meta = Meta::new(model, shape);
@@ -197,14 +230,18 @@ async fn generate(
         constraint: None,
     };
     if params.stream {
-        return sse::generate(app, job, meta, params.include_usage, permit).await;
+        return sse::generate(app, job, meta, params.include_usage, tools, permit).await;
     }
     let output = within(&app, app.0.engine.generate(job))
         .await?
         .map_err(|e| ApiError::engine(&e))?;
     drop(permit);
     app.0.metrics.generation(model, &output);
-    let body = meta.response(openai::choices(&output), openai::output_usage(&output));
+    let mut answers = openai::choices(&output);
+    if let Some(t) = &tools {
+        answers.iter_mut().for_each(|a| a.read_calls(t));
+    }
+    let body = meta.response(answers, openai::output_usage(&output));
     Ok(Json(body).into_response())
 }
 

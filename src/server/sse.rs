@@ -8,6 +8,7 @@
 //! then cancels before its next step.
 use super::errors::ApiError;
 use super::openai::{self, Meta};
+use super::tools::{Held, Tools};
 use super::App;
 use crate::engine::{Finish, Job, Piece};
 use crate::wire::Usage;
@@ -32,19 +33,28 @@ fn done() -> Event {
 }
 
 /// Streams one engine job. Answers a plain HTTP error instead when the job fails before its
-/// first token (a prompt over the context is still a 400, as without streaming).
+/// first token (a prompt over the context is still a 400, as without streaming). With
+/// `tools`, each choice's text is held back from where a call may start, and its calls go
+/// out as OpenAI's `tool_calls` deltas when it ends.
 pub async fn generate(
     app: App,
     mut job: Job,
     meta: Meta,
     include_usage: bool,
+    tools: Option<Tools>,
     permit: OwnedSemaphorePermit,
 ) -> Result<Response, ApiError> {
     let (piece_tx, pieces) = mpsc::unbounded_channel();
     job.stream = Some(piece_tx);
     let (tx, mut rx) = mpsc::channel::<Result<Event, ApiError>>(BUFFER);
     let n = job.samples.len();
-    tokio::spawn(pump(app, job, meta, n, include_usage, pieces, tx, permit));
+    let out = Out {
+        meta,
+        n,
+        include_usage,
+        tools,
+    };
+    tokio::spawn(pump(app, job, out, pieces, tx, permit));
     match rx.recv().await {
         Some(Ok(first)) => {
             let head = futures_util::stream::once(async move { Ok::<_, Infallible>(first) });
@@ -64,17 +74,28 @@ pub async fn generate(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn pump(
-    app: App,
-    job: Job,
+/// What a stream sends besides the pieces: its shape, its choices, and what was asked.
+struct Out {
     meta: Meta,
     n: usize,
     include_usage: bool,
+    tools: Option<Tools>,
+}
+
+async fn pump(
+    app: App,
+    job: Job,
+    out: Out,
     mut pieces: mpsc::UnboundedReceiver<Piece>,
     tx: mpsc::Sender<Result<Event, ApiError>>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let Out {
+        meta,
+        n,
+        include_usage,
+        tools,
+    } = out;
     let model = job.model.clone();
     let job_logprobs = job.samples.iter().any(|s| s.top_logprobs.is_some());
     let engine = app.0.engine.clone();
@@ -92,14 +113,20 @@ async fn pump(
     // many characters each choice has streamed, where its next token's text_offset starts.
     let logprobs = job_logprobs;
     let mut offsets = vec![0usize; n];
-    let mut piece_chunk = |p: &Piece| {
+    let mut held: Vec<Held> = (0..n).map(|_| Held::default()).collect();
+    // None when there is nothing to send yet (text held back, no log-probabilities).
+    let mut piece_chunk = |p: &Piece| -> Option<Event> {
         let lp = logprobs.then_some((&p.logprobs[..], offsets[p.sample]));
         offsets[p.sample] += p
             .logprobs
             .iter()
             .map(|t| t.chosen.text.chars().count())
             .sum::<usize>();
-        data(&meta.chunk(p.sample, false, &p.text, lp, None))
+        let text = match &tools {
+            Some(_) => held[p.sample].push(&p.text),
+            None => p.text.clone(),
+        };
+        (!text.is_empty() || logprobs).then(|| data(&meta.chunk(p.sample, false, &text, lp, None)))
     };
     // Role chunks go out once the prefill has worked (before it, an error is still a status).
     let start = |started: &mut bool| -> Vec<Event> {
@@ -120,7 +147,9 @@ async fn pump(
                 for e in start(&mut started) {
                     if !send(e).await { return; }
                 }
-                if !send(piece_chunk(&piece)).await { return; }
+                if let Some(e) = piece_chunk(&piece) {
+                    if !send(e).await { return; }
+                }
             }
             r = &mut generation => break r,
             _ = &mut timer => {
@@ -149,9 +178,19 @@ async fn pump(
     let mut events = start(&mut started);
     // Pieces decoded in the step that ended the job are already queued.
     while let Ok(piece) = pieces.try_recv() {
-        events.push(piece_chunk(&piece));
+        events.extend(piece_chunk(&piece));
     }
     for (i, c) in output.completions.iter().enumerate() {
+        if let Some(tools) = &tools {
+            let (rest, calls) = held[i].finish(tools);
+            if !rest.is_empty() {
+                events.push(data(&meta.chunk(i, false, &rest, None, None)));
+            }
+            if !calls.is_empty() {
+                events.extend(meta.tool_call_chunks(i, &calls).iter().map(data));
+                continue;
+            }
+        }
         events.push(data(&meta.chunk(i, false, "", None, Some(c.finish))));
     }
     if include_usage {

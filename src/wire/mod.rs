@@ -9,6 +9,7 @@
 mod error;
 mod request;
 mod response;
+pub mod responses;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use request::{

@@ -45,7 +45,7 @@ pub fn fixture(rel: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// A Python with the official `openai` client and `prometheus-client`: a virtual environment
+/// A Python with the official `openai` client, `prometheus-client` and `jsonschema`: a virtual environment
 /// under target/tmp, made on first use and reused afterwards. Test binaries run in parallel,
 /// so a file lock lets one of them make it while the others wait.
 pub fn python_with_openai() -> PathBuf {
@@ -55,24 +55,28 @@ pub fn python_with_openai() -> PathBuf {
     let ready = dir.join("ready");
     let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
     lock.lock().unwrap();
-    if ready.exists() {
+    let packages = ["openai", "prometheus-client", "jsonschema"];
+    // `ready` lists what was installed: a list grown since is installed into the same venv.
+    let installed = std::fs::read_to_string(&ready).ok();
+    if installed.as_deref() == Some(&packages.join(" ")) {
         return python;
     }
-    // A half-made environment (a run killed midway) is made again from nothing.
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 ({e}): install Python 3"));
-    assert!(
-        out.status.success(),
-        "`python3 -m venv {}` failed; on Debian and Ubuntu the venv module is its own \
-         package: `apt-get install python3-venv`\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let packages = ["openai", "prometheus-client"];
+    if installed.is_none() {
+        // A half-made environment (a run killed midway) is made again from nothing.
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run python3 ({e}): install Python 3"));
+        assert!(
+            out.status.success(),
+            "`python3 -m venv {}` failed; on Debian and Ubuntu the venv module is its own \
+             package: `apt-get install python3-venv`\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     eprintln!("installing {packages:?} into {} (once)", dir.display());
     let out = Command::new(&python)
         .args(["-m", "pip", "install", "--quiet"])
@@ -87,6 +91,6 @@ pub fn python_with_openai() -> PathBuf {
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::write(&ready, "").unwrap();
+    std::fs::write(&ready, packages.join(" ")).unwrap();
     python
 }
