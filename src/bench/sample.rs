@@ -194,16 +194,10 @@ pub async fn record(
     };
     let ask = match &item.chat {
         Some(c) => {
-            let mut ask = Ask::conversation(c.messages.clone(), c.tools.clone());
             if constrain {
-                ask.constraint = Some(calls::Tools {
-                    defs: c.tools.clone(),
-                    choice: calls::Choice::Auto,
-                    parallel: true,
-                }
-                .constraint());
+                anyhow::bail!("--constrain: the tool-call constraint is not on main yet");
             }
-            ask
+            Ask::conversation(c.messages.clone(), c.tools.clone())
         }
         None => Ask::from(&item.prompt),
     };
