@@ -180,7 +180,8 @@ pub async fn record(
         id: item.id.clone(),
         gold: match &item.gold {
             Gold::Answer(a) => Some(a.clone()),
-            Gold::Calls(c) => Some(c.join(" | ")),
+            // The accepted ballots as a JSON list: a ballot may hold any text.
+            Gold::Calls(c) => Some(serde_json::to_string(c)?),
             Gold::Code(_) => None,
         },
         samples: Vec::new(),
