@@ -585,3 +585,57 @@ fn strategies_share_one_generation_and_refine_runs_at_its_own_size() {
     let acc = rows[0]["accuracy"].as_f64().unwrap();
     assert!((acc - correct as f64 / 2.0).abs() < 1e-9);
 }
+
+/// `--task tools` on qwen2.5-coder-0.5b: each sample's answer is its call's ballot (or
+/// "text"), scored right when it is one of the item's accepted ballots, and the summary has a
+/// row per size.
+#[test]
+fn tools_items_are_scored_by_their_calls() {
+    common::model_path("qwen2.5-coder-0.5b");
+    let dir = scratch("bench-tools");
+    let (stdout, _) = ok(&[
+        "bench",
+        "--dataset",
+        "tests/data/tools_sample.jsonl",
+        "--task",
+        "tools",
+        "--model",
+        "qwen2.5-coder-0.5b",
+        "--sizes",
+        "1,2",
+        "--limit",
+        "4",
+        "--max-tokens",
+        "64",
+        "--temperature",
+        "0.3",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("tools"), "{stdout}");
+    let recs = records(&dir);
+    assert_eq!(recs.len(), 4);
+    let mut right = 0;
+    for r in &recs {
+        let accepted: Vec<String> = serde_json::from_str(r["gold"].as_str().unwrap()).unwrap();
+        for s in r["samples"].as_array().unwrap() {
+            let ballot = s["extracted"]
+                .as_str()
+                .expect("a tools reply always has a ballot");
+            if ballot != "text" {
+                let call: Value = serde_json::from_str(ballot).unwrap();
+                assert!(
+                    call["name"].is_string() && call["arguments"].is_object(),
+                    "{s}"
+                );
+            }
+            let want = accepted.iter().any(|a| a == ballot);
+            assert_eq!(s["correct"].as_bool().unwrap(), want, "{s}");
+            right += usize::from(want);
+        }
+    }
+    // qwen calls get_weather for Paris right (the issue's own observation, in any form).
+    assert!(right > 0, "no sample was right: {recs:?}");
+    let rows = summary_rows(&dir);
+    assert_eq!(rows.len(), 2);
+}

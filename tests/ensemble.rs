@@ -220,3 +220,86 @@ fn a_token_budget_cuts_the_run_short() {
     );
     assert_eq!(t.usage.completion_tokens, 40);
 }
+
+/// A `conclave/vote8`-style ensemble served on qwen2.5-coder-0.5b answers a chat request with
+/// `tools` with OpenAI `tool_calls`, and its trace shows each agent's call and the vote over
+/// them: the winning ballot is the answer's call and the most voted.
+#[test]
+fn a_served_ensemble_votes_over_tool_calls() {
+    use conclave::server::{serve, App, Options};
+    use serde_json::{json, Value};
+    const QWEN: &str = "qwen2.5-coder-0.5b";
+    common::model_path(QWEN);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, body): (u16, Value) = rt.block_on(async {
+        let opts = Options {
+            models: vec![QWEN.into()],
+            ..Options::default()
+        };
+        let app = App::new(opts, Engine::start()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener, app, std::future::pending()));
+        let weather = json!({"type": "function", "function": {"name": "get_weather",
+            "description": "Current weather for a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}});
+        // vote8 as it is, shortened to four agents and short replies to keep the test quick.
+        let req = json!({"model": "conclave/vote8", "seed": 3,
+            "messages": [{"role": "user", "content": "What's the weather in Paris right now?"}],
+            "tools": [weather], "tool_choice": "auto", "max_tokens": 60,
+            "ensemble": {"members": [{"model": QWEN, "temperature": 0.5, "count": 4}]}});
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    });
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{body}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather", "{body}");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["city"].as_str().unwrap().contains("Paris"), "{args}");
+
+    let trace = &body["conclave"];
+    let agents = trace["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 4);
+    let mut ballots = std::collections::BTreeMap::<String, f64>::new();
+    for a in agents {
+        let ballot = a["extracted"].as_str().expect("every reply has a ballot");
+        *ballots.entry(ballot.to_string()).or_default() += 1.0;
+        match a["calls"].as_array() {
+            // An agent's call is its ballot: name and canonical arguments.
+            Some(calls) => {
+                let c = &calls[0];
+                let back = conclave::engine::ToolCall::new(
+                    c["name"].as_str().unwrap(),
+                    c["arguments"].clone(),
+                );
+                assert_eq!(ballot, back.canonical());
+            }
+            None => assert_eq!(ballot, "text"),
+        }
+    }
+    let votes: std::collections::BTreeMap<String, f64> =
+        serde_json::from_value(trace["votes"].clone()).unwrap();
+    assert_eq!(votes, ballots, "the vote counts every agent's ballot");
+    let top = votes.values().cloned().fold(0.0, f64::max);
+    let answer = trace["answer"].as_str().unwrap();
+    assert_eq!(votes[answer], top, "the answer is the most voted ballot");
+    let won = &trace["calls"][0];
+    assert_eq!(
+        won["id"], call["id"],
+        "the reply's call is the trace's answer"
+    );
+    assert_eq!(
+        conclave::engine::ToolCall::new(won["name"].as_str().unwrap(), won["arguments"].clone())
+            .canonical(),
+        answer
+    );
+}

@@ -35,6 +35,8 @@ pub struct Options {
     /// Decide each sub-sampled series by each of these (on one set of samples) instead of
     /// by its own strategy; empty: its own.
     pub strategies: Vec<Strategy>,
+    /// Tools items: calls generated under the tool choice's constraint.
+    pub constrain: bool,
 }
 
 /// What a run produced, for the front end to show.
@@ -53,6 +55,10 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         "--sizes needs positive sizes, e.g. 1,2,4,8,16"
     );
     ensure!(opts.trials > 0, "--trials must be at least 1");
+    ensure!(
+        !opts.constrain || opts.task == Task::Tools,
+        "--constrain goes with --task tools (it constrains tool calls)"
+    );
     let mut sizes = opts.sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
@@ -79,6 +85,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         max_tokens: opts.max_tokens,
         temperature: opts.temperature,
         seed: opts.seed,
+        constrain: opts.constrain,
     };
     let dataset_name = opts.dataset.display().to_string();
     let mut store = Store::open(&opts.out, &settings, &dataset_name)?;
@@ -121,6 +128,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             i,
             &sizes,
             store.run,
+            opts.constrain,
         ))?;
         store.append(rec)?;
         bar.inc(1);
@@ -129,7 +137,10 @@ pub fn run(opts: &Options) -> Result<Outcome> {
 
     let ids: HashSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
     let summary = Summary {
-        task: opts.task.to_string(),
+        task: match opts.constrain {
+            true => format!("{} (constrained)", opts.task),
+            false => opts.task.to_string(),
+        },
         dataset: dataset_name,
         items: items.len(),
         trials: opts.trials,

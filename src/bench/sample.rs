@@ -166,6 +166,7 @@ pub async fn record(
     index: usize,
     sizes: &[usize],
     run: u32,
+    constrain: bool,
 ) -> Result<Record> {
     let verifier = match &item.gold {
         Gold::Code(p) => Some(Verifier::for_code(&p.prompt, &p.entry_point)),
@@ -179,7 +180,8 @@ pub async fn record(
         id: item.id.clone(),
         gold: match &item.gold {
             Gold::Answer(a) => Some(a.clone()),
-            Gold::Calls(c) => Some(c.join(" | ")),
+            // The accepted ballots as a JSON list: a ballot may hold any text.
+            Gold::Calls(c) => Some(serde_json::to_string(c)?),
             Gold::Code(_) => None,
         },
         samples: Vec::new(),
@@ -192,7 +194,12 @@ pub async fn record(
         written: 0.0,
     };
     let ask = match &item.chat {
-        Some(c) => Ask::conversation(c.messages.clone(), c.tools.clone()),
+        Some(c) => {
+            if constrain {
+                anyhow::bail!("--constrain: the tool-call constraint is not on main yet");
+            }
+            Ask::conversation(c.messages.clone(), c.tools.clone())
+        }
         None => Ask::from(&item.prompt),
     };
     for n in series.runs(sizes) {

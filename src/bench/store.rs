@@ -105,6 +105,9 @@ pub struct Settings {
     pub max_tokens: Option<usize>,
     pub temperature: f32,
     pub seed: u64,
+    /// Tools items asked with their calls under the tool choice's constraint (`--constrain`).
+    #[serde(default)]
+    pub constrain: bool,
 }
 
 /// A series by name and by a digest of its resolved ensemble (agents, seeds, strategy).
@@ -274,6 +277,7 @@ mod tests {
             max_tokens: Some(8),
             temperature: 0.7,
             seed,
+            constrain: false,
         }
     }
 

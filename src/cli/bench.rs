@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// (vote, weighted, medoid, exec-vote), e.g. to compare aggregators at no extra cost.
     #[arg(long, value_delimiter = ',', ignore_case = true)]
     pub strategies: Vec<Strategy>,
+    /// `--task tools`: generate calls under the tool choice's grammar (the text stays free
+    /// until a call starts; the call follows its function's schema) instead of decoding freely.
+    #[arg(long)]
+    pub constrain: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -62,6 +66,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         temperature: args.temperature,
         strategies: args.strategies,
+        constrain: args.constrain,
     };
     let outcome = run::run(&opts)?;
     if !outcome.plot_text {

@@ -2,7 +2,7 @@
 //! that brings its own frame (tools, a response format).
 use super::calls;
 use super::extract::{calls_ballot, extract, AnswerKind};
-use crate::engine::{Message, ToolCall, ToolDef};
+use crate::engine::{Constraint, Message, Prompt, ToolCall, ToolDef};
 
 #[derive(Debug, Clone, Default)]
 pub struct Ask {
@@ -18,6 +18,8 @@ pub struct Ask {
     pub tools: Vec<ToolDef>,
     /// Whether a reply may hold several calls; when not, only its first call counts.
     pub parallel: bool,
+    /// Every agent generates under it (a response format's, or a tool choice's).
+    pub constraint: Option<Constraint>,
 }
 
 impl From<&str> for Ask {
@@ -49,6 +51,7 @@ impl Ask {
             conversation: Some(messages),
             tools,
             parallel: true,
+            constraint: None,
         }
     }
 
@@ -75,6 +78,19 @@ impl Ask {
                 Message::new("system", system),
                 Message::new("user", &self.question),
             ],
+        }
+    }
+
+    /// The prompt of an agent with this system prompt: its messages, with the tools offered.
+    pub fn prompt(&self, system: &str) -> Prompt {
+        let messages = self.messages(system);
+        if self.tools.is_empty() {
+            Prompt::Chat(messages)
+        } else {
+            Prompt::ChatTools {
+                messages,
+                tools: self.tools.clone(),
+            }
         }
     }
 

@@ -626,8 +626,9 @@ mod tests {
             calls_ballot(std::slice::from_ref(&a)),
             r#"{"arguments":{"city":"P","days":2,"unit":"c"},"name":"w"}"#
         );
-        assert_eq!(calls_ballot(&[a.clone()]), calls_ballot(&[b.clone()]));
-        assert_ne!(calls_ballot(&[a.clone()]), calls_ballot(&[v.clone()]));
+        let one = |c: &ToolCall| calls_ballot(std::slice::from_ref(c));
+        assert_eq!(one(&a), one(&b));
+        assert_ne!(one(&a), one(&v));
         assert_eq!(calls_ballot(&[]), NO_CALL);
         let two = calls_ballot(&[a.clone(), v.clone()]);
         assert!(two.starts_with(r#"[{"arguments""#), "{two}");

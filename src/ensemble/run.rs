@@ -315,25 +315,29 @@ impl Runner {
             }
             let reserved = max_tokens * members.len();
             self.spent.fetch_add(reserved, Ordering::SeqCst);
-            let messages = ask.messages(&lead.role.system);
             let samples: Vec<SamplingParams> = members
                 .iter()
                 .map(|&i| agents[i].sampling.clone())
                 .collect();
             let handle = match lead.remote.clone() {
-                Some(r) => tokio::spawn(async move {
-                    Ok(remote::answer_all(&r, &samples, &messages, max_tokens).await)
-                }),
+                // Another server is sent the conversation alone: a constraint cannot be
+                // written back as a request, so its reply is only read for calls.
+                Some(r) => {
+                    let messages = ask.messages(&lead.role.system);
+                    tokio::spawn(async move {
+                        Ok(remote::answer_all(&r, &samples, &messages, max_tokens).await)
+                    })
+                }
                 None => {
                     let job = Job {
                         model: lead.model.clone(),
-                        prompt: Prompt::Chat(messages),
+                        prompt: ask.prompt(&lead.role.system),
                         max_tokens,
                         stop: Vec::new(),
                         samples,
                         ignore_eos: false,
                         stream: None,
-                        constraint: None,
+                        constraint: ask.constraint.clone(),
                     };
                     let engine = self.engine.clone();
                     tokio::spawn(async move { engine.generate(job).await.map(Replies::from) })

@@ -7,7 +7,7 @@ use super::tools;
 use super::{metrics, responses, sse, App};
 use crate::engine::{Job, Message, Prompt};
 use crate::ensemble::calls::Tools;
-use crate::ensemble::{Runner, Trace};
+use crate::ensemble::{Ask, Runner, Trace};
 use crate::wire::{ChatRequest, Common, CompletionRequest, ModelCard, ModelList, Usage};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -164,12 +164,6 @@ async fn chat(
     let messages = openai::messages(&req)?;
     let tools = tools::tools(&req)?;
     if let Some(name) = req.common.model.strip_prefix(ENSEMBLE_PREFIX) {
-        if tools.is_some() {
-            return Err(ApiError::invalid(
-                Some("tools"),
-                "ensembles do not call tools yet; ask a single model",
-            ));
-        }
         if params.logprobs() {
             return Err(ApiError::invalid(
                 Some("logprobs"),
@@ -183,7 +177,7 @@ async fn chat(
                 "an ensemble does not take response_format yet; ask a single model",
             ));
         }
-        return ensemble(app, name, &req.common, &params, &messages).await;
+        return ensemble(app, name, &req.common, &params, &messages, tools).await;
     }
     if req.common.ensemble.is_some() {
         return Err(ApiError::invalid(
@@ -285,7 +279,14 @@ async fn ensemble(
     common: &Common,
     params: &Params,
     messages: &[Message],
+    tools: Option<Tools>,
 ) -> Result<Response, ApiError> {
+    if tools.is_some() && params.stream {
+        return Err(ApiError::invalid(
+            Some("stream"),
+            "an ensemble answers tool calls whole, after its vote: leave stream out",
+        ));
+    }
     if params.samples.len() > 1 {
         return Err(ApiError::invalid(
             Some("n"),
@@ -304,6 +305,15 @@ async fn ensemble(
                 "an ensemble needs a user message to answer",
             )
         })?;
+    // With tools, every agent is sent the conversation and its tools; the vote is over calls.
+    let ask = match &tools {
+        Some(t) => {
+            let mut ask = Ask::conversation(messages.to_vec(), t.defs.clone());
+            ask.parallel = t.parallel;
+            ask
+        }
+        None => Ask::from(&question),
+    };
     let mut ens = app
         .0
         .served
@@ -314,9 +324,10 @@ async fn ensemble(
     let permit = app.admit()?;
     let meta = Meta::new(&common.model, Shape::Chat);
     let engine = app.0.engine.clone();
-    let trace: Trace = within(&app, async move {
-        Runner::new(engine).run(&ens, &question).await
-    })
+    let trace: Trace = within(
+        &app,
+        async move { Runner::new(engine).run(&ens, ask).await },
+    )
     .await?
     .map_err(|e| ApiError::engine(&e))?;
     drop(permit);
@@ -341,7 +352,13 @@ async fn ensemble(
             params.include_usage,
         ));
     }
-    let mut body = meta.chat(vec![Answer::new(text, None)], usage);
+    // The winner's calls, with the ids the trace shows them by; its other text is the content.
+    let mut answer = Answer::new(text, None);
+    if let Some(t) = &tools {
+        answer.text = t.read(&answer.text).content;
+        answer.tool_calls = trace.calls.clone();
+    }
+    let mut body = meta.chat(vec![answer], usage);
     body.conclave = Some(conclave);
     Ok(Json(body).into_response())
 }
