@@ -7,8 +7,8 @@ use crate::ensemble::calls::{self, Choice, Tools};
 use crate::wire::{self, ChatRequest, ToolChoice, ToolMode};
 use serde_json::Value;
 
-/// Parses a chat request body; a malformed `tools`, `tool_choice` or `parallel_tool_calls`
-/// is a 400 naming that field (serde alone would name none).
+/// Parses a chat request body; a malformed `tools`, `tool_choice`, `parallel_tool_calls` or
+/// `response_format` is a 400 naming that field (serde alone would name none).
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let v: Value = super::openai::parse(body)?;
     let check = |field: &str, ok: fn(Value) -> Result<(), serde_json::Error>| match v.get(field) {
@@ -24,6 +24,9 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     })?;
     check("parallel_tool_calls", |f| {
         serde_json::from_value::<bool>(f).map(drop)
+    })?;
+    check("response_format", |f| {
+        serde_json::from_value::<wire::ResponseFormat>(f).map(drop)
     })?;
     serde_json::from_value(v)
         .map_err(|e| ApiError::invalid(None, format!("the request body is not valid: {e}")))
