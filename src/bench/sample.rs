@@ -7,6 +7,7 @@
 use super::code;
 use super::dataset::{Gold, Item, Task};
 use super::store::{Check, Decided, Record, Sample};
+use crate::ensemble::calls;
 use crate::ensemble::config::Quick;
 use crate::ensemble::decide::{plan, Plan, Rule};
 use crate::ensemble::verify;
@@ -195,10 +196,17 @@ pub async fn record(
     };
     let ask = match &item.chat {
         Some(c) => {
+            let mut ask = Ask::conversation(c.messages.clone(), c.tools.clone());
             if constrain {
-                anyhow::bail!("--constrain: the tool-call constraint is not on main yet");
+                // `auto`: text stays free until a call opens; the call follows its schema.
+                let tools = calls::Tools {
+                    defs: c.tools.clone(),
+                    choice: calls::Choice::Auto,
+                    parallel: true,
+                };
+                ask.constraint = Some(tools.constraint());
             }
-            Ask::conversation(c.messages.clone(), c.tools.clone())
+            ask
         }
         None => Ask::from(&item.prompt),
     };

@@ -310,6 +310,8 @@ async fn ensemble(
         Some(t) => {
             let mut ask = Ask::conversation(messages.to_vec(), t.defs.clone());
             ask.parallel = t.parallel;
+            // Every agent's calls under the tool choice's grammar, as a single model's are.
+            ask.constraint = Some(t.constraint());
             ask
         }
         None => Ask::from(&question),
