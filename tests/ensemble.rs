@@ -303,3 +303,69 @@ fn a_served_ensemble_votes_over_tool_calls() {
         answer
     );
 }
+
+/// A served ensemble asked with `response_format: json_schema`: every agent writes under the
+/// schema, the vote is over canonical JSON, and the reply is the winning object, valid.
+#[test]
+fn a_served_ensemble_answers_under_a_json_schema() {
+    use conclave::server::{serve, App, Options};
+    use serde_json::{json, Value};
+    const QWEN: &str = "qwen2.5-coder-0.5b";
+    common::model_path(QWEN);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, body): (u16, Value) = rt.block_on(async {
+        let opts = Options {
+            models: vec![QWEN.into()],
+            ..Options::default()
+        };
+        let app = App::new(opts, Engine::start()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener, app, std::future::pending()));
+        let schema = json!({"type": "object", "additionalProperties": false,
+            "properties": {"city": {"type": "string"},
+                           "country": {"type": "string", "enum": ["France", "Italy", "Spain"]}},
+            "required": ["city", "country"]});
+        let req = json!({"model": "conclave/vote8", "seed": 5,
+            "messages": [{"role": "user", "content": "Name the capital of France and its country as JSON."}],
+            "response_format": {"type": "json_schema",
+                "json_schema": {"name": "place", "schema": schema, "strict": true}},
+            "max_tokens": 60,
+            "ensemble": {"members": [{"model": QWEN, "temperature": 0.7, "count": 4}]}});
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    });
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    let answer: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(answer["city"].is_string(), "{answer}");
+    assert!(
+        ["France", "Italy", "Spain"].contains(&answer["country"].as_str().unwrap()),
+        "{answer}"
+    );
+    let trace = &body["conclave"];
+    let agents = trace["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 4);
+    for a in agents {
+        // Every agent's reply is JSON under the schema, so every agent has a ballot.
+        let ballot = a["extracted"]
+            .as_str()
+            .expect("every agent's JSON is a ballot");
+        let v: Value = serde_json::from_str(ballot).unwrap();
+        assert!(v["city"].is_string() && v["country"].is_string(), "{v}");
+    }
+    let votes: std::collections::BTreeMap<String, f64> =
+        serde_json::from_value(trace["votes"].clone()).unwrap();
+    assert_eq!(votes.values().sum::<f64>(), 4.0, "{votes:?}");
+    let answer_ballot = trace["answer"].as_str().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(answer_ballot).unwrap(),
+        answer,
+        "the reply is the winning ballot"
+    );
+}

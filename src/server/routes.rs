@@ -5,9 +5,9 @@ use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
 use super::tools;
 use super::{metrics, responses, sse, App};
-use crate::engine::{Job, Message, Prompt};
+use crate::engine::{Constraint, Grammar, Job, Message, Prompt};
 use crate::ensemble::calls::Tools;
-use crate::ensemble::{Ask, Runner, Trace};
+use crate::ensemble::{AnswerKind, Ask, Runner, Trace};
 use crate::wire::{ChatRequest, Common, CompletionRequest, ModelCard, ModelList, Usage};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -171,12 +171,6 @@ async fn chat(
                  leave logprobs out or ask a single model",
             ));
         }
-        if params.constraint.is_some() {
-            return Err(ApiError::invalid(
-                Some("response_format"),
-                "an ensemble does not take response_format yet; ask a single model",
-            ));
-        }
         return ensemble(app, name, &req.common, &params, &messages, tools).await;
     }
     if req.common.ensemble.is_some() {
@@ -314,12 +308,32 @@ async fn ensemble(
             ask.constraint = Some(t.constraint());
             ask
         }
-        None => Ask::from(&question),
+        // With a response format, every agent is sent the conversation and writes under its
+        // grammar; JSON answers vote by their canonical form.
+        None => match &params.constraint {
+            Some((c, _)) => {
+                let mut ask = Ask::conversation(messages.to_vec(), Vec::new());
+                ask.constraint = Some(c.clone());
+                ask
+            }
+            None => Ask::from(&question),
+        },
+    };
+    let grammar_param = match (&tools, &params.constraint) {
+        (Some(_), _) => Some("tools"),
+        (None, Some((_, param))) => Some(*param),
+        (None, None) => None,
     };
     let mut ens = app
         .0
         .served
         .ensemble(name, params.seed, common.ensemble.as_ref())?;
+    if let (None, Some((Constraint::Full(g), _))) = (&tools, &params.constraint) {
+        ens.answer = match g {
+            Grammar::JsonObject | Grammar::JsonSchema(_) => AnswerKind::Json,
+            Grammar::Regex(_) | Grammar::Lark(_) => AnswerKind::Text,
+        };
+    }
     if params.max_tokens_given {
         ens.max_tokens = params.max_tokens;
     }
@@ -331,7 +345,7 @@ async fn ensemble(
         async move { Runner::new(engine).run(&ens, ask).await },
     )
     .await?
-    .map_err(|e| ApiError::engine(&e))?;
+    .map_err(|e| ApiError::job(&e, grammar_param))?;
     drop(permit);
     app.0.metrics.tokens(
         &common.model,
