@@ -65,6 +65,8 @@ fn server() -> String {
         rt.block_on(async move {
             let opts = Options {
                 models: vec![QWEN.into()],
+                // 100 requests on a shared machine can queue past the default 600 s.
+                request_timeout: None,
                 ..Options::default()
             };
             let app = App::new(opts, Engine::start()).await.unwrap();
