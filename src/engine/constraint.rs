@@ -12,7 +12,7 @@
 //! text. User-defined tokens such as Qwen's `<tool_call>` (151657) are text: our decode keeps
 //! "<tool_call>", a lazy trigger on that string sees it, and a Lark string literal
 //! "<tool_call>" matches the single token as well as the same text spelt in pieces.
-use super::generate::JobError;
+use super::error::JobError;
 use crate::model::tokenizer::TokenBytes;
 use crate::model::Model;
 use anyhow::{Context, Result};

@@ -1,5 +1,6 @@
 //! Generation: one prefill of the prompt, then N samples decoded together as one batch.
 use super::constraint::{Compiled, DeadEnd, RowConstraint};
+use super::error::JobError;
 use super::sampler::{Pick, Sampler, SamplingParams};
 use crate::model::tokenizer::Incremental;
 use crate::model::{KvCache, Model, RowLogits};
@@ -24,24 +25,6 @@ pub(crate) struct Request {
     pub ignore_eos: bool,
     /// The job's grammar, compiled; each row follows it with its own parser.
     pub constraint: Option<Arc<Compiled>>,
-}
-
-/// Why a job ended without an output, for callers that answer differently per cause (the
-/// server maps `PromptTooLong` to HTTP 400). Other failures stay plain `anyhow` errors.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JobError {
-    #[error("the prompt is {prompt} tokens but {model} has a context of {ctx} tokens; shorten the prompt")]
-    PromptTooLong {
-        prompt: usize,
-        ctx: usize,
-        model: String,
-    },
-    /// Nobody waits for the job any more: its reply or its stream receiver was dropped.
-    #[error("the job was cancelled: its caller went away")]
-    Cancelled,
-    /// The job's constraint does not compile (llguidance's reason); fix the schema or grammar.
-    #[error("the grammar does not compile: {0}")]
-    BadGrammar(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

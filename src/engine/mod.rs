@@ -1,6 +1,7 @@
 //! The only door to a model: front ends send [`Job`]s to the [`Engine`] thread, which loads
 //! models, samples and batches generation; no front end holds a model itself.
 mod constraint;
+mod error;
 mod generate;
 mod load;
 pub mod sampler;
@@ -10,7 +11,8 @@ pub use crate::model::chat::Message;
 pub use crate::model::tool_call::{canonical_json, ToolCall, ToolDef};
 pub use crate::store::catalog::DEFAULT_MODEL;
 pub use constraint::{Constraint, Grammar, GrammarArgs};
-pub use generate::{Completion, Finish, JobError, Logprob, Output, Piece, TokenLogprobs};
+pub use error::JobError;
+pub use generate::{Completion, Finish, Logprob, Output, Piece, TokenLogprobs};
 pub use load::{load_tokenizer, model_name};
 pub use sampler::{Sampler, SamplingParams};
 pub use worker::{Engine, Job, Prompt, Stats, Stream};

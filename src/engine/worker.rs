@@ -10,7 +10,8 @@
 //! A job whose caller has gone (its reply future or its stream receiver dropped, e.g. an HTTP
 //! client that disconnected) is dropped before its next step, freeing its rows of the batch.
 use super::constraint::{Constraint, Vocab};
-use super::generate::{Batch, Generation, JobError, Output, Piece, Request};
+use super::error::JobError;
+use super::generate::{Batch, Generation, Output, Piece, Request};
 use super::load::load;
 use super::sampler::SamplingParams;
 use crate::model::chat::Message;

@@ -1,9 +1,10 @@
 //! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, so clients
 //! (the `openai` packages among them) raise their usual exception for each status.
 use crate::engine::JobError;
-use crate::wire::{ErrorBody, ErrorCode, ErrorDetail};
+use crate::wire::{ErrorBody, ErrorCode, ErrorDetail, ResponseFormat};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -155,4 +156,19 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// Parses a JSON body into `T`, answering 400 with serde's reason when it does not fit.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        // A malformed `response_format` is named, as a bad value in it is.
+        let bad_format = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("response_format").cloned())
+            .is_some_and(|f| serde_json::from_value::<Option<ResponseFormat>>(f).is_err());
+        ApiError::invalid(
+            bad_format.then_some("response_format"),
+            format!("the request body is not valid: {e}"),
+        )
+    })
 }

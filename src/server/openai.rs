@@ -82,21 +82,6 @@ fn top_count(param: &str, n: i64) -> Result<usize, ApiError> {
     Ok(n as usize)
 }
 
-/// Parses a JSON body into `T`, answering 400 with serde's reason when it does not fit.
-pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        // A malformed `response_format` is named, as a bad value in it is.
-        let bad_format = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v.get("response_format").cloned())
-            .is_some_and(|f| serde_json::from_value::<Option<ResponseFormat>>(f).is_err());
-        ApiError::invalid(
-            bad_format.then_some("response_format"),
-            format!("the request body is not valid: {e}"),
-        )
-    })
-}
-
 /// The settings both endpoints share, checked; fields whose meaning would be silently lost
 /// are refused (see `refuse_unsupported`).
 pub fn params(c: &Common) -> Result<Params, ApiError> {

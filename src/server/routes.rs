@@ -1,6 +1,6 @@
 //! The endpoints: `/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/health`,
 //! `/metrics`, behind the API key check and the request metrics.
-use super::errors::ApiError;
+use super::errors::{self, ApiError};
 use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
 use super::tools;
@@ -137,7 +137,7 @@ async fn responses(
     State(app): State<App>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req = openai::parse(&body(&app, raw)?)?;
+    let req = errors::parse(&body(&app, raw)?)?;
     let (chat_req, asked) = responses::to_chat(&req)?;
     let chat_body = serde_json::to_vec(&chat_req).map_err(|e| ApiError::internal(&e.into()))?;
     responses::answer(chat(State(app), Ok(chat_body.into())).await, asked).await
@@ -194,7 +194,7 @@ async fn completions(
     State(app): State<App>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: CompletionRequest = openai::parse(&body(&app, raw)?)?;
+    let req: CompletionRequest = errors::parse(&body(&app, raw)?)?;
     let mut params = openai::params(&req.common)?;
     params.set_logprobs(openai::text_logprobs(&req)?);
     let prompt = openai::prompt(&req)?;

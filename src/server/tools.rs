@@ -10,7 +10,7 @@ use serde_json::Value;
 /// Parses a chat request body; a malformed `tools`, `tool_choice`, `parallel_tool_calls` or
 /// `response_format` is a 400 naming that field (serde alone would name none).
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let v: Value = super::openai::parse(body)?;
+    let v: Value = super::errors::parse(body)?;
     let check = |field: &str, ok: fn(Value) -> Result<(), serde_json::Error>| match v.get(field) {
         Some(f) if !f.is_null() => ok(f.clone())
             .map_err(|e| ApiError::invalid(Some(field), format!("`{field}` is not valid: {e}"))),
