@@ -209,16 +209,22 @@ impl Store {
     }
 }
 
-/// The first setting that differs, as "field: was X, now Y".
+/// Every setting that differs, as "field: was X, now Y; …" (all of them: a seed that changes
+/// also changes the series' digests, and the user should see the cause beside the effect).
 fn difference(old: &Settings, new: &Settings) -> Result<Option<String>> {
     let (a, b) = (serde_json::to_value(old)?, serde_json::to_value(new)?);
     let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
         return Ok(None);
     };
-    Ok(a.iter().find(|(k, v)| b.get(*k) != Some(v)).map(|(k, v)| {
-        let now = b.get(k).cloned().unwrap_or_default();
-        format!("{k}: was {v}, now {now}")
-    }))
+    let diffs: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| {
+            let now = b.get(k).cloned().unwrap_or_default();
+            format!("{k}: was {v}, now {now}")
+        })
+        .collect();
+    Ok((!diffs.is_empty()).then(|| diffs.join("; ")))
 }
 
 /// Reads every record. A last line cut off mid-write (the run was killed) is dropped and
