@@ -278,7 +278,7 @@ fn logprobs_are_of_the_distribution_the_grammar_leaves() {
 
 // ---- response_format over HTTP ----
 
-use conclave::server::{serve, App, Options};
+use conclave::server::Options;
 use std::sync::OnceLock;
 
 /// A server in this process on a free loopback port, serving smollm2 and qwen; its base URL.
@@ -286,25 +286,12 @@ fn server() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
         let models = ["smollm2-135m", "qwen2.5-coder-0.5b"];
-        for m in models {
-            common::model_path(m);
-        }
         let opts = Options {
             models: models.iter().map(|m| m.to_string()).collect(),
             request_timeout: None,
             ..Options::default()
         };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let app = App::new(opts, Engine::start()).await.unwrap();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                serve(listener, app, std::future::pending()).await.unwrap();
-            });
-        });
-        format!("http://{}", rx.recv().unwrap())
+        common::serve(opts)
     })
 }
 
@@ -426,21 +413,9 @@ fn a_response_format_that_cannot_compile_is_a_400_naming_it() {
 /// prompts sent at once by the official `openai` client, every answer valid by `jsonschema`.
 #[test]
 fn json_schema_strict_holds_for_100_prompts_with_the_openai_client() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/constrain_client.py");
-    let out = std::process::Command::new(common::python_with_openai())
-        .arg(&script)
-        .env("CONCLAVE_URL", format!("{}/v1", server()))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(
-        out.status.success(),
-        "tests/constrain_client.py failed:\n{text}"
+    let text = common::run_python(
+        "constrain_client.py",
+        &[("CONCLAVE_URL", format!("{}/v1", server()))],
     );
     assert!(text.contains("100 of 100 validate"), "{text}");
 }

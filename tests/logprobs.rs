@@ -1,8 +1,7 @@
 //! `logprobs` / `top_logprobs` through `conclave serve` on smollm2-135m: OpenAI's chat shape
 //! and the legacy completions shape, whole and streamed, and the bad-input 400s.
 mod common;
-use conclave::engine::Engine;
-use conclave::server::{serve, App, Options};
+use conclave::server::Options;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -13,22 +12,10 @@ const MODEL: &str = "smollm2-135m";
 fn url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        common::model_path(MODEL);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let opts = Options {
-                    models: vec![MODEL.into()],
-                    ..Options::default()
-                };
-                let app = App::new(opts, Engine::start()).await.unwrap();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                serve(listener, app, std::future::pending()).await.unwrap();
-            });
-        });
-        format!("http://{}", rx.recv().unwrap())
+        common::serve(Options {
+            models: vec![MODEL.into()],
+            ..Options::default()
+        })
     })
 }
 

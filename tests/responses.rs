@@ -2,8 +2,7 @@
 //! on real models: text replies whole and streamed, `instructions`, function calls, ensembles,
 //! and the 400s of input it cannot serve.
 mod common;
-use conclave::engine::Engine;
-use conclave::server::{serve, App, Options};
+use conclave::server::Options;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -15,23 +14,11 @@ const QWEN: &str = "qwen2.5-coder-0.5b";
 fn url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        common::model_path(SMALL);
-        common::model_path(QWEN);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let opts = Options {
-                    models: vec![SMALL.into(), QWEN.into()],
-                    ..Options::default()
-                };
-                let app = App::new(opts, Engine::start()).await.unwrap();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                serve(listener, app, std::future::pending()).await.unwrap();
-            });
+        let base = common::serve(Options {
+            models: vec![SMALL.into(), QWEN.into()],
+            ..Options::default()
         });
-        format!("http://{}/v1", rx.recv().unwrap())
+        format!("{base}/v1")
     })
 }
 

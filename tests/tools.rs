@@ -3,12 +3,10 @@
 mod common;
 
 use candle_core::quantized::gguf_file::Content;
-use conclave::engine::{Engine, ToolCall, ToolDef};
+use conclave::engine::{ToolCall, ToolDef};
 use conclave::model::chat::{ChatTemplate, Message, Piece};
-use conclave::server::{serve, App, Options};
+use conclave::server::Options;
 use serde_json::json;
-use std::path::Path;
-use std::process::Command;
 
 const QWEN: &str = "qwen2.5-coder-0.5b";
 
@@ -58,24 +56,12 @@ fn qwen_template_renders_tools_calls_and_results_as_transformers_does() {
 
 /// Starts `conclave serve` in this process on qwen2.5-coder-0.5b; returns its base URL.
 fn server() -> String {
-    common::model_path(QWEN);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let opts = Options {
-                models: vec![QWEN.into()],
-                // 100 requests on a shared machine can queue past the default 600 s.
-                request_timeout: None,
-                ..Options::default()
-            };
-            let app = App::new(opts, Engine::start()).await.unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            serve(listener, app, std::future::pending()).await.unwrap();
-        });
-    });
-    format!("http://{}", rx.recv().unwrap())
+    common::serve(Options {
+        models: vec![QWEN.into()],
+        // 100 requests on a shared machine can queue past the default 600 s.
+        request_timeout: None,
+        ..Options::default()
+    })
 }
 
 /// tests/tools_client.py: a round trip, `required` on 100 prompts validated with
@@ -83,19 +69,6 @@ fn server() -> String {
 #[test]
 fn the_openai_client_calls_tools() {
     let url = server();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools_client.py");
-    let mut cmd = Command::new(common::python_with_openai());
-    cmd.arg(&script).env("CONCLAVE_URL", format!("{url}/v1"));
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(
-        out.status.success(),
-        "tests/tools_client.py failed:\n{text}"
-    );
+    let text = common::run_python("tools_client.py", &[("CONCLAVE_URL", format!("{url}/v1"))]);
     assert!(text.contains(" passed, 0 failed"), "{text}");
 }

@@ -94,3 +94,47 @@ pub fn python_with_openai() -> PathBuf {
     std::fs::write(&ready, packages.join(" ")).unwrap();
     python
 }
+
+/// Starts `conclave serve` with `opts` in this process, on its own thread and runtime, on a
+/// free loopback port; returns its base URL (`http://127.0.0.1:PORT`). The models named in
+/// `opts` are pulled first.
+pub fn serve(opts: conclave::server::Options) -> String {
+    use conclave::server::{serve, App};
+    for m in &opts.models {
+        model_path(m);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let app = App::new(opts, conclave::engine::Engine::start())
+                .await
+                .unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            serve(listener, app, std::future::pending()).await.unwrap();
+        });
+    });
+    format!("http://{}", rx.recv().unwrap())
+}
+
+/// Runs the Python script `tests/NAME` in the test venv with `env` set; asserts it exits
+/// cleanly and returns what it printed (stdout then stderr), echoed for the test log.
+pub fn run_python(name: &str, env: &[(&str, String)]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(name);
+    let out = std::process::Command::new(python_with_openai())
+        .arg(&script)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "tests/{name} failed:\n{text}");
+    text
+}
