@@ -226,20 +226,15 @@ fn a_token_budget_cuts_the_run_short() {
 /// them: the winning ballot is the answer's call and the most voted.
 #[test]
 fn a_served_ensemble_votes_over_tool_calls() {
-    use conclave::server::{serve, App, Options};
+    use conclave::server::Options;
     use serde_json::{json, Value};
     const QWEN: &str = "qwen2.5-coder-0.5b";
-    common::model_path(QWEN);
+    let url = common::serve(Options {
+        models: vec![QWEN.into()],
+        ..Options::default()
+    });
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (status, body): (u16, Value) = rt.block_on(async {
-        let opts = Options {
-            models: vec![QWEN.into()],
-            ..Options::default()
-        };
-        let app = App::new(opts, Engine::start()).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(serve(listener, app, std::future::pending()));
         let weather = json!({"type": "function", "function": {"name": "get_weather",
             "description": "Current weather for a city.",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -308,20 +303,15 @@ fn a_served_ensemble_votes_over_tool_calls() {
 /// schema, the vote is over canonical JSON, and the reply is the winning object, valid.
 #[test]
 fn a_served_ensemble_answers_under_a_json_schema() {
-    use conclave::server::{serve, App, Options};
+    use conclave::server::Options;
     use serde_json::{json, Value};
     const QWEN: &str = "qwen2.5-coder-0.5b";
-    common::model_path(QWEN);
+    let url = common::serve(Options {
+        models: vec![QWEN.into()],
+        ..Options::default()
+    });
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (status, body): (u16, Value) = rt.block_on(async {
-        let opts = Options {
-            models: vec![QWEN.into()],
-            ..Options::default()
-        };
-        let app = App::new(opts, Engine::start()).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(serve(listener, app, std::future::pending()));
         let schema = json!({"type": "object", "additionalProperties": false,
             "properties": {"city": {"type": "string"},
                            "country": {"type": "string", "enum": ["France", "Italy", "Spain"]}},
