@@ -135,6 +135,8 @@ pub(crate) struct Confine {
     user_maps: Option<[(CString, CString); 3]>,
     unshare_flags: libc::c_int,
     workdir: CString,
+    /// Where the work dir is mounted again for the code to see, if not at its own path.
+    shown_at: Option<CString>,
     /// Mount points to make read-only, with the flags they already have.
     remount: Vec<(CString, libc::c_ulong)>,
     drop_to_nobody: bool,
@@ -148,6 +150,7 @@ impl Confine {
     pub fn new(
         plan: &Plan,
         workdir: &Path,
+        shown_at: Option<&Path>,
         limits: &Limits,
         cgroup: Option<&RunCgroup>,
     ) -> Result<Self> {
@@ -194,6 +197,7 @@ impl Confine {
             user_maps,
             unshare_flags: flags,
             workdir: cstr(workdir)?,
+            shown_at: shown_at.map(cstr).transpose()?,
             remount,
             drop_to_nobody: plan.nobody && plan.unshare.is_none(),
             cpu_seconds: limits.cpu_seconds.max(1),
@@ -297,6 +301,17 @@ impl Confine {
             if i == 0 {
                 check(r)?;
             }
+        }
+        // Mounted last, on top of the read-only tree, so it stays writable.
+        if let Some(at) = &self.shown_at {
+            check(libc::mount(
+                w,
+                at.as_ptr(),
+                null,
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
+            return check(libc::chdir(at.as_ptr()));
         }
         // The cwd set before this still points below the bind mount: enter the new one.
         check(libc::chdir(w))

@@ -1,8 +1,9 @@
 //! What the sandbox uses on this machine, found once by trying each plan of `confine`'s
 //! layers (strongest first) on a short Python run, and running code under it.
+use super::confine::NOBODY;
 use super::confine::{label, Limits, Plan, RunCgroup};
-use super::sandbox::{run_with, Outcome, Status};
-use anyhow::{bail, Result};
+use super::sandbox::{run_in, run_with, Outcome, Status};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -43,6 +44,90 @@ pub fn run_python(code: &str, stdin: Option<&str>, limits: &Limits) -> Result<Ou
         stdin,
         limits,
     )
+}
+
+/// Runs `code` in the sandbox with `dir` as its work dir (cwd, HOME, TMPDIR); files it writes
+/// there persist after the run, and modules there can be imported. The code is fed to Python
+/// on its standard input (`python -`), so no `main.py` is left in, or clobbers a file of, `dir`;
+/// `input()` meets the end of input.
+///
+/// Where the sandbox drops a root caller to `nobody`, the tree under `dir` is first handed to
+/// `nobody` (the code must write there, and files made since by the file tools are root's);
+/// the alternative, running this dir's code as root, would give up the layer that keeps
+/// root's files shut. The caller (root) can still read and write everything afterwards.
+/// `nobody` must also reach `dir` by name (Python resolves imports and temp files by absolute
+/// path), which a parent such as `/root` or a 0700 temp dir forbids; then the code sees `dir`
+/// mounted at `/tmp` instead (ro-fs has a mount namespace for it), or, without ro-fs, the run
+/// is refused saying which parent to open.
+pub fn run_python_in(code: &str, dir: &Path, limits: &Limits) -> Result<Outcome> {
+    let iso = isolation()?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("the sandbox's work dir {} cannot be opened", dir.display()))?;
+    let mut shown_at = None;
+    if iso.plan.nobody {
+        give_to_nobody(&dir)
+            .with_context(|| format!("cannot hand {} to the sandbox's user", dir.display()))?;
+        if let Some(shut) = shut_to_nobody(&dir) {
+            if !iso.plan.readonly {
+                bail!(
+                    "the sandbox runs code as `nobody`, who cannot enter {} (on the way to the work dir {}): put the run's directory elsewhere or allow others in (chmod o+x {})",
+                    shut.display(),
+                    dir.display(),
+                    shut.display()
+                );
+            }
+            shown_at = Some(Path::new("/tmp"));
+        }
+    }
+    run_in(
+        &iso.plan,
+        &iso.python,
+        iso.cgroup.as_deref(),
+        &dir,
+        shown_at,
+        &["-B", "-"],
+        Some(code),
+        limits,
+    )
+}
+
+/// The first parent of `dir` that `nobody` may not search, if any.
+fn shut_to_nobody(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors().skip(1).find_map(|p| {
+        let m = p.metadata().ok()?;
+        let mode = m.mode();
+        let can = mode & 0o001 != 0
+            || (m.uid() == NOBODY && mode & 0o100 != 0)
+            || (m.gid() == NOBODY && mode & 0o010 != 0);
+        (!can).then(|| p.to_path_buf())
+    })
+}
+
+/// Makes `dir` and what it holds owned by `nobody`, never following a symlink (`lchown`, no
+/// descent into links) and never touching a file with other hard links, which may be a host
+/// file linked in.
+fn give_to_nobody(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{lchown, MetadataExt};
+    let meta = dir.symlink_metadata()?;
+    if meta.uid() != NOBODY || meta.gid() != NOBODY {
+        lchown(dir, Some(NOBODY), Some(NOBODY))?;
+    }
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        let meta = path.symlink_metadata()?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            give_to_nobody(&path)?;
+        } else if kind.is_file()
+            && meta.nlink() == 1
+            && (meta.uid() != NOBODY || meta.gid() != NOBODY)
+        {
+            lchown(&path, Some(NOBODY), Some(NOBODY))?;
+        }
+    }
+    Ok(())
 }
 
 /// The isolation this machine allows, probed on first use (a few short runs of Python).

@@ -6,10 +6,12 @@ pub mod calc;
 mod confine;
 mod isolation;
 pub mod sandbox;
+pub mod workspace;
 
 pub use confine::Limits;
-pub use isolation::{isolation, run_python, Isolation, Layer};
+pub use isolation::{isolation, run_python, run_python_in, Isolation, Layer};
 pub use sandbox::{Outcome, Status};
+pub use workspace::Workspace;
 
 use serde::{Deserialize, Serialize};
 

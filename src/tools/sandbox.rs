@@ -48,7 +48,8 @@ impl Outcome {
     }
 }
 
-/// One run under `plan` (the probe uses this to try plans).
+/// One run under `plan` (the probe uses this to try plans): `code` as `main.py` in a fresh
+/// work dir, removed afterwards.
 pub(crate) fn run_with(
     plan: &Plan,
     python: &Path,
@@ -67,6 +68,32 @@ pub(crate) fn run_with(
         std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY))?;
         std::os::unix::fs::chown(&script, Some(NOBODY), Some(NOBODY))?;
     }
+    run_in(
+        plan,
+        python,
+        cgroup_base,
+        dir.path(),
+        None,
+        &["-B", "main.py"],
+        stdin,
+        limits,
+    )
+}
+
+/// One run of `python ARGS` under `plan` with `dir` as its work dir (cwd, HOME, TMPDIR), which
+/// the caller has made writable by whoever the code runs as. With `shown_at` (only under
+/// ro-fs, whose mount namespace allows it) the code sees `dir` mounted there instead.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_in(
+    plan: &Plan,
+    python: &Path,
+    cgroup_base: Option<&Path>,
+    dir: &Path,
+    shown_at: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+    limits: &Limits,
+) -> Result<Outcome> {
     let cgroup = cgroup_base.and_then(|b| match RunCgroup::create(b, limits.max_processes) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -75,7 +102,9 @@ pub(crate) fn run_with(
         }
     });
     let cgroup_used = cgroup.is_some();
-    let confine = Confine::new(plan, dir.path(), limits, cgroup.as_ref())?;
+    let shown_at = shown_at.filter(|_| plan.readonly);
+    let confine = Confine::new(plan, dir, shown_at, limits, cgroup.as_ref())?;
+    let home = shown_at.unwrap_or(dir);
 
     let mut cmd = match &plan.unshare {
         Some(unshare) => {
@@ -92,15 +121,15 @@ pub(crate) fn run_with(
         None => Command::new(python),
     };
     let bin_dir = python.parent().unwrap_or(Path::new("/usr/bin"));
-    cmd.args(["-B", "main.py"])
-        .current_dir(dir.path())
+    cmd.args(args)
+        .current_dir(dir)
         .env_clear()
         .env(
             "PATH",
             format!("{}:/usr/local/bin:/usr/bin:/bin", bin_dir.display()),
         )
-        .env("HOME", dir.path())
-        .env("TMPDIR", dir.path())
+        .env("HOME", home)
+        .env("TMPDIR", home)
         .env("LANG", "C.UTF-8")
         // glibc gives each thread's malloc arena 64 MiB of address space (mallopt(3),
         // M_ARENA_MAX); two arenas keep threaded code inside RLIMIT_AS.
