@@ -4,12 +4,12 @@
 use super::config::AgentConfig;
 use super::journal::{Event, Journal};
 use super::policy::{Decision, Ruling};
-use super::standin::Workspace;
 use super::toolbox::{def, Done, Toolbox};
 use super::trace::{CallTrace, RunTrace, StepTrace, Stop, Usage};
 use crate::engine::{Engine, Message, ToolCall, ToolDef};
 use crate::ensemble::calls::{self, Choice, Tools};
 use crate::ensemble::{Ask, Runner, Trace};
+use crate::tools::Workspace;
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::future::Future;
