@@ -6,7 +6,6 @@ mod journal;
 mod policy;
 mod resume;
 mod run;
-mod standin;
 mod toolbox;
 mod trace;
 

@@ -124,7 +124,7 @@ pub fn rebuild(events: &[Event], cfg: &AgentConfig) -> Result<Rebuilt> {
                     Some(output.clone())
                 }
                 (None, Some((decision, by))) if *decision != Decision::Allow => {
-                    let output = not_run(by, &call, cfg);
+                    let output = not_run(by, &call, cfg, &r.steps);
                     traced.push(CallTrace {
                         id: call.id.clone(),
                         name: call.name.clone(),

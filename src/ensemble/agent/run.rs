@@ -4,12 +4,12 @@
 use super::config::AgentConfig;
 use super::journal::{Event, Journal};
 use super::policy::{Decision, Ruling};
-use super::standin::Workspace;
 use super::toolbox::{def, Done, Toolbox};
 use super::trace::{CallTrace, RunTrace, StepTrace, Stop, Usage};
 use crate::engine::{Engine, Message, ToolCall, ToolDef};
 use crate::ensemble::calls::{self, Choice, Tools};
 use crate::ensemble::{Ask, Runner, Trace};
+use crate::tools::Workspace;
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::future::Future;
@@ -297,21 +297,37 @@ impl Agent<'_> {
             ens.token_budget = Some(self.tree.left());
             // Every reply is one call, under the grammar: free text let the 0.5B model write
             // calls outside the tags the lazy grammar waits for, and repeat them until the
-            // step's tokens ran out. After a repeated call only the answer may be called.
+            // step's tokens ran out. Small models also call a tool again after its result
+            // (cf. d6ea8a7), so after a repeated call, and on the last step, comes an answer
+            // turn: only `final_answer` may be called, after a nudge. (A turn without tools
+            // had the 0.5B model write the call's JSON again as its answer.)
             let repeated = st
                 .steps
                 .last()
                 .is_some_and(|s| s.calls.iter().any(|c| c.by.starts_with(REPEAT)));
+            let answer_turn = repeated || step == self.cfg.spec.max_steps;
             let tools = Tools {
                 defs: defs.clone(),
-                choice: if repeated {
+                choice: if answer_turn {
                     Choice::Named(FINAL.into())
                 } else {
                     Choice::Required
                 },
                 parallel: false,
             };
-            let mut ask = Ask::conversation(st.messages.clone(), defs.clone());
+            let mut messages = st.messages.clone();
+            if answer_turn {
+                messages.push(Message::new("user", NUDGE));
+                st.notes.push(format!(
+                    "step {step} was an answer turn ({})",
+                    if repeated {
+                        "the last call repeated an earlier one"
+                    } else {
+                        "the step limit"
+                    }
+                ));
+            }
+            let mut ask = Ask::conversation(messages, defs.clone());
             ask.parallel = false;
             ask.constraint = Some(tools.constraint());
             let started = Instant::now();
@@ -375,6 +391,7 @@ impl Agent<'_> {
                 .calls
                 .iter()
                 .map(|c| match c.decision {
+                    Decision::Deny if c.by.starts_with(REPEAT) => format!("{} (repeat)", c.name),
                     Decision::Deny => format!("{} (denied)", c.name),
                     _ => c.name.clone(),
                 })
@@ -456,7 +473,7 @@ impl Agent<'_> {
         };
         if !self.cfg.spec.tools.contains(&call.name) {
             trace.by = UNKNOWN.into();
-            trace.output = not_run(UNKNOWN, call, self.cfg);
+            trace.output = not_run(UNKNOWN, call, self.cfg, &st.steps);
             self.log(Event::Decision {
                 step,
                 call_id: call.id.clone(),
@@ -468,7 +485,13 @@ impl Agent<'_> {
         }
         let ruling = self.cfg.policy.decide(&call.name, &call.arguments);
         let (decision, by) = match repeat_of(call, st) {
-            Some(id) => (Decision::Deny, format!("{REPEAT}{id}")),
+            Some(id) => {
+                st.notes.push(format!(
+                    "step {step}: {} repeats {id} and was not run; the next step is an answer turn",
+                    call.id
+                ));
+                (Decision::Deny, format!("{REPEAT}{id}"))
+            }
             None => self.authorize(step, call, &ruling).await?,
         };
         self.log(Event::Decision {
@@ -481,7 +504,7 @@ impl Agent<'_> {
         trace.decision = decision;
         trace.by = by.clone();
         if decision != Decision::Allow {
-            trace.output = not_run(&by, call, self.cfg);
+            trace.output = not_run(&by, call, self.cfg, &st.steps);
             return Ok(trace);
         }
         self.log(Event::Call {
@@ -682,6 +705,9 @@ pub(super) fn final_text(c: &ToolCall) -> String {
     }
 }
 
+/// The user turn that opens an answer turn.
+const NUDGE: &str = "Give your final answer now.";
+
 /// The `by` of a call of a tool the agent does not have.
 const UNKNOWN: &str = "unknown tool";
 
@@ -700,12 +726,14 @@ fn repeat_of(call: &ToolCall, st: &State) -> Option<String> {
 
 /// What the model is told of a call that did not run, from its decision's `by` (so that a
 /// resumed run tells the model the same).
-pub(super) fn not_run(by: &str, call: &ToolCall, cfg: &AgentConfig) -> String {
+pub(super) fn not_run(by: &str, call: &ToolCall, cfg: &AgentConfig, steps: &[StepTrace]) -> String {
     if let Some(id) = by.strip_prefix(REPEAT) {
-        return format!(
-            "not run: you already made this call ({id}) and its result is above. Answer the \
-             task now, in plain text."
-        );
+        let earlier = steps
+            .iter()
+            .flat_map(|s| &s.calls)
+            .find(|c| c.id == id)
+            .map_or("", |c| c.output.as_str());
+        return format!("already called; its result was: {earlier}");
     }
     if by == UNKNOWN {
         return format!(

@@ -1,9 +1,8 @@
 //! The built-in tools an agent may be given: what the model is told of each (a [`ToolDef`]
 //! short and plain enough for a 0.5B model to follow) and how a call of each runs. `delegate`
 //! is offered here but run by the loop (it starts a sub-run).
-use super::standin::{run_python_in, Workspace};
 use crate::engine::ToolDef;
-use crate::tools::{calc, Limits, Outcome, Status};
+use crate::tools::{calc, run_python_in, Limits, Outcome, Status, Workspace};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -67,7 +66,9 @@ pub fn def(name: &str, delegates: &[String]) -> ToolDef {
                     "Hand a sub-task to a helper agent with the same tools; returns its answer."
                         .into(),
                 ),
-                parameters: json!({"type": "object", "properties": props, "required": ["task"]}),
+                parameters: closed(
+                    json!({"type": "object", "properties": props, "required": ["task"]}),
+                ),
             };
         }
         other => unreachable!("`{other}` is not a built-in tool (checked at load)"),
@@ -75,8 +76,15 @@ pub fn def(name: &str, delegates: &[String]) -> ToolDef {
     ToolDef {
         name: name.into(),
         description: Some(description.into()),
-        parameters,
+        parameters: closed(parameters),
     }
+}
+
+/// The schema with no arguments beyond its own (the 0.5B model added an empty `content` to
+/// calculator calls otherwise).
+fn closed(mut schema: Value) -> Value {
+    schema["additionalProperties"] = json!(false);
+    schema
 }
 
 /// What a call gave back: whether it succeeded and the text the model is sent.
@@ -231,5 +239,37 @@ mod tests {
         assert_eq!(d.output, "a/");
         let d = tb.call("read_file", &json!({"path": "../x"})).await;
         assert!(!d.ok && d.output.starts_with("error:"), "{d:?}");
+    }
+
+    #[tokio::test]
+    async fn python_files_persist_in_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let tb = Toolbox::new(Arc::new(Workspace::open(dir.path()).unwrap()), 10.0);
+        let code = "open('n.txt', 'w').write('7')\nprint('saved')";
+        let d = tb.call("python", &json!({"code": code})).await;
+        assert_eq!(
+            d,
+            Done {
+                ok: true,
+                output: "saved".into()
+            }
+        );
+        let d = tb
+            .call(
+                "python",
+                &json!({"code": "print(int(open('n.txt').read()) * 6)"}),
+            )
+            .await;
+        assert_eq!(d.output, "42");
+        assert_eq!(
+            tb.call("read_file", &json!({"path": "n.txt"})).await.output,
+            "7"
+        );
+        let d = tb
+            .call("python", &json!({"code": "raise ValueError('bad')"}))
+            .await;
+        assert!(!d.ok && d.output.contains("ValueError: bad"), "{d:?}");
+        let d = tb.call("python", &json!({"code": "x = 1"})).await;
+        assert!(d.ok && d.output.contains("print()"), "{d:?}");
     }
 }
