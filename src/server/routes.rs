@@ -357,7 +357,8 @@ async fn ensemble(
     } else {
         trace.text.clone()
     };
-    let usage = Usage::new(trace.usage.prompt_tokens, trace.usage.completion_tokens);
+    let usage = Usage::new(trace.usage.prompt_tokens, trace.usage.completion_tokens)
+        .with_cached(trace.usage.cached_tokens);
     let conclave = serde_json::to_value(&trace).map_err(|e| ApiError::internal(&e.into()))?;
     if params.stream {
         return Ok(sse::whole(
