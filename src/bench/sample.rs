@@ -234,6 +234,7 @@ pub async fn record(
                 seconds: t.seconds,
                 samples,
                 rounds: (!t.rounds.is_empty() || checked).then_some(t.rounds.len() + 1),
+                steps: None,
             });
         } else {
             for a in samples.iter().filter_map(|s| s.extracted.clone()) {
