@@ -384,7 +384,7 @@ fn an_mcp_tool_answers_with_what_only_the_server_knows() {
 }
 
 /// What tests/fixtures/mcp_server.py's `lookup_code("alpha")` returns.
-const MCP_SECRET: &str = "TODO";
+const MCP_SECRET: &str = "ZX-4471-QUOKKA";
 
 /// g. Each step's prompt extends the last: from step 2 on, only the new tokens are
 /// prefilled, the shared prefix comes from the cache.
@@ -492,4 +492,100 @@ fn a_tool_output_asking_for_a_denied_call_is_still_denied() {
         "the model did not try the denied call, or it was not denied:\n{}",
         show(&j)
     );
+}
+
+/// Server: an agent file given to `serve --config` is `conclave/<name>`. A chat request's
+/// messages are its task; the reply's content is the answer and `conclave` the run's trace.
+#[test]
+fn a_served_agent_answers_with_its_trace() {
+    use conclave::server::Options;
+    let case = Case::new(&config(
+        "name = \"calc\"\ntools = [\"calculator\"]\nmax_steps = 3",
+    ));
+    let url = common::serve(Options {
+        models: vec![QWEN.into()],
+        configs: vec![case.config()],
+        allow_tools: true,
+        ..Options::default()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let post = |body: Value| {
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    let models: Value = rt.block_on(async {
+        reqwest::get(format!("{url}/v1/models"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "conclave/calc"),
+        "{models}"
+    );
+    let task = json!([{"role": "user",
+        "content": "What is 1234 * 5678? Use the calculator tool, then answer."}]);
+    let (status, body) = post(json!({"model": "conclave/calc", "messages": task}));
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    let content = choice["message"]["content"].as_str().unwrap();
+    let trace = &body["conclave"];
+    assert!(content.contains("7006652"), "{body}");
+    assert_eq!(choice["finish_reason"], "stop", "{body}");
+    assert_eq!(trace["stop"], "answer", "{body}");
+    assert_eq!(
+        trace["steps"][0]["calls"][0]["name"], "calculator",
+        "{body}"
+    );
+    assert_eq!(
+        body["usage"]["completion_tokens"], trace["usage"]["completion_tokens"],
+        "{body}"
+    );
+
+    // Agents bring their own tools.
+    let weather = json!({"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {}}}});
+    let (status, body) = post(json!({"model": "conclave/calc", "messages": task,
+        "tools": [weather]}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "tools", "{body}");
+}
+
+/// A server refuses at start an agent it may not run: without --allow-tools, or with an
+/// `ask` rule nobody can answer.
+#[test]
+fn a_server_refuses_agents_it_cannot_run_at_start() {
+    use conclave::server::{App, Options};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let start = |case: &Case, allow_tools: bool| {
+        let opts = Options {
+            models: vec![QWEN.into()],
+            configs: vec![case.config()],
+            allow_tools,
+            ..Options::default()
+        };
+        let app = rt.block_on(App::new(opts, conclave::engine::Engine::start()));
+        format!("{:#}", app.err().expect("the server started"))
+    };
+    let plain = Case::new(&config("tools = [\"python\"]"));
+    let e = start(&plain, false);
+    assert!(e.contains("--allow-tools"), "{e}");
+    let asking = Case::new(&config(
+        "tools = [\"python\"]\n\n[[agent.policy]]\ntool = \"python\"\ndecision = \"ask\"",
+    ));
+    let e = start(&asking, true);
+    assert!(e.contains("ask") && e.contains("deny"), "{e}");
 }
