@@ -589,3 +589,59 @@ fn a_server_refuses_agents_it_cannot_run_at_start() {
     let e = start(&asking, true);
     assert!(e.contains("ask") && e.contains("deny"), "{e}");
 }
+
+/// `conclave bench --config <agent file>`: the agent runs once per GSM8K item, its answer is
+/// read as a number, and the summary gives steps and tokens per item.
+#[test]
+fn bench_runs_an_agent_per_item_and_counts_its_steps() {
+    let case = Case::new(&config("tools = [\"calculator\"]\nmax_steps = 3"));
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gsm8k_sample.jsonl");
+    let out = case.tmp.path().join("bench");
+    let bench = |sizes: &str| {
+        Run::from(
+            Command::new(env!("CARGO_BIN_EXE_conclave"))
+                .args(["bench", "--task", "gsm8k", "--limit", "1", "--sizes", sizes])
+                .arg("--dataset")
+                .arg(&data)
+                .arg("--config")
+                .arg(case.config())
+                .arg("--out")
+                .arg(&out)
+                .output()
+                .unwrap(),
+        )
+    };
+    let refused = bench("1,2");
+    assert_eq!(refused.code, Some(1));
+    assert!(refused.stderr.contains("--sizes 1"), "{}", refused.stderr);
+
+    let run = bench("1");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("steps/item"), "{}", run.stdout);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let series = &summary["series"][0];
+    assert_eq!(series["strategy"], "agent", "{summary}");
+    let row = &series["rows"][0];
+    assert!(row["steps_per_item"].as_f64().unwrap() >= 1.0, "{summary}");
+    assert!(row["tokens_per_item"].as_f64().unwrap() > 0.0, "{summary}");
+    let record: Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("samples.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let decided = &record["decided"][0];
+    assert_eq!(
+        decided["steps"],
+        row["steps_per_item"].as_f64().unwrap() as u64
+    );
+    // The answer is scored as a chain of thought's is: the number, against the gold one.
+    assert_eq!(
+        decided["correct"],
+        decided["answer"].as_str() == Some("7"),
+        "{record}"
+    );
+}
