@@ -1,4 +1,5 @@
 //! The `conclave` command line: one module per command.
+pub mod agent;
 pub mod ask;
 pub mod bench;
 pub mod bench_speed;
@@ -28,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Answer a prompt with one model, streaming the answer to stdout.
     Ask(Box<ask::AskArgs>),
+    /// Work on a task with tools (python, files, sub-agents) until an answer or a limit.
+    Agent(Box<agent::AgentArgs>),
     /// Accuracy and cost against ensemble size on a dataset (tables and plots in --out).
     Bench(Box<bench::BenchArgs>),
     /// Measure N samples of one prompt against one: wall time and decode tokens/s.
@@ -48,6 +51,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Ask(args) => ask::run(*args),
+        Command::Agent(args) => agent::run(*args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Bench(args) => bench::run(*args),
         Command::BenchSpeed(args) => bench_speed::run(args),

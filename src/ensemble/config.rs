@@ -145,6 +145,10 @@ struct EnsembleSpec {
     // `members` reads better in the JSON of a server request; TOML files say `[[member]]`.
     #[serde(rename = "member", alias = "members", default)]
     members: Vec<MemberSpec>,
+    /// An agent file's `[agent]` section (read by `ensemble::agent`): the same file is also
+    /// an ensemble.
+    #[serde(default, rename = "agent")]
+    _agent: Option<serde::de::IgnoredAny>,
 }
 
 /// One `[[member]]`: an agent (`model`, or `remote`) or a nested ensemble (`ensemble`, a path

@@ -1,4 +1,5 @@
 //! Several agents answer one question; an aggregation strategy combines their answers.
+pub mod agent;
 pub mod aggregate;
 pub mod ask;
 pub mod calls;
