@@ -148,7 +148,8 @@ fn python_computes_a_sha256_in_the_sandbox() {
     let want = format!("{:x}", Sha256::digest(b"conclave"));
     let case = Case::new(&config("tools = [\"python\"]\nmax_steps = 4"));
     let run = case.run(
-        "What is the SHA-256 hex digest of the string 'conclave'? Use the python tool.",
+        "What is the SHA-256 hex digest of the string 'conclave'? Use the python tool: import \
+         hashlib and print the hex digest of b'conclave'.",
         &[],
     );
     let j = case.journal();
@@ -208,13 +209,15 @@ fn steps(trace: &Value) -> usize {
 /// c. A delegated sub-task leaves a nested trace: a sub-run with steps of its own.
 #[test]
 fn a_delegate_leaves_a_nested_trace() {
+    // The top agent can only delegate; its helper has the calculator.
     let case = Case::new(&config(
-        "tools = [\"delegate\", \"calculator\"]\nmax_steps = 3\nmax_depth = 1\n\
-         max_tokens = 1500",
+        "tools = [\"delegate\"]\nmax_steps = 3\nmax_depth = 1\nmax_tokens = 1500\n\n\
+         [agent.delegates.helper]\nmodel = \"qwen2.5-coder-0.5b\"\ntools = [\"calculator\"]\n\
+         max_steps = 3",
     ));
     let run = case.run(
-        "Use the delegate tool to hand this sub-task to a helper agent: 'compute 17 * 23 with \
-         the calculator'. Then answer with the helper's result.",
+        "Use the delegate tool to hand this sub-task to the helper agent: 'compute 17 * 23 \
+         with the calculator'. Then answer with the helper's result.",
         &[],
     );
     assert!(matches!(run.code, Some(0 | 3)), "{}", run.stderr);
@@ -265,16 +268,19 @@ fn a_denied_write_never_happens_and_the_model_is_told() {
         "a denied call ran:\n{}",
         show(&j)
     );
-    // What the model got back for the denied call: a tool result saying so.
-    let told = events(&j, "result").into_iter().any(|r| {
-        r["call_id"] == denials[0]["call_id"]
-            && r["output"]
-                .as_str()
-                .unwrap_or("")
-                .to_lowercase()
-                .contains("denied")
-    });
-    assert!(told, "the model was not told of the denial:\n{}", show(&j));
+    // What the model got back for the denied call (its tool message): the denial.
+    let trace = case.trace();
+    let mut calls = Vec::new();
+    find(
+        &trace["steps"],
+        &|v| v.get("id") == Some(&denials[0]["call_id"]),
+        &mut calls,
+    );
+    let told = calls[0]["output"].as_str().unwrap_or("").to_lowercase();
+    assert!(
+        told.contains("denied"),
+        "the model was told {told:?}: {trace}"
+    );
 }
 
 /// e. A run killed with SIGKILL after its first tool result resumes to an answer without
