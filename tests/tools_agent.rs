@@ -115,7 +115,11 @@ fn python(code: &str, dir: &Path) -> String {
 
 #[test]
 fn python_runs_share_the_workspace_with_the_file_tools() {
-    let (_tmp, ws) = workspace();
+    let (tmp, ws) = workspace();
+    // A parent others may not enter, as /root is: as root the code runs as nobody, who can
+    // still use the dir (see the absolute names below).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     // A user file named like the sandbox's script survives.
     ws.write_file("main.py", "# mine").unwrap();
     python("open('state.txt', 'w').write('41')", ws.root());
@@ -127,6 +131,15 @@ fn python_runs_share_the_workspace_with_the_file_tools() {
     assert_eq!(ws.read_file("state.txt").unwrap(), "42");
     assert_eq!(ws.read_file("main.py").unwrap(), "# mine");
     assert_eq!(ws.list_dir("").unwrap(), "main.py\nstate.txt");
+    // Absolute names of the work dir work too (as nobody, the code sees the dir mounted
+    // elsewhere, where it can reach it by name).
+    let out = python(
+        "import os, tempfile\nopen(os.path.join(os.getcwd(), 'abs.txt'), 'w').write('a')\n\
+         fd, t = tempfile.mkstemp()\nos.close(fd)\nprint(os.path.dirname(t) == os.getcwd())",
+        ws.root(),
+    );
+    assert_eq!(out.trim(), "True");
+    assert_eq!(ws.read_file("abs.txt").unwrap(), "a");
 
     // The file tools' files (in a new subdir too) are readable and writable by the code, and
     // modules written there can be imported.
