@@ -1,8 +1,10 @@
 //! The tools an agent acts with: a workspace its file tools cannot leave, Python runs whose
 //! files persist in that workspace, and tools served by an MCP server over stdio.
-use conclave::tools::{run_python_in, Limits, Status, Workspace};
+mod common;
+
+use conclave::tools::{run_python_in, Limits, McpClient, McpServer, Status, Workspace};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn workspace() -> (tempfile::TempDir, Workspace) {
     let tmp = tempfile::tempdir().unwrap();
@@ -146,4 +148,148 @@ fn python_runs_share_the_workspace_with_the_file_tools() {
         python("print(open('data/out.txt').read())", ws.root()).trim(),
         "7"
     );
+}
+
+/// A server running the fixture in `mode`; `marker` (its last argument) finds its process.
+fn server(mode: &str, marker: &str, timeout_s: f64) -> McpServer {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_server.py");
+    let args = vec![script.to_str().unwrap().into(), mode.into(), marker.into()];
+    McpServer {
+        name: "notes".into(),
+        command: common::python_with_openai().to_str().unwrap().into(),
+        args,
+        env: Default::default(),
+        timeout_s,
+    }
+}
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        n += String::from_utf8_lossy(&cmd).contains(marker) as usize;
+    }
+    n
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn an_mcp_servers_tools_are_listed_and_called() {
+    block_on(async {
+        let marker = format!("marker-{}", std::process::id());
+        let client = McpClient::start(&server("--normal", &marker, 30.0))
+            .await
+            .unwrap();
+        assert_eq!(processes_with(&marker), 1);
+        let mut names: Vec<&str> = client.tools().iter().map(|t| t.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["add", "lookup_code"]);
+        let lookup = client
+            .tools()
+            .iter()
+            .find(|t| t.name == "lookup_code")
+            .unwrap();
+        assert!(lookup
+            .description
+            .as_deref()
+            .unwrap()
+            .contains("secret code"));
+        assert_eq!(lookup.input_schema["properties"]["name"]["type"], "string");
+
+        let code = client
+            .call("lookup_code", serde_json::json!({"name": "alpha"}))
+            .await
+            .unwrap();
+        assert_eq!(code, "ZX-4471-QUOKKA");
+        let sum = client
+            .call("add", serde_json::json!({"a": 2, "b": 40}))
+            .await;
+        assert_eq!(sum.unwrap(), "42");
+
+        // A tool's own error, a tool the server lacks, and bad arguments are errors that
+        // name the server and the tool; the server goes on answering.
+        let e = client
+            .call("lookup_code", serde_json::json!({"name": "zeta"}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`notes`") && e.contains("`lookup_code`"), "{e}");
+        assert!(e.contains("no code is filed under 'zeta'"), "{e}");
+        let e = client
+            .call("rm_rf", serde_json::json!({}))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no tool `rm_rf`"), "{e}");
+        let e = client
+            .call("add", serde_json::json!([1, 2]))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("JSON object"), "{e}");
+        let sum = client
+            .call("add", serde_json::json!({"a": 1, "b": 1}))
+            .await;
+        assert_eq!(sum.unwrap(), "2");
+
+        // Dropping the client kills the server.
+        drop(client);
+        let start = Instant::now();
+        while processes_with(&marker) > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the server outlived its client"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+#[test]
+fn a_dying_or_garbage_server_is_an_error_within_the_timeout() {
+    block_on(async {
+        for mode in ["--die-after-init", "--garbage"] {
+            let client = McpClient::start(&server(mode, "x", 3.0)).await.unwrap();
+            let start = Instant::now();
+            let r = client
+                .call("add", serde_json::json!({"a": 1, "b": 2}))
+                .await;
+            let took = start.elapsed();
+            let e = format!("{:#}", r.expect_err(mode));
+            eprintln!("{mode}: {e}");
+            assert!(e.contains("`notes`") && e.contains("`add`"), "{mode}: {e}");
+            assert!(took < Duration::from_secs(6), "{mode}: took {took:?}");
+            let why = match mode {
+                "--garbage" => "no answer within 3 s",
+                _ => "the server is gone",
+            };
+            assert!(e.contains(why), "{mode}: {e}");
+        }
+    });
+}
+
+#[test]
+fn a_server_that_cannot_start_is_a_clear_error() {
+    block_on(async {
+        let mut spec = server("--normal", "x", 5.0);
+        spec.command = "/nonexistent/mcp-server".into();
+        let e = format!("{:#}", McpClient::start(&spec).await.err().unwrap());
+        assert!(e.contains("`notes`") && e.contains("cannot start"), "{e}");
+        assert!(e.contains("/nonexistent/mcp-server"), "{e}");
+        // A command that runs but is no MCP server: it exits, and what it said is shown.
+        spec.command = "python3".into();
+        spec.args = vec![
+            "-c".into(),
+            "import sys; sys.exit('no such database')".into(),
+        ];
+        let e = format!("{:#}", McpClient::start(&spec).await.err().unwrap());
+        assert!(e.contains("`notes`"), "{e}");
+        assert!(e.contains("no such database"), "{e}");
+    });
 }

@@ -28,6 +28,9 @@ pub struct Row {
     pub tokens_per_item: f64,
     /// Generation seconds per item, where a run at this size was timed.
     pub seconds_per_item: Option<f64>,
+    /// Model steps per item, for an agent series.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps_per_item: Option<f64>,
 }
 
 /// Whether `rule`'s decision over these samples is correct: the winning candidate's answer
@@ -132,6 +135,7 @@ pub fn subsampled(
                 tokens_per_item: tokens / m,
                 // Only the run at the largest size was timed.
                 seconds_per_item: full.then_some(seconds / m),
+                steps_per_item: None,
             }
         })
         .collect()
@@ -163,6 +167,13 @@ pub fn decided(records: &[&Record], sizes: &[usize]) -> Vec<Row> {
                     / m,
                 tokens_per_item: runs.iter().map(|d| d.tokens as f64).sum::<f64>() / m,
                 seconds_per_item: Some(runs.iter().map(|d| d.seconds).sum::<f64>() / m),
+                // Agents record their steps; other decided series have none.
+                steps_per_item: runs
+                    .iter()
+                    .map(|d| d.steps)
+                    .sum::<Option<usize>>()
+                    .filter(|_| !runs.is_empty())
+                    .map(|s| s as f64 / m),
             }
         })
         .collect()

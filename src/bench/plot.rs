@@ -234,6 +234,7 @@ mod tests {
             oracle: (accuracy + 0.2).min(1.0),
             tokens_per_item: 50.0 * n as f64,
             seconds_per_item: None,
+            steps_per_item: None,
         };
         Summary {
             task: "gsm8k".into(),

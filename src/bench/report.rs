@@ -66,18 +66,29 @@ impl SeriesSummary {
         } else {
             String::new()
         };
+        // Agents take steps; their tables say how many per item.
+        let steps = self.rows.iter().any(|r| r.steps_per_item.is_some());
+        let (steps_head, steps_rule) = if steps {
+            (" steps/item |", "---:|")
+        } else {
+            ("", "")
+        };
         let mut s = format!(
             "## {} ({}, {}; {} items{stored})\n\n\
-             | N | accuracy | ± 95% | pass@N | tokens/item | s/item |\n\
-             |---:|---:|---:|---:|---:|---:|\n",
+             | N | accuracy | ± 95% | pass@N | tokens/item |{steps_head} s/item |\n\
+             |---:|---:|---:|---:|---:|{steps_rule}---:|\n",
             self.name, self.strategy, self.method, self.items
         );
         for r in &self.rows {
             let ci = r.ci95.map_or("–".into(), |c| format!("{c:.3}"));
             let secs = r.seconds_per_item.map_or("–".into(), |x| format!("{x:.1}"));
+            let step = match (steps, r.steps_per_item) {
+                (false, _) => String::new(),
+                (true, x) => format!(" {} |", x.map_or("–".into(), |x| format!("{x:.1}"))),
+            };
             let _ = writeln!(
                 s,
-                "| {} | {:.3} | {ci} | {:.3} | {:.0} | {secs} |",
+                "| {} | {:.3} | {ci} | {:.3} | {:.0} |{step} {secs} |",
                 r.n, r.accuracy, r.oracle, r.tokens_per_item
             );
         }
@@ -87,5 +98,45 @@ impl SeriesSummary {
             self.completion_tokens, self.wall_seconds, self.tokens_per_s
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(steps: Option<f64>) -> SeriesSummary {
+        SeriesSummary {
+            name: "s".into(),
+            strategy: "vote".into(),
+            method: "run at each size".into(),
+            samples: 0,
+            items: 2,
+            completion_tokens: 300,
+            wall_seconds: 3.0,
+            tokens_per_s: 100.0,
+            rows: vec![Row {
+                n: 1,
+                accuracy: 0.5,
+                ci95: None,
+                oracle: 0.5,
+                tokens_per_item: 150.0,
+                seconds_per_item: Some(1.5),
+                steps_per_item: steps,
+            }],
+        }
+    }
+
+    #[test]
+    fn agent_tables_add_steps_per_item() {
+        let agent = series(Some(2.5)).table();
+        assert!(
+            agent.contains("| tokens/item | steps/item | s/item |"),
+            "{agent}"
+        );
+        assert!(agent.contains("| 150 | 2.5 | 1.5 |"), "{agent}");
+        let plain = series(None).table();
+        assert!(!plain.contains("steps"), "{plain}");
+        assert!(plain.contains("| 150 | 1.5 |"), "{plain}");
     }
 }

@@ -10,7 +10,7 @@ use super::report::{SeriesSummary, Summary, INTERVAL};
 use super::sample::{self, Series};
 use super::store::{Record, SeriesKey, Settings, Store};
 use crate::engine::Engine;
-use crate::ensemble::{Runner, Strategy};
+use crate::ensemble::Strategy;
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -117,12 +117,12 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut runner = Runner::new(Engine::start());
+    let engine = Engine::start();
     let generated = todo.len();
     for (i, s) in todo {
         bar.set_message(format!("{} · {}", s.name, items[i].id));
         let rec = rt.block_on(sample::record(
-            &mut runner,
+            &engine,
             s,
             &items[i],
             i,
@@ -192,6 +192,14 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
     if series.is_empty() {
         bail!("nothing to run: give --model NAME or --config FILE (repeatable)");
     }
+    if let Some(a) = series.iter().find(|s| s.agent.is_some()) {
+        ensure!(
+            sizes == [1],
+            "--config {}: an agent runs once per item, so it is measured at size 1 only; \
+             give --sizes 1",
+            a.name
+        );
+    }
     // Names label records and plot lines, so they must differ.
     let mut seen = HashSet::new();
     for s in &mut series {
@@ -233,7 +241,9 @@ fn summarize(s: &Series, recs: &[&Record], sizes: &[usize], opts: &Options) -> S
     let (rows, method) = match s.rule {
         None => {
             let runs = s.runs(sizes);
-            let how = if runs == sizes {
+            let how = if s.agent.is_some() {
+                "an agent run per item".to_string()
+            } else if runs == sizes {
                 "run at each size".to_string()
             } else {
                 format!("run at size {}", runs[0])
@@ -253,7 +263,10 @@ fn summarize(s: &Series, recs: &[&Record], sizes: &[usize], opts: &Options) -> S
     let seconds: f64 = recs.iter().map(|r| r.seconds).sum();
     SeriesSummary {
         name: s.name.clone(),
-        strategy: s.ens.strategy.to_string(),
+        strategy: match &s.agent {
+            Some(_) => "agent".to_string(),
+            None => s.ens.strategy.to_string(),
+        },
         method,
         samples: if s.decided() { 0 } else { s.samples(sizes) },
         items: recs.len(),

@@ -7,16 +7,19 @@
 use super::code;
 use super::dataset::{Gold, Item, Task};
 use super::store::{Check, Decided, Record, Sample};
+use crate::engine::Engine;
+use crate::ensemble::agent::{self, AgentConfig, RunOptions, Task as AgentTask};
 use crate::ensemble::calls;
 use crate::ensemble::config::Quick;
 use crate::ensemble::decide::{plan, Plan, Rule};
+use crate::ensemble::extract::extract;
 use crate::ensemble::verify;
 use crate::ensemble::{AgentTrace, AnswerKind, Ask, Ensemble, Member, Runner, Strategy, Verifier};
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
-/// One line of the comparison: an ensemble and how sizes of it are measured.
+/// One line of the comparison: an ensemble and how sizes of it are measured, or an agent.
 pub struct Series {
     pub name: String,
     pub ens: Ensemble,
@@ -27,6 +30,8 @@ pub struct Series {
     /// The series whose stored samples this one decides on, by its own strategy (see
     /// [`Series::deciding`]); none for a series that generates its own.
     pub shares: Option<String>,
+    /// An agent run on each item, once (its steps decided by `ens`); its answer is scored.
+    pub agent: Option<AgentConfig>,
 }
 
 impl Series {
@@ -55,6 +60,7 @@ impl Series {
             ens,
             rule: Some(Rule::Vote),
             shares: None,
+            agent: None,
         })
     }
 
@@ -66,6 +72,9 @@ impl Series {
         max_tokens: Option<usize>,
         seed: Option<u64>,
     ) -> Result<Self> {
+        if AgentConfig::is_agent(spec) {
+            return Self::agent(spec, task, max_tokens);
+        }
         let mut ens = Ensemble::load_seeded(spec, seed)?;
         ens.answer = task.answer_kind();
         if let Some(m) = max_tokens {
@@ -76,6 +85,31 @@ impl Series {
             rule: plan(&ens).rule(),
             ens,
             shares: None,
+            agent: None,
+        })
+    }
+
+    /// An agent file or preset: run once per item, at size 1. `max_tokens` replaces the
+    /// agent's budget for the whole run (its steps keep `step_max_tokens`).
+    fn agent(spec: &str, task: Task, max_tokens: Option<usize>) -> Result<Self> {
+        ensure!(
+            task != Task::Tools,
+            "an agent runs its own tools and answers in text; `--task tools` scores the calls \
+             a model proposes: give --model or an ensemble"
+        );
+        let mut cfg = AgentConfig::load(spec)?;
+        cfg.check_unattended()?;
+        if let Some(m) = max_tokens {
+            cfg.spec.max_tokens = m;
+        }
+        let mut ens = cfg.ensemble.clone();
+        ens.answer = task.answer_kind();
+        Ok(Self {
+            name: cfg.name().to_string(),
+            ens,
+            rule: None,
+            shares: None,
+            agent: Some(cfg),
         })
     }
 
@@ -98,6 +132,7 @@ impl Series {
             ens,
             rule: Some(rule),
             shares,
+            agent: None,
         })
     }
 
@@ -108,7 +143,11 @@ impl Series {
 
     /// A digest of everything that shapes the samples: models, roles, seeds, limits.
     pub fn digest(&self) -> String {
-        format!("{:x}", Sha256::digest(format!("{:?}", self.ens).as_bytes()))
+        let mut shape = format!("{:?}", self.ens);
+        if let Some(a) = &self.agent {
+            shape.push_str(&format!("{:?}", a.spec));
+        }
+        format!("{:x}", Sha256::digest(shape.as_bytes()))
     }
 
     /// How many samples a sub-sampled series stores per item: the largest size, or all the
@@ -120,6 +159,9 @@ impl Series {
 
     /// The sizes the ensemble runs at for each item.
     pub fn runs(&self, sizes: &[usize]) -> Vec<usize> {
+        if self.agent.is_some() {
+            return vec![1];
+        }
         match (self.rule, plan(&self.ens)) {
             (Some(_), _) => vec![self.samples(sizes)],
             (None, Plan::Check { .. }) => vec![self.ens.members.len()],
@@ -161,7 +203,7 @@ fn reseed(m: &mut Member, salt: u64) {
 
 /// Generates, scores and records one item for one series.
 pub async fn record(
-    runner: &mut Runner,
+    engine: &Engine,
     series: &Series,
     item: &Item,
     index: usize,
@@ -210,7 +252,20 @@ pub async fn record(
         }
         None => Ask::from(&item.prompt),
     };
-    for n in series.runs(sizes) {
+    if let Some(cfg) = &series.agent {
+        let (d, prompt_tokens) = agent(engine, cfg, series.ens.answer, item, &mut scorer).await?;
+        rec.prompt_tokens += prompt_tokens;
+        rec.tokens += d.tokens;
+        rec.seconds += d.seconds;
+        rec.decided.push(d);
+    }
+    // An agent's one run is recorded above; an ensemble runs at each of its sizes.
+    let sizes = match series.agent {
+        Some(_) => Vec::new(),
+        None => series.runs(sizes),
+    };
+    let mut runner = Runner::new(engine.clone());
+    for n in sizes {
         let ens = sized(&series.ens, n, index);
         let checked = matches!(plan(&ens), Plan::Check { .. });
         let t = match &verifier {
@@ -234,6 +289,7 @@ pub async fn record(
                 seconds: t.seconds,
                 samples,
                 rounds: (!t.rounds.is_empty() || checked).then_some(t.rounds.len() + 1),
+                steps: None,
             });
         } else {
             for a in samples.iter().filter_map(|s| s.extracted.clone()) {
@@ -247,6 +303,63 @@ pub async fn record(
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
     Ok(rec)
+}
+
+/// Runs an agent on the item's prompt, in a run directory thrown away afterwards, and scores
+/// its answer as the task reads answers (for gsm8k, the number, as from a chain of thought).
+/// A run stopped at a limit is read from its last step's text, as a reply cut at max_tokens
+/// is. Returns the decision and the run's prompt tokens.
+async fn agent(
+    engine: &Engine,
+    cfg: &AgentConfig,
+    kind: AnswerKind,
+    item: &Item,
+    scorer: &mut Scorer<'_>,
+) -> Result<(Decided, usize)> {
+    let dir = tempfile::Builder::new()
+        .prefix("conclave-bench-agent-")
+        .tempdir()
+        .context("cannot make the agent's run directory")?;
+    let task = AgentTask::Text(item.prompt.clone());
+    let t = agent::run(
+        engine.clone(),
+        cfg,
+        task,
+        dir.path(),
+        &RunOptions::default(),
+    )
+    .await
+    .with_context(|| format!("the agent on item {}", item.id))?;
+    let text = t
+        .answer
+        .clone()
+        .or_else(|| t.steps.last().map(|s| s.text.clone()))
+        .unwrap_or_default();
+    let extracted = extract(kind, &text);
+    let correct = scorer.score(extracted.as_deref())?;
+    let tokens = t.usage.completion_tokens;
+    let sample = Sample {
+        model: cfg.name().to_string(),
+        seed: 0,
+        text,
+        extracted: extracted.clone(),
+        correct,
+        tokens,
+        logprob_mean: 0.0,
+        weight: 1.0,
+        check: None,
+    };
+    let decided = Decided {
+        n: 1,
+        answer: extracted,
+        correct,
+        tokens,
+        seconds: t.seconds,
+        samples: vec![sample],
+        rounds: None,
+        steps: Some(t.steps.len()),
+    };
+    Ok((decided, t.usage.prompt_tokens))
 }
 
 /// Scores answers against one item's gold, and checks them with the verifier a solver may

@@ -80,7 +80,8 @@ pub fn run(
     };
     // Through the engine thread, as the server's requests run; its timings are the
     // generation's own, so the hand-over to the thread is not counted.
-    let engine = Engine::start();
+    // No prefix cache: every run prefills its whole prompt, which is what is measured.
+    let engine = Engine::with_prefix_cache(0);
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let generate = |job: Job| -> Result<Output> { rt.block_on(engine.generate(job)) };
     // Warm-up (and the model's load): first-touch page faults and lazy allocations stay out

@@ -62,6 +62,9 @@ pub struct Decided {
     /// Rounds run, for strategies that go in rounds (debate, refine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rounds: Option<usize>,
+    /// Model steps an agent took (agent series only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
 }
 
 /// Everything generated for one item by one series.

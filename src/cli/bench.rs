@@ -17,7 +17,8 @@ pub struct BenchArgs {
     /// Sample one model (K samples of one prompt, majority vote).
     #[arg(long, short)]
     pub model: Option<String>,
-    /// An ensemble config (file or preset); repeat to compare several on one plot.
+    /// An ensemble config (file or preset), or an agent (a file with an `[agent]` section, or
+    /// an agent preset), run once per item at --sizes 1; repeat to compare several on one plot.
     #[arg(long = "config")]
     pub configs: Vec<String>,
     /// Ensemble sizes, comma-separated; the largest is generated, smaller ones sub-sampled.

@@ -1,6 +1,7 @@
 //! Generation: one prefill of the prompt, then N samples decoded together as one batch.
 use super::constraint::{Compiled, DeadEnd, RowConstraint};
 use super::error::JobError;
+use super::prefix::PrefixStore;
 use super::sampler::{Pick, Sampler, SamplingParams};
 use crate::model::tokenizer::Incremental;
 use crate::model::{KvCache, Model, RowLogits};
@@ -92,7 +93,11 @@ impl Completion {
 #[derive(Debug, Clone, Serialize)]
 pub struct Output {
     pub completions: Vec<Completion>,
+    /// The whole prompt's length, `cached_tokens` included.
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the engine's prefix store instead of
+    /// being prefilled: the prefill ran `prompt_tokens - cached_tokens`.
+    pub cached_tokens: usize,
     pub prefill_seconds: f64,
     pub decode_seconds: f64,
     /// Tokens produced by decode steps (all samples together).
@@ -103,8 +108,9 @@ pub struct Output {
 }
 
 impl Output {
+    /// Prompt tokens prefilled per second (those taken from the prefix store not counted).
     pub fn prefill_tok_s(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prefill_seconds.max(1e-9)
+        (self.prompt_tokens - self.cached_tokens) as f64 / self.prefill_seconds.max(1e-9)
     }
 
     pub fn decode_tok_s(&self) -> f64 {
@@ -149,13 +155,24 @@ pub(crate) struct Generation {
     decode_tokens: usize,
     peak_batch: usize,
     prefills: usize,
+    /// Prompt tokens taken from the prefix store.
+    cached: usize,
 }
 
 impl Generation {
     /// Checks the request, prefills its prompt once and samples every sample's first token
     /// from that one prefill. The cache holds one row per sample still going, in the order of
     /// [`Generation::active`]; None when every sample ended at its first token.
-    pub fn start(model: &Model, req: Request, on_text: OnText) -> Result<(Self, Option<KvCache>)> {
+    ///
+    /// With a `store` (and `key`, the model's name in it), the prefill starts after the
+    /// longest prefix of the prompt the store holds, and leaves the prompt's keys and values
+    /// there for later jobs.
+    pub fn start(
+        model: &Model,
+        req: Request,
+        store: Option<(&mut PrefixStore, &str)>,
+        on_text: OnText,
+    ) -> Result<(Self, Option<KvCache>)> {
         let n = req.samples.len();
         if n == 0 {
             bail!("no samples requested");
@@ -176,16 +193,31 @@ impl Generation {
 
         let start = Instant::now();
         let mut cache = model.new_cache(1, req.prompt.len() + max_tokens)?;
+        let mut store = store;
+        let hit = match &mut store {
+            Some((s, key)) => s.find(key, &req.prompt),
+            None => None,
+        };
+        let cached = match hit {
+            Some(hit) => {
+                cache.start_from(&hit.kv, hit.len)?;
+                hit.len
+            }
+            None => 0,
+        };
         let mut logits = Vec::new();
         // Prompt tokens the forward pass ran, to count whole prompts prefilled: one, whatever
         // the number of samples.
         let mut ran = 0;
-        for chunk in req.prompt.chunks(PREFILL_CHUNK) {
+        for chunk in req.prompt[cached..].chunks(PREFILL_CHUNK) {
             let seqs = [chunk.to_vec()];
             logits = model.step(&seqs, &mut cache)?;
             ran += seqs.iter().map(Vec::len).sum::<usize>();
         }
-        let prefills = ran / req.prompt.len();
+        let prefills = ran / (req.prompt.len() - cached);
+        if let Some((s, key)) = store {
+            s.insert(key, &req.prompt, std::sync::Arc::new(cache.row_prefix()?));
+        }
         let rows = req
             .samples
             .iter()
@@ -214,6 +246,7 @@ impl Generation {
             decode_tokens: 0,
             peak_batch: 0,
             prefills,
+            cached,
         };
         let steps: Vec<(usize, &[f32])> = (0..n).map(|s| (s, logits[0].as_slice())).collect();
         g.advance(model, &steps, on_text)?;
@@ -229,6 +262,11 @@ impl Generation {
     /// How many sequences the prompt was prefilled as (the engine's `prefills` counter).
     pub fn prefills(&self) -> usize {
         self.prefills
+    }
+
+    /// Prompt tokens taken from the prefix store (the engine's `cached_tokens` counter).
+    pub fn cached_tokens(&self) -> usize {
+        self.cached
     }
 
     /// Samples still decoding, in order.
@@ -308,6 +346,7 @@ impl Generation {
         Output {
             completions,
             prompt_tokens: self.req.prompt.len(),
+            cached_tokens: self.cached,
             prefill_seconds: self.prefill_seconds,
             decode_seconds: self.decode_seconds,
             decode_tokens: self.decode_tokens,

@@ -4,6 +4,7 @@ mod constraint;
 mod error;
 mod generate;
 mod load;
+mod prefix;
 pub mod sampler;
 mod worker;
 
@@ -14,6 +15,7 @@ pub use constraint::{Constraint, Grammar, GrammarArgs};
 pub use error::JobError;
 pub use generate::{Completion, Finish, Logprob, Output, Piece, TokenLogprobs};
 pub use load::{load_tokenizer, model_name};
+pub use prefix::PREFIX_CACHE_BYTES;
 pub use sampler::{Sampler, SamplingParams};
 pub use worker::{Engine, Job, Prompt, Stats, Stream};
 

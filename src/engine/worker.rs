@@ -13,6 +13,7 @@ use super::constraint::{Constraint, Vocab};
 use super::error::JobError;
 use super::generate::{Batch, Generation, Output, Piece, Request};
 use super::load::load;
+use super::prefix::{PrefixStore, PREFIX_CACHE_BYTES};
 use super::sampler::SamplingParams;
 use crate::model::chat::Message;
 use crate::model::tool_call::ToolDef;
@@ -107,17 +108,26 @@ pub struct Stats {
     pub cancelled: AtomicU64,
     /// Prompts prefilled: one per job, however many samples it has (they share it).
     pub prefills: AtomicU64,
+    /// Prompt tokens taken from the prefix store instead of being prefilled.
+    pub cached_tokens: AtomicU64,
 }
 
 impl Engine {
-    /// Starts the engine thread. It ends when the last handle is dropped.
+    /// Starts the engine thread, keeping recent prompts' keys and values for jobs that start
+    /// alike. It ends when the last handle is dropped.
     pub fn start() -> Self {
+        Self::with_prefix_cache(PREFIX_CACHE_BYTES)
+    }
+
+    /// Starts the engine thread with a prefix store of at most `bytes` (0: every job
+    /// prefills its whole prompt, as benchmarks of prefill need).
+    pub fn with_prefix_cache(bytes: usize) -> Self {
         let (tx, rx) = mpsc::channel::<Envelope>();
         let stats = Arc::new(Stats::default());
         let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("conclave-engine".into())
-            .spawn(move || serve(rx, &thread_stats))
+            .spawn(move || serve(rx, &thread_stats, PrefixStore::new(bytes)))
             .expect("spawning the engine thread");
         Self { tx, stats }
     }
@@ -157,7 +167,7 @@ fn abandoned(reply: &oneshot::Sender<Result<Output>>, stream: &Stream) -> bool {
     reply.is_closed() || stream.as_ref().is_some_and(|s| s.is_closed())
 }
 
-fn serve(rx: mpsc::Receiver<Envelope>, stats: &Stats) {
+fn serve(rx: mpsc::Receiver<Envelope>, stats: &Stats, mut prefixes: PrefixStore) {
     let mut models: HashMap<String, Model> = HashMap::new();
     // Each model's tokens for grammars, built on its first constrained job.
     let mut vocabs: HashMap<String, Vocab> = HashMap::new();
@@ -182,14 +192,15 @@ fn serve(rx: mpsc::Receiver<Envelope>, stats: &Stats) {
             }
             let key = next_key;
             next_key += 1;
-            let joined =
-                start(&mut models, &mut vocabs, &job, stats).and_then(|(generation, cache)| {
+            let joined = start(&mut models, &mut vocabs, &mut prefixes, &job, stats).and_then(
+                |(generation, cache)| {
                     if let Some(cache) = cache {
                         let batch = batches.entry(job.model.clone()).or_default();
                         batch.join(key, generation.active(), cache)?;
                     }
                     Ok(generation)
-                });
+                },
+            );
             match joined {
                 Ok(generation) => {
                     flight.insert(
@@ -284,10 +295,11 @@ fn step(model: &Model, batch: &mut Batch, flight: &mut HashMap<u64, InFlight>) -
 }
 
 /// Loads the model if needed, compiles the job's constraint, renders the prompt and
-/// prefills it.
+/// prefills it, after the longest prefix of it that `prefixes` holds.
 fn start(
     models: &mut HashMap<String, Model>,
     vocabs: &mut HashMap<String, Vocab>,
+    prefixes: &mut PrefixStore,
     job: &Job,
     stats: &Stats,
 ) -> Result<(Generation, Option<KvCache>)> {
@@ -320,10 +332,18 @@ fn start(
         ignore_eos: job.ignore_eos,
         constraint,
     };
-    let (g, cache) = Generation::start(model, req, &mut forward(&job.stream))?;
+    // Filler prompts measure prefill: they neither start from the store nor fill it.
+    let store = match job.prompt {
+        Prompt::Filler { .. } => None,
+        _ => Some((prefixes, job.model.as_str())),
+    };
+    let (g, cache) = Generation::start(model, req, store, &mut forward(&job.stream))?;
     stats
         .prefills
         .fetch_add(g.prefills() as u64, Ordering::SeqCst);
+    stats
+        .cached_tokens
+        .fetch_add(g.cached_tokens() as u64, Ordering::SeqCst);
     Ok((g, cache))
 }
 

@@ -8,7 +8,9 @@
 use super::config::Remote;
 use super::reply::{Replies, Reply};
 use crate::engine::{Finish, Message, SamplingParams};
-use crate::wire::{ChatCompletion, ChatMessage, ChatRequest, Common, ErrorBody, FinishReason};
+use crate::wire::{
+    ChatCompletion, ChatMessage, ChatRequest, Common, ErrorBody, FinishReason, Usage,
+};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -38,8 +40,9 @@ pub(crate) async fn answer_all(
     let mut out = Replies::default();
     for r in results {
         match r {
-            Ok((reply, prompt_tokens)) => {
-                out.prompt_tokens += prompt_tokens;
+            Ok((reply, usage)) => {
+                out.prompt_tokens += usage.prompt_tokens;
+                out.cached_tokens += usage.cached_tokens();
                 out.completion_tokens += reply.tokens;
                 out.replies.push(Ok(reply));
             }
@@ -50,13 +53,13 @@ pub(crate) async fn answer_all(
 }
 
 /// One chat completion, retried as the member's `retries` allow. Returns the reply and the
-/// prompt tokens the server reported.
+/// usage the server reported (zeros where it reported none).
 pub(crate) async fn chat(
     remote: &Remote,
     messages: &[Message],
     sampling: &SamplingParams,
     max_tokens: usize,
-) -> Result<(Reply, usize), String> {
+) -> Result<(Reply, Usage), String> {
     let url = format!("{}/chat/completions", remote.url.trim_end_matches('/'));
     let key = match &remote.api_key_env {
         Some(var) => Some(std::env::var(var).map_err(|_| {
@@ -171,8 +174,8 @@ async fn attempt_once(req: reqwest::RequestBuilder) -> Result<ChatCompletion, At
     })
 }
 
-/// The first choice of an OpenAI chat completion, and the prompt tokens the server reported.
-fn parse(c: ChatCompletion, start: Instant) -> Result<(Reply, usize), String> {
+/// The first choice of an OpenAI chat completion, and the usage the server reported.
+fn parse(c: ChatCompletion, start: Instant) -> Result<(Reply, Usage), String> {
     let choice = c
         .choices
         .into_iter()
@@ -198,7 +201,7 @@ fn parse(c: ChatCompletion, start: Instant) -> Result<(Reply, usize), String> {
         logprob_mean: 0.0,
         seconds: start.elapsed().as_secs_f64(),
     };
-    Ok((reply, usage.prompt_tokens))
+    Ok((reply, usage))
 }
 
 #[cfg(test)]
@@ -206,7 +209,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn read(v: serde_json::Value) -> Result<(Reply, usize), String> {
+    fn read(v: serde_json::Value) -> Result<(Reply, Usage), String> {
         let c: ChatCompletion = serde_json::from_value(v).map_err(|e| e.to_string())?;
         parse(c, Instant::now())
     }
@@ -218,14 +221,20 @@ mod tests {
                          "finish_reason": "length"}],
             "usage": {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}
         });
-        let (r, prompt) = read(v).unwrap();
-        assert_eq!((r.text.as_str(), r.tokens, prompt), ("42", 3, 20));
+        let (r, usage) = read(v).unwrap();
+        assert_eq!(
+            (r.text.as_str(), r.tokens, usage.prompt_tokens),
+            ("42", 3, 20)
+        );
         assert_eq!(r.finish, Some(Finish::Length));
         // Another server's reason, and no usage: an end, and no tokens counted.
         let v = json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
                                     "message": {"role": "assistant", "content": "x"}}]});
-        let (r, prompt) = read(v).unwrap();
-        assert_eq!((r.finish, r.tokens, prompt), (Some(Finish::Eos), 0, 0));
+        let (r, usage) = read(v).unwrap();
+        assert_eq!(
+            (r.finish, r.tokens, usage.prompt_tokens),
+            (Some(Finish::Eos), 0, 0)
+        );
         let err = read(json!({"choices": []})).unwrap_err();
         assert!(err.contains("no choices"), "{err}");
         let v = json!({"choices": [{"index": 0, "message": {"role": "assistant"}}]});

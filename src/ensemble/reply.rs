@@ -5,6 +5,8 @@ use crate::engine::{Finish, Output};
 #[derive(Debug, Default)]
 pub(crate) struct Replies {
     pub prompt_tokens: usize,
+    /// Of `prompt_tokens`, those taken from the engine's prefix store.
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
     /// A failed agent's entry is why it failed.
     pub replies: Vec<std::result::Result<Reply, String>>,
@@ -24,6 +26,7 @@ impl From<Output> for Replies {
         let seconds = output.prefill_seconds + output.decode_seconds;
         Replies {
             prompt_tokens: output.prompt_tokens,
+            cached_tokens: output.cached_tokens,
             completion_tokens: output.completion_tokens(),
             replies: output
                 .completions

@@ -50,8 +50,11 @@ pub struct AgentTrace {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Usage {
-    /// Prompt tokens prefilled: once per batch, however many samples share it.
+    /// Prompt tokens of the jobs run: once per batch, however many samples share it.
     pub prompt_tokens: usize,
+    /// Of `prompt_tokens`, those taken from the engine's prefix store: the prefill ran
+    /// `prompt_tokens - cached_tokens`.
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
 }
 
@@ -209,6 +212,7 @@ impl Runner {
                     Member::Ensemble(sub) => {
                         let t = self.run_inner(sub, ask, verifier).await?;
                         usage.prompt_tokens += t.usage.prompt_tokens;
+                        usage.cached_tokens += t.usage.cached_tokens;
                         usage.completion_tokens += t.usage.completion_tokens;
                         agents.push(nested(sub, t));
                     }
@@ -348,6 +352,7 @@ impl Runner {
         for (members, reserved, handle) in launched {
             let answered: Replies = handle.await??;
             usage.prompt_tokens += answered.prompt_tokens;
+            usage.cached_tokens += answered.cached_tokens;
             usage.completion_tokens += answered.completion_tokens;
             // Settle the reservation (a remote server may overshoot `max_tokens`).
             self.spent
@@ -538,6 +543,7 @@ impl Runner {
         };
         let out = self.engine.generate(job).await?;
         usage.prompt_tokens += out.prompt_tokens;
+        usage.cached_tokens += out.cached_tokens;
         usage.completion_tokens += out.completion_tokens();
         self.spent
             .fetch_add(out.completion_tokens(), Ordering::SeqCst);

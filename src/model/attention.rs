@@ -58,6 +58,78 @@ pub fn decode_rows(
     decode_values(kernel, q, (b, h, 1, d), kv, mask)
 }
 
+/// Queries a prefill task takes at once: each of them reads the row's keys up to the last
+/// of them, so smaller groups skip more of the hidden (future) positions, larger ones make
+/// fewer calls.
+const PREFILL_QUERIES: usize = 32;
+
+/// Attention for T new positions per row (a prefill chunk), each position computed as a decode
+/// step computes it: one query of `decode_rows` over the row's keys, the positions after it
+/// hidden (they weigh exactly 0, and sums run in position order). A position's output is then
+/// the same bits however the prompt was split into chunks, whatever came from a prefix cache,
+/// and as decoding it would give; candle's products and softmax were not (their sums' order
+/// follows the matrix sizes: 0.6 of a logit apart on smollm2 between one chunk and two).
+///
+/// q: [B, T, H, D], already scaled; `kv`: the layer's f16 cache after this step's append;
+/// mask: additive, [n_rep·T, L] or per row [B, 1, n_rep·T, L], as `Transformer::mask` makes
+/// it. → [B, T, H·D].
+pub fn prefill_rows(
+    q: &[f32],
+    (b, t, h, d): (usize, usize, usize, usize),
+    kv: &LayerKv,
+    mask: &Tensor,
+) -> Result<Vec<f32>> {
+    let (_, kvh, _, _) = kv.k.dims4()?;
+    let (n_rep, l) = (h / kvh, kv.len);
+    let per_row = mask.rank() == 4;
+    let mask: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut y = Vec::with_capacity(b * t * h * d);
+    for r in 0..b {
+        // Row r's keys and values as one prefix that its queries share (the kernel reads a
+        // shared prefix once for a run of rows): a view of its own buffer, or with a prefix
+        // of its own, that prefix and its own positions joined.
+        let p = kv.prefix_len(r);
+        let own = |x: &Tensor| -> Result<Tensor> {
+            let own = x.narrow(0, r, 1)?;
+            let take = own.dim(2)?.min(l - p);
+            Ok(own.narrow(2, 0, take)?)
+        };
+        let (k, v) = match &kv.prefix[r] {
+            None => (own(&kv.k)?, own(&kv.v)?),
+            Some((pk, pv)) => (
+                Tensor::cat(&[pk, &own(&kv.k)?], 2)?,
+                Tensor::cat(&[pv, &own(&kv.v)?], 2)?,
+            ),
+        };
+        let len = k.dim(2)?;
+        let row_mask = &mask[if per_row { r * n_rep * t * l } else { 0 }..];
+        for i0 in (0..t).step_by(PREFILL_QUERIES) {
+            let n = PREFILL_QUERIES.min(t - i0);
+            // The last query of the group sees no further than this (the longest row's last
+            // new position is L - 1; a shorter row's mask hides what lies past its own).
+            let lg = (l - (t - i0 - n)).min(len);
+            let empty = k.narrow(2, 0, 0)?.broadcast_as((n, kvh, 0, d))?;
+            let group = LayerKv {
+                k: empty.clone(),
+                v: empty,
+                prefix: vec![Some((k.narrow(2, 0, lg)?, v.narrow(2, 0, lg)?)); n],
+                len: lg,
+            };
+            // [n, 1, n_rep, lg] from the step's [n_rep·T, L] rows of these queries.
+            let mut m = Vec::with_capacity(n * n_rep * lg);
+            for i in i0..i0 + n {
+                for rep in 0..n_rep {
+                    m.extend_from_slice(&row_mask[(rep * t + i) * l..][..lg]);
+                }
+            }
+            let m = Tensor::from_vec(m, (n, 1, n_rep, lg), &candle_core::Device::Cpu)?;
+            let q = &q[(r * t + i0) * h * d..][..n * h * d];
+            y.extend(decode_rows(q, (n, h, d), &group, Some(&m))?);
+        }
+    }
+    Ok(y)
+}
+
 /// `decode_rows` in the given kernel, q [B, H, T, D] (T must be 1) → [B, H·D]. The mask's
 /// values are borrowed, not copied: every layer of a step reads the same mask.
 fn decode_values(

@@ -24,10 +24,42 @@ use std::sync::Arc;
 const CHUNK: usize = 256;
 
 /// The keys and values of a prompt that several rows continue: per layer, views
-/// `[1, kv_heads, len, head_dim]` of the cache it was prefilled in.
+/// `[1, kv_heads, len, head_dim]` of the cache it was prefilled in (or a copy of them).
 pub struct Prefix {
     layers: Vec<(Tensor, Tensor)>,
     len: usize,
+    /// Memory these views keep alive: the whole buffer they are views of.
+    bytes: usize,
+}
+
+impl Prefix {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of memory this prefix keeps alive (its buffer's, not only its own positions').
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Its first `len` positions, sharing its buffer.
+    fn first(&self, len: usize) -> Result<Prefix> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| Ok((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?)))
+            .collect::<Result<_>>()?;
+        Ok(Prefix {
+            layers,
+            len,
+            bytes: self.bytes,
+        })
+    }
 }
 
 /// One layer's cached keys and values after `append`, new entries included.
@@ -316,29 +348,96 @@ impl KvCache {
         if !self.device.is_cpu() || self.prefixes[0].is_some() {
             return self.select(&vec![0; n]);
         }
-        let len = self.lens[0];
-        let layers = self
-            .layers
-            .iter()
-            .map(|(k, v)| {
-                Ok((
-                    k.narrow(0, 0, 1)?.narrow(2, 0, len)?,
-                    v.narrow(0, 0, 1)?.narrow(2, 0, len)?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let prefix = Arc::new(Prefix { layers, len });
-        let mut forked = Self::new(
+        let prefix = Arc::new(self.row_prefix()?);
+        let mut forked = self.empty(n)?;
+        forked.lens = vec![prefix.len; n];
+        forked.prefixes = vec![Some(prefix); n];
+        Ok(forked)
+    }
+
+    /// An empty cache of `n` rows shaped as this one.
+    fn empty(&self, n: usize) -> Result<Self> {
+        Self::new(
             self.layers.len(),
             n,
             self.kv_heads,
             self.head_dim,
             self.max_len,
             &self.device,
-        )?;
-        forked.lens = vec![len; n];
-        forked.prefixes = vec![Some(prefix); n];
-        Ok(forked)
+        )
+    }
+
+    /// Every position row 0 holds, as a [`Prefix`] other caches can start from: views of
+    /// this cache's buffer when the row holds them all (no copy; the buffer stays alive as
+    /// long as the prefix does, and later writes go past them), else a copy joining the
+    /// row's prefix and its own positions.
+    pub fn row_prefix(&self) -> Result<Prefix> {
+        let len = self.lens[0];
+        let own = self.own(0);
+        let pre = self.prefixes[0].as_ref();
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| {
+                let (k, v) = (
+                    k.narrow(0, 0, 1)?.narrow(2, 0, own)?,
+                    v.narrow(0, 0, 1)?.narrow(2, 0, own)?,
+                );
+                Ok(match pre {
+                    None => (k, v),
+                    Some(p) => {
+                        let (pk, pv) = &p.layers[i];
+                        (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
+                    }
+                })
+            })
+            .collect::<Result<_>>()?;
+        let positions = if pre.is_some() { len } else { self.capacity };
+        let bytes = self.layers.len()
+            * 2
+            * self.batch.max(1)
+            * self.kv_heads
+            * positions
+            * self.head_dim
+            * self.dtype.size_in_bytes();
+        Ok(Prefix { layers, len, bytes })
+    }
+
+    /// Makes this empty one-row cache continue the first `len` positions of `prefix`: the
+    /// next token written goes to position `len`. On the CPU the row reads them from the
+    /// prefix's buffer, shared; elsewhere (where attention reads one buffer per row) they are
+    /// copied into the row's own.
+    pub fn start_from(&mut self, prefix: &Prefix, len: usize) -> Result<()> {
+        self.start_from_as(prefix, len, self.device.is_cpu())
+    }
+
+    /// `start_from`, sharing the prefix or copying it.
+    fn start_from_as(&mut self, prefix: &Prefix, len: usize, share: bool) -> Result<()> {
+        if self.batch != 1 || !self.is_empty() {
+            bail!("a cache starts from a prefix only when it is one empty row");
+        }
+        if len > prefix.len || len > self.max_len {
+            bail!(
+                "a prefix of {} positions has no first {len} for a cache of {}",
+                prefix.len,
+                self.max_len
+            );
+        }
+        let prefix = prefix.first(len)?;
+        if share {
+            self.lens = vec![len];
+            self.prefixes = vec![Some(Arc::new(prefix))];
+            return Ok(());
+        }
+        self.reserve(len)?;
+        for (i, (k, v)) in prefix.layers.iter().enumerate() {
+            let (k, v) = (self.stored(k)?, self.stored(v)?);
+            self.layers[i].0.slice_set(&k, 2, 0)?;
+            self.layers[i].1.slice_set(&v, 2, 0)?;
+        }
+        self.lens = vec![len];
+        Ok(())
     }
 
     /// Keeps only the given rows, in that order (sequences that finished leave the batch).
@@ -448,6 +547,59 @@ mod tests {
         let zeros = Tensor::zeros((1, 2, 4, 4), DType::F32, &dev).unwrap();
         let newcomer = Tensor::cat(&[ok, mk.narrow(0, 1, 1).unwrap(), zeros], 2).unwrap();
         assert_eq!(values(&k.narrow(0, 1, 1).unwrap()), values(&newcomer));
+    }
+
+    /// A cache started from the first positions of another's row reads as the cache that
+    /// wrote them all itself, whether it shares the prefix's buffer (the CPU) or copies it
+    /// (other devices), also when forked into samples; a cache that already continues a
+    /// prefix gives its whole row as one copy.
+    #[test]
+    fn a_cache_started_from_a_prefix_reads_as_one_written_whole() {
+        let dev = Device::Cpu;
+        let (first, rest) = (random(1, 7), random(1, 3));
+        let mut whole = KvCache::new(1, 1, 2, 4, 64, &dev).unwrap();
+        for x in [&first, &rest] {
+            whole.reserve(x.dim(2).unwrap()).unwrap();
+            whole.append(0, x, x).unwrap();
+            whole.advance(x.dim(2).unwrap());
+        }
+        let mut src = KvCache::new(1, 1, 2, 4, 64, &dev).unwrap();
+        let longer = Tensor::cat(&[first.clone(), random(1, 2)], 2).unwrap();
+        src.reserve(9).unwrap();
+        src.append(0, &longer, &longer).unwrap();
+        src.advance(9);
+        let prefix = src.row_prefix().unwrap();
+        assert_eq!(prefix.len(), 9);
+        let want = values(&whole.row_prefix().unwrap().layers[0].0);
+        for share in [true, false] {
+            let mut c = KvCache::new(1, 1, 2, 4, 64, &dev).unwrap();
+            c.start_from_as(&prefix, 7, share).unwrap();
+            assert_eq!(c.lens(), &[7]);
+            assert_eq!(c.prefixes[0].is_some(), share);
+            c.reserve(3).unwrap();
+            let kv = c.append(0, &rest, &rest).unwrap();
+            c.advance(3);
+            let (k, _) = kv.whole().unwrap();
+            assert_eq!(values(&k), want, "share: {share}");
+            // Its whole row as a prefix is one copy of all ten positions.
+            let again = c.row_prefix().unwrap();
+            assert_eq!(values(&again.layers[0].0), want, "share: {share}");
+            let f = c.fork(2).unwrap();
+            assert_eq!(f.lens(), &[10, 10]);
+            let mut f = f;
+            let (nk, nv) = (random(2, 2), random(2, 2));
+            f.reserve(2).unwrap();
+            let kv = f.append(0, &nk, &nv).unwrap();
+            let (k, _) = kv.whole().unwrap();
+            assert_eq!(
+                values(&k.narrow(2, 0, 10).unwrap().narrow(0, 1, 1).unwrap()),
+                want
+            );
+        }
+        assert!(KvCache::new(1, 1, 2, 4, 64, &dev)
+            .unwrap()
+            .start_from(&prefix, 10)
+            .is_err());
     }
 
     /// append takes the rows' layout, [batch, t, kv_heads, head_dim] seen as [batch, kv_heads,

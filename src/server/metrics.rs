@@ -220,6 +220,11 @@ impl Collector for Live {
                 "Prompts prefilled by the engine: one per job, shared by its samples.",
                 s.prefills.load(Ordering::SeqCst),
             ),
+            (
+                "cached_prompt_tokens",
+                "Prompt tokens the engine took from its prefix cache instead of prefilling.",
+                s.cached_tokens.load(Ordering::SeqCst),
+            ),
         ];
         for (name, help, v) in counters {
             let c = ConstCounter::new(v);

@@ -3,6 +3,7 @@
 //! Requests become engine jobs (one per request; `n` choices share one prefill) or ensemble
 //! runs. Admission is bounded: past `--max-queue` requests queued or running, the server
 //! answers 429 with `Retry-After` rather than queueing without end.
+mod agent;
 mod errors;
 mod metrics;
 mod openai;
@@ -149,6 +150,16 @@ impl App {
             .clone()
             .try_acquire_owned()
             .map_err(|_| ApiError::busy(self.0.opts.max_queue, 1))
+    }
+
+    /// Runs `fut` within the server's request timeout.
+    async fn within<T>(&self, fut: impl Future<Output = T>) -> Result<T, ApiError> {
+        match self.0.opts.request_timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| ApiError::timeout(t.as_secs_f64())),
+            None => Ok(fut.await),
+        }
     }
 
     pub fn router(&self) -> axum::Router {

@@ -569,7 +569,7 @@ pub fn finish_reason(f: Option<Finish>) -> FinishReason {
 }
 
 pub fn output_usage(o: &Output) -> Usage {
-    Usage::new(o.prompt_tokens, o.completion_tokens())
+    Usage::new(o.prompt_tokens, o.completion_tokens()).with_cached(o.cached_tokens)
 }
 
 pub fn choices(o: &Output) -> Vec<Answer> {

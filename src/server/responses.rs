@@ -381,9 +381,7 @@ fn whole(chat: &ChatCompletion, mut r: Response) -> Response {
         }
         out.finish(choice.finish_reason);
     }
-    r.usage = chat
-        .usage
-        .map(|u| ResponseUsage::new(u.prompt_tokens, u.completion_tokens));
+    r.usage = chat.usage.map(ResponseUsage::from);
     r.conclave = chat.conclave.clone();
     out.close(&mut r);
     r
@@ -674,8 +672,7 @@ impl Translator {
         let events = match e {
             ChatEvent::Chunk(c) => {
                 if let Some(u) = c.usage {
-                    self.response.usage =
-                        Some(ResponseUsage::new(u.prompt_tokens, u.completion_tokens));
+                    self.response.usage = Some(ResponseUsage::from(u));
                 }
                 if c.conclave.is_some() {
                     self.response.conclave = c.conclave.clone();

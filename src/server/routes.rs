@@ -4,8 +4,8 @@ use super::errors::{self, ApiError};
 use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
 use super::tools;
-use super::{metrics, responses, sse, App};
-use crate::engine::{Constraint, Grammar, Job, Message, Prompt};
+use super::{agent, metrics, responses, sse, App};
+use crate::engine::{Constraint, Finish, Grammar, Job, Message, Prompt};
 use crate::ensemble::calls::Tools;
 use crate::ensemble::{AnswerKind, Ask, Runner, Trace};
 use crate::wire::{ChatRequest, Common, CompletionRequest, ModelCard, ModelList, Usage};
@@ -171,6 +171,9 @@ async fn chat(
                  leave logprobs out or ask a single model",
             ));
         }
+        if let Some(cfg) = app.0.served.agent(name) {
+            return agent::answer(app, cfg, &req.common, &params, messages, tools).await;
+        }
         return ensemble(app, name, &req.common, &params, &messages, tools).await;
     }
     if req.common.ensemble.is_some() {
@@ -243,7 +246,8 @@ async fn generate(
         )
         .await;
     }
-    let output = within(&app, app.0.engine.generate(job))
+    let output = app
+        .within(app.0.engine.generate(job))
         .await?
         .map_err(|e| ApiError::job(&e, grammar_param))?;
     drop(permit);
@@ -254,16 +258,6 @@ async fn generate(
     }
     let body = meta.response(answers, openai::output_usage(&output));
     Ok(Json(body).into_response())
-}
-
-/// Runs `fut` within the server's request timeout.
-async fn within<T>(app: &App, fut: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
-    match app.0.opts.request_timeout {
-        Some(t) => tokio::time::timeout(t, fut)
-            .await
-            .map_err(|_| ApiError::timeout(t.as_secs_f64())),
-        None => Ok(fut.await),
-    }
 }
 
 /// An ensemble answers: the aggregated answer is `choices[0]`, the trace is `conclave`.
@@ -340,12 +334,10 @@ async fn ensemble(
     let permit = app.admit()?;
     let meta = Meta::new(&common.model, Shape::Chat);
     let engine = app.0.engine.clone();
-    let trace: Trace = within(
-        &app,
-        async move { Runner::new(engine).run(&ens, ask).await },
-    )
-    .await?
-    .map_err(|e| ApiError::job(&e, grammar_param))?;
+    let trace: Trace = app
+        .within(async move { Runner::new(engine).run(&ens, ask).await })
+        .await?
+        .map_err(|e| ApiError::job(&e, grammar_param))?;
     drop(permit);
     app.0.metrics.tokens(
         &common.model,
@@ -357,12 +349,14 @@ async fn ensemble(
     } else {
         trace.text.clone()
     };
-    let usage = Usage::new(trace.usage.prompt_tokens, trace.usage.completion_tokens);
+    let usage = Usage::new(trace.usage.prompt_tokens, trace.usage.completion_tokens)
+        .with_cached(trace.usage.cached_tokens);
     let conclave = serde_json::to_value(&trace).map_err(|e| ApiError::internal(&e.into()))?;
     if params.stream {
         return Ok(sse::whole(
             meta,
             text,
+            Finish::Stop,
             usage,
             conclave,
             params.include_usage,

@@ -1,9 +1,11 @@
-//! What a server answers for: local models (catalog models already pulled, or `--models`) and
-//! ensembles (`conclave/<preset>` for the compiled-in presets and each `--config` file).
+//! What a server answers for: local models (catalog models already pulled, or `--models`),
+//! ensembles (`conclave/<preset>` for the compiled-in presets and each `--config` file) and
+//! agents (`conclave/<name>` for each `--config` file with an `[agent]` section).
 //!
 //! Requests name models only from these lists: a request can never make the server read a
 //! file, download a model or load one it was not started with.
 use super::errors::ApiError;
+use crate::ensemble::agent::AgentConfig;
 use crate::ensemble::config::preset_names;
 use crate::ensemble::{AnswerKind, Ensemble, Member, Strategy, WeightBy};
 use crate::store::fetch;
@@ -11,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The prefix that marks an ensemble in a request's `model`.
 pub const ENSEMBLE_PREFIX: &str = "conclave/";
@@ -29,6 +31,8 @@ pub struct Served {
     /// Ensemble name (after `conclave/`) → where it comes from, for those whose local models
     /// are all served.
     ensembles: BTreeMap<String, Source>,
+    /// Agent name (after `conclave/`) → its config, loaded and checked at start.
+    agents: BTreeMap<String, AgentConfig>,
     allow_tools: bool,
 }
 
@@ -56,6 +60,7 @@ impl Served {
         let mut served = Self {
             models,
             ensembles: BTreeMap::new(),
+            agents: BTreeMap::new(),
             allow_tools,
         };
         for name in preset_names() {
@@ -68,6 +73,10 @@ impl Served {
             }
         }
         for path in configs {
+            if path.is_file() && AgentConfig::is_agent(&path.display().to_string()) {
+                served.add_agent(path)?;
+                continue;
+            }
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -92,6 +101,45 @@ impl Served {
         Ok(served)
     }
 
+    /// Serves the agent file `path` as `conclave/<its name>`: it runs tools, so only with
+    /// `allow_tools`, and nobody can answer its `ask` rules.
+    fn add_agent(&mut self, path: &Path) -> Result<()> {
+        let at = || format!("--config {}", path.display());
+        let cfg = AgentConfig::load(&path.display().to_string()).with_context(at)?;
+        if !self.allow_tools {
+            bail!(
+                "--config {}: an agent runs tools; start the server with --allow-tools to \
+                 serve it",
+                path.display()
+            );
+        }
+        cfg.check_unattended().with_context(at)?;
+        let mut steps = vec![&cfg];
+        while let Some(c) = steps.pop() {
+            if let Some(m) = self.missing(&c.ensemble) {
+                bail!(
+                    "{}: its model `{m}` is not served (add it to --models)",
+                    at()
+                );
+            }
+            steps.extend(c.delegates.values());
+        }
+        let name = cfg.name().to_string();
+        if self.agents.contains_key(&name) || self.ensembles.contains_key(&name) {
+            bail!(
+                "{}: `conclave/{name}` is served already; give the agent another `name`",
+                at()
+            );
+        }
+        self.agents.insert(name, cfg);
+        Ok(())
+    }
+
+    /// The agent `conclave/<name>` names, if it is one.
+    pub fn agent(&self, name: &str) -> Option<AgentConfig> {
+        self.agents.get(name).cloned()
+    }
+
     fn build(&self, src: &Source, seed: Option<u64>) -> Result<Ensemble> {
         match src {
             Source::Preset(name) => Ensemble::load_seeded(name, seed),
@@ -100,10 +148,11 @@ impl Served {
         }
     }
 
-    /// Ensemble ids as requests name them: `conclave/<name>`.
+    /// Ensemble and agent ids as requests name them: `conclave/<name>`.
     pub fn ensemble_ids(&self) -> Vec<String> {
         self.ensembles
             .keys()
+            .chain(self.agents.keys())
             .map(|k| format!("{ENSEMBLE_PREFIX}{k}"))
             .collect()
     }
@@ -252,6 +301,7 @@ mod tests {
             // vote8 runs qwen; smollm2 is what the overrides name.
             models: vec!["smollm2-135m".into(), "qwen2.5-coder-0.5b".into()],
             ensembles: [("vote8".to_string(), Source::Preset("vote8"))].into(),
+            agents: BTreeMap::new(),
             allow_tools: false,
         }
     }

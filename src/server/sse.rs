@@ -219,11 +219,12 @@ async fn pump(
 pub fn whole(
     meta: Meta,
     text: String,
+    finish: Finish,
     usage: Usage,
     conclave: Value,
     include_usage: bool,
 ) -> Response {
-    let mut last = meta.chat_chunk(0, false, "", None, Some(Finish::Stop));
+    let mut last = meta.chat_chunk(0, false, "", None, Some(finish));
     last.conclave = Some(conclave);
     let mut events = vec![
         data(&meta.chat_chunk(0, true, &text, None, None)),

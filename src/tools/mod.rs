@@ -1,15 +1,19 @@
-//! Tools that check what agents say: a sandbox that runs untrusted Python, and a calculator.
+//! Tools that check what agents say and that agents act with: a sandbox that runs untrusted
+//! Python, a calculator, a workspace that confines file tools, and a client for tools served
+//! by MCP servers.
 //!
 //! An agent's config names the tools it may be used with (`tools = ["python"]`); strategies
 //! that run an agent's code or check its arithmetic refuse agents without the permission.
 pub mod calc;
 mod confine;
 mod isolation;
+pub mod mcp;
 pub mod sandbox;
 pub mod workspace;
 
 pub use confine::Limits;
 pub use isolation::{isolation, run_python, run_python_in, Isolation, Layer};
+pub use mcp::{McpClient, McpServer, McpTool};
 pub use sandbox::{Outcome, Status};
 pub use workspace::Workspace;
 

@@ -19,6 +19,6 @@ pub use request::{
 };
 pub use response::{
     ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChunkChoice, Completion, Delta,
-    FinishReason, FunctionDelta, ModelCard, ModelList, TextChoice, TextCompletion, TextLogprobs,
-    TokenLogprob, ToolCallDelta, TopLogprob, Usage,
+    FinishReason, FunctionDelta, ModelCard, ModelList, PromptTokensDetails, TextChoice,
+    TextCompletion, TextLogprobs, TokenLogprob, ToolCallDelta, TopLogprob, Usage,
 };

@@ -29,6 +29,17 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// How much of the prompt was not prefilled (OpenAI's `CompletionUsage`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// `prompt_tokens_details` of a [`Usage`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose keys and values came from the server's prefix cache.
+    pub cached_tokens: usize,
 }
 
 impl Usage {
@@ -37,7 +48,21 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: None,
         }
+    }
+
+    /// This usage, reporting `cached_tokens` of its prompt tokens as taken from a cache.
+    pub fn with_cached(self, cached_tokens: usize) -> Self {
+        Self {
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens }),
+            ..self
+        }
+    }
+
+    /// Prompt tokens taken from a cache (0 when the server did not say).
+    pub fn cached_tokens(&self) -> usize {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
     }
 }
 

@@ -293,6 +293,19 @@ impl ResponseUsage {
     }
 }
 
+/// A chat completion's usage as a response's: its cached prompt tokens are the response's
+/// cached input tokens.
+impl From<super::Usage> for ResponseUsage {
+    fn from(u: super::Usage) -> Self {
+        Self {
+            input_tokens_details: InputTokensDetails {
+                cached_tokens: u.cached_tokens(),
+            },
+            ..Self::new(u.prompt_tokens, u.completion_tokens)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputTokensDetails {
     pub cached_tokens: usize,

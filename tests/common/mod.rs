@@ -55,7 +55,7 @@ pub fn python_with_openai() -> PathBuf {
     let ready = dir.join("ready");
     let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
     lock.lock().unwrap();
-    let packages = ["openai", "prometheus-client", "jsonschema"];
+    let packages = ["openai", "prometheus-client", "jsonschema", "mcp"];
     // `ready` lists what was installed: a list grown since is installed into the same venv.
     let installed = std::fs::read_to_string(&ready).ok();
     if installed.as_deref() == Some(&packages.join(" ")) {

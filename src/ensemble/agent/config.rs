@@ -127,6 +127,20 @@ impl AgentConfig {
         }
     }
 
+    /// Whether `spec` names an agent: a file with an `[agent]` section, or an agent preset.
+    /// A file that cannot be read or parsed is not one (loading it as an ensemble says why).
+    pub fn is_agent(spec: &str) -> bool {
+        let path = Path::new(spec);
+        if path.is_file() {
+            return std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+                .is_some_and(|t| t.contains_key("agent"));
+        }
+        let name = spec.strip_prefix("conclave/").unwrap_or(spec);
+        PRESETS.iter().any(|(n, _)| *n == name)
+    }
+
     /// Parses a file's text; `stem` names the agent when `[agent]` has no `name`, and relative
     /// ensemble paths are read from `dir`.
     pub fn from_toml(text: &str, stem: &str, dir: &Path) -> Result<AgentConfig> {
