@@ -55,7 +55,7 @@ impl Usage {
     pub fn of(t: &Trace) -> Self {
         Usage {
             prompt_tokens: t.usage.prompt_tokens,
-            cached_tokens: 0,
+            cached_tokens: t.usage.cached_tokens,
             completion_tokens: t.usage.completion_tokens,
         }
     }
