@@ -183,6 +183,9 @@ impl State {
     }
 }
 
+/// How a run ended: its answer, if any, and why it stopped.
+type Ended = (Option<String>, Stop);
+
 /// One agent of the tree at its depth; only the top one journals.
 pub(super) struct Agent<'a> {
     pub tree: &'a Tree,
@@ -680,7 +683,7 @@ impl Agent<'_> {
     fn drive_boxed<'b>(
         &'b self,
         st: &'b mut State,
-    ) -> Pin<Box<dyn Future<Output = Result<(Option<String>, Stop)>> + Send + 'b>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Ended>> + Send + 'b>> {
         Box::pin(self.drive(st))
     }
 }

@@ -24,8 +24,8 @@ pub fn def(name: &str, delegates: &[String]) -> ToolDef {
     let path = json!({"type": "string", "description": "A path relative to the workspace."});
     let (description, parameters) = match name {
         "python" => (
-            "Run Python 3 code. print() what you need: only printed output comes back. Files \
-             in the current directory persist between calls.",
+            "Run a Python 3 script and get back what it prints; the value of its last line \
+             is printed too. Files in the current directory persist between calls.",
             json!({"type": "object", "properties": {"code": {"type": "string"}},
                    "required": ["code"]}),
         ),
@@ -135,7 +135,8 @@ impl Toolbox {
         let ok = |output: String| Ok(Done { ok: true, output });
         match name {
             "python" => {
-                let out = run_python_in(arg(name, args, "code")?, ws.root(), &self.limits)?;
+                let code = last_value_printed(arg(name, args, "code")?);
+                let out = run_python_in(&code, ws.root(), &self.limits)?;
                 Ok(python_report(&out))
             }
             "calculator" => {
@@ -165,6 +166,24 @@ fn arg<'a>(tool: &str, args: &'a Value, key: &str) -> Result<&'a str> {
     args.get(key)
         .and_then(Value::as_str)
         .with_context(|| format!("{tool} needs a string argument `{key}`; the call gave {args}"))
+}
+
+/// `code` run so that the value of its last statement, when that is an expression or a
+/// `return` (which small models write at the top level), is printed, as a notebook shows a
+/// cell's last value. A last line that already calls `print` is left alone.
+fn last_value_printed(code: &str) -> String {
+    // A JSON string is a valid Python string literal (serde_json writes no `\/`).
+    let src = serde_json::to_string(code).expect("a string serializes");
+    format!(
+        "import ast as _ast\n\
+         _tree = _ast.parse({src}, 'main.py')\n\
+         _last = _tree.body[-1] if _tree.body else None\n\
+         if isinstance(_last, (_ast.Expr, _ast.Return)) and _last.value is not None and not (\n\
+         \x20   isinstance(_last.value, _ast.Call) and getattr(_last.value.func, 'id', '') == 'print'):\n\
+         \x20   _tree.body[-1] = _ast.Expr(_ast.Call(_ast.Name('print', _ast.Load()), [_last.value], []))\n\
+         \x20   _ast.fix_missing_locations(_tree)\n\
+         exec(compile(_tree, 'main.py', 'exec'), {{'__name__': '__main__'}})\n"
+    )
 }
 
 /// What the model reads of a python run: its output and, when it failed, how.
@@ -270,6 +289,18 @@ mod tests {
             .await;
         assert!(!d.ok && d.output.contains("ValueError: bad"), "{d:?}");
         let d = tb.call("python", &json!({"code": "x = 1"})).await;
-        assert!(d.ok && d.output.contains("print()"), "{d:?}");
+        assert!(d.ok && d.output.contains("no output"), "{d:?}");
+        // The last line's value is printed, a top-level `return` included, once.
+        let d = tb
+            .call(
+                "python",
+                &json!({"code": "import hashlib; return hashlib.sha256(b'a').hexdigest()[:8]"}),
+            )
+            .await;
+        assert_eq!(d.output, "ca978112");
+        let d = tb.call("python", &json!({"code": "x = 6\nx * 7"})).await;
+        assert_eq!(d.output, "42");
+        let d = tb.call("python", &json!({"code": "print('once')"})).await;
+        assert_eq!(d.output, "once");
     }
 }
