@@ -33,8 +33,13 @@ fn run(engine: &Engine, job: Job) -> Output {
     rt.block_on(engine.generate(job)).unwrap()
 }
 
-fn tokens(o: &Output) -> Vec<&[u32]> {
-    o.completions.iter().map(|c| c.tokens.as_slice()).collect()
+/// Each sample's tokens and the bits of its summed log-probability: a cached prefix gives
+/// the very logits a cold prefill gives, not close ones.
+fn tokens(o: &Output) -> Vec<(&[u32], u32)> {
+    o.completions
+        .iter()
+        .map(|c| (c.tokens.as_slice(), c.logprob_sum.to_bits()))
+        .collect()
 }
 
 /// Turn 2 starts from turn 1's prompt, turn 3 from turn 2's; each answers as the same prompt
