@@ -3,6 +3,7 @@
 use super::policy::{Policy, Rule};
 use super::toolbox::BUILTINS;
 use crate::ensemble::{Ensemble, Strategy};
+use crate::tools::McpServer;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -56,6 +57,10 @@ pub struct AgentSpec {
     pub policy: Vec<Rule>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub delegates: BTreeMap<String, AgentSpec>,
+    /// MCP servers over stdio whose tools are offered beside `tools` (top agent and its
+    /// copies only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp: Vec<McpServer>,
 }
 
 fn one() -> usize {
@@ -179,6 +184,15 @@ impl AgentConfig {
             }
         }
         let policy = Policy::new(spec.policy.clone())?;
+        let mut servers = std::collections::BTreeSet::new();
+        for m in &spec.mcp {
+            if !servers.insert(m.name.as_str()) {
+                bail!(
+                    "two [[agent.mcp]] servers are named `{}`: names must differ",
+                    m.name
+                );
+            }
+        }
         if spec.samples == 0 || spec.max_steps == 0 {
             bail!("`samples` and `max_steps` must be at least 1");
         }
@@ -210,6 +224,12 @@ impl AgentConfig {
                 if p.is_file() {
                     d.ensemble = Some(p.canonicalize().unwrap_or(p).display().to_string());
                 }
+            }
+            if !d.mcp.is_empty() {
+                bail!(
+                    "in [agent.delegates.{name}]: `mcp` is read from the top [agent] only (its \
+                     copies share its servers); move the server there"
+                );
             }
             let cfg = Self::build(d, None, dir)
                 .with_context(|| format!("in [agent.delegates.{name}]"))?;

@@ -3,6 +3,7 @@
 //! and journaled, so that a killed run can be resumed. See `run` for the loop.
 mod config;
 mod journal;
+mod mcp;
 mod policy;
 mod resume;
 mod run;

@@ -164,6 +164,13 @@ pub fn rebuild(events: &[Event], cfg: &AgentConfig) -> Result<Rebuilt> {
 /// Continues the run journaled in `dir`: one that finished gives back its answer and runs
 /// nothing.
 pub async fn resume(engine: Engine, dir: &Path, opts: &RunOptions) -> Result<RunTrace> {
+    if !journal_path(dir).is_file() {
+        bail!(
+            "cannot resume {}: it has no journal.jsonl, so it is not an agent's run directory \
+             (`conclave agent` prints `run dir: DIR` when it starts)",
+            dir.display()
+        );
+    }
     let cfg_path = config_path(dir);
     let cfg = AgentConfig::load(&cfg_path.display().to_string())
         .with_context(|| format!("cannot resume {}: its config", dir.display()))?;
@@ -194,7 +201,8 @@ pub async fn resume(engine: Engine, dir: &Path, opts: &RunOptions) -> Result<Run
     if opts.progress {
         eprintln!("resuming after step {after_step}");
     }
-    let tree = Tree::new(engine, &cfg, dir, opts, r.usage.completion_tokens)?;
+    let mcp = super::mcp::McpTools::start(&cfg.spec.mcp).await?;
+    let tree = Tree::new(engine, &cfg, dir, opts, r.usage.completion_tokens, mcp)?;
     let mut state = State::new(r.task, r.messages);
     state.steps = r.steps;
     state.usage = r.usage;

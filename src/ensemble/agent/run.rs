@@ -3,6 +3,7 @@
 //! Delegates are sub-runs of the same loop sharing the tree's token budget and deadline.
 use super::config::AgentConfig;
 use super::journal::{Event, Journal};
+use super::mcp::McpTools;
 use super::policy::{Decision, Ruling};
 use super::toolbox::{def, Done, Toolbox};
 use super::trace::{CallTrace, RunTrace, StepTrace, Stop, Usage};
@@ -108,7 +109,8 @@ pub async fn run(
             Task::Conversation(m) => Some(m.clone()),
         },
     })?;
-    let tree = Tree::new(engine, cfg, dir, opts, 0)?;
+    let mcp = McpTools::start(&cfg.spec.mcp).await?;
+    let tree = Tree::new(engine, cfg, dir, opts, 0, mcp)?;
     let state = State::new(task.text(), task.messages(cfg));
     let agent = Agent {
         tree: &tree,
@@ -131,6 +133,8 @@ pub(super) struct Tree {
     opts: RunOptions,
     /// (agent, rule) pairs the user answered "always" to.
     always: Mutex<HashSet<(String, usize)>>,
+    /// The top agent's MCP servers, offered to it and to its copies.
+    mcp: McpTools,
 }
 
 impl Tree {
@@ -140,6 +144,7 @@ impl Tree {
         dir: &Path,
         opts: &RunOptions,
         spent: usize,
+        mcp: McpTools,
     ) -> Result<Self> {
         Ok(Tree {
             engine,
@@ -150,6 +155,7 @@ impl Tree {
             workspace: Arc::new(Workspace::open(&dir.join("workspace"))?),
             opts: opts.clone(),
             always: Mutex::new(HashSet::new()),
+            mcp,
         })
     }
 
@@ -168,6 +174,8 @@ pub(super) struct State {
     pub usage: Usage,
     pub notes: Vec<String>,
     pub started: Instant,
+    /// Steps drawn warmer because the model was stuck on a failed call.
+    pub warm_draws: usize,
 }
 
 impl State {
@@ -179,6 +187,7 @@ impl State {
             usage: Usage::default(),
             notes: Vec::new(),
             started: Instant::now(),
+            warm_draws: 0,
         }
     }
 }
@@ -271,15 +280,31 @@ impl Agent<'_> {
         }
     }
 
-    /// The tools offered: the config's built-ins.
+    /// The tools offered: the config's built-ins, then its MCP servers' tools.
     fn defs(&self) -> Vec<ToolDef> {
         let delegates: Vec<String> = self.cfg.delegates.keys().cloned().collect();
-        self.cfg
+        let mut defs: Vec<ToolDef> = self
+            .cfg
             .spec
             .tools
             .iter()
             .map(|t| def(t, &delegates))
-            .collect()
+            .collect();
+        if self.has_mcp() {
+            defs.extend(self.tree.mcp.defs().iter().cloned());
+        }
+        defs
+    }
+
+    /// Whether this agent is offered the tree's MCP tools: the top agent declares them, and
+    /// copies of it (delegates without a name) share them.
+    fn has_mcp(&self) -> bool {
+        !self.cfg.spec.mcp.is_empty()
+    }
+
+    fn offers(&self, tool: &str) -> bool {
+        self.cfg.spec.tools.iter().any(|t| t == tool)
+            || (self.has_mcp() && self.tree.mcp.offers(tool))
     }
 
     /// Steps until an answer or a limit.
@@ -304,10 +329,36 @@ impl Agent<'_> {
             // (cf. d6ea8a7), so after a repeated call, and on the last step, comes an answer
             // turn: only `final_answer` may be called, after a nudge. (A turn without tools
             // had the 0.5B model write the call's JSON again as its answer.)
-            let repeated = st
-                .steps
-                .last()
-                .is_some_and(|s| s.calls.iter().any(|c| c.by.starts_with(REPEAT)));
+            // A repeat of a call that failed is no sign the model knows the answer: it is
+            // stuck, and greedy decoding would write the same call again. That step is drawn
+            // again warmer instead of ending in an answer turn.
+            let (repeated, stuck) = match st.steps.last() {
+                Some(s) => {
+                    let earlier = |c: &CallTrace| {
+                        let id = c.by.strip_prefix(REPEAT)?;
+                        st.steps.iter().flat_map(|s| &s.calls).find(|e| e.id == id)
+                    };
+                    let repeats: Vec<&CallTrace> =
+                        s.calls.iter().filter_map(|c| earlier(c)).collect();
+                    let stuck = !repeats.is_empty() && repeats.iter().all(|e| e.ok == Some(false));
+                    (!repeats.is_empty() && !stuck, stuck)
+                }
+                None => (false, false),
+            };
+            // Still stuck after WARM_DRAWS tries: the answer turn, as for other repeats.
+            let (repeated, stuck) = if stuck && st.warm_draws >= WARM_DRAWS {
+                (true, false)
+            } else {
+                (repeated, stuck)
+            };
+            if stuck {
+                st.warm_draws += 1;
+                ens = warmer(&ens, step);
+                st.notes.push(format!(
+                    "step {step} was drawn at temperature {WARM} (the last call repeated one that \
+                     had failed)"
+                ));
+            }
             let answer_turn = repeated || step == self.cfg.spec.max_steps;
             let tools = Tools {
                 defs: defs.clone(),
@@ -474,7 +525,7 @@ impl Agent<'_> {
             seconds: 0.0,
             delegate: None,
         };
-        if !self.cfg.spec.tools.contains(&call.name) {
+        if !self.offers(&call.name) {
             trace.by = UNKNOWN.into();
             trace.output = not_run(UNKNOWN, call, self.cfg, &st.steps);
             self.log(Event::Decision {
@@ -490,7 +541,7 @@ impl Agent<'_> {
         let (decision, by) = match repeat_of(call, st) {
             Some(id) => {
                 st.notes.push(format!(
-                    "step {step}: {} repeats {id} and was not run; the next step is an answer turn",
+                    "step {step}: {} repeats {id} and was not run",
                     call.id
                 ));
                 (Decision::Deny, format!("{REPEAT}{id}"))
@@ -519,6 +570,12 @@ impl Agent<'_> {
         let started = Instant::now();
         let (done, sub, usage) = if call.name == "delegate" {
             self.delegate(call, st).await?
+        } else if self.tree.mcp.offers(&call.name) {
+            (
+                self.tree.mcp.call(&call.name, &call.arguments).await,
+                None,
+                None,
+            )
         } else {
             let tb = Toolbox::new(self.tree.workspace.clone(), self.cfg.spec.tool_timeout_s);
             (tb.call(&call.name, &call.arguments).await, None, None)
@@ -717,6 +774,25 @@ const UNKNOWN: &str = "unknown tool";
 /// The `by` of a call that repeats an earlier one that ran (followed by that one's id).
 const REPEAT: &str = "repeat of ";
 
+/// The temperature a step is drawn at after the model repeated a failed call.
+const WARM: f32 = 0.7;
+
+/// Warmer draws a run may take before a stuck model gets the answer turn.
+const WARM_DRAWS: usize = 2;
+
+/// `ens` with its agents drawing at [`WARM`] at least, seeded by the step, so that a stuck
+/// greedy agent writes something else.
+fn warmer(ens: &crate::ensemble::Ensemble, step: usize) -> crate::ensemble::Ensemble {
+    let mut ens = ens.clone();
+    for m in &mut ens.members {
+        if let crate::ensemble::Member::Agent(a) = m {
+            a.sampling.temperature = a.sampling.temperature.max(WARM);
+            a.sampling.seed = a.sampling.seed.wrapping_add(step as u64);
+        }
+    }
+    ens
+}
+
 /// The id of an earlier call of this run with the same name and arguments that ran.
 fn repeat_of(call: &ToolCall, st: &State) -> Option<String> {
     let key = call.canonical();
@@ -731,12 +807,17 @@ fn repeat_of(call: &ToolCall, st: &State) -> Option<String> {
 /// resumed run tells the model the same).
 pub(super) fn not_run(by: &str, call: &ToolCall, cfg: &AgentConfig, steps: &[StepTrace]) -> String {
     if let Some(id) = by.strip_prefix(REPEAT) {
-        let earlier = steps
-            .iter()
-            .flat_map(|s| &s.calls)
-            .find(|c| c.id == id)
-            .map_or("", |c| c.output.as_str());
-        return format!("already called; its result was: {earlier}");
+        let Some(earlier) = steps.iter().flat_map(|s| &s.calls).find(|c| c.id == id) else {
+            return "already called; its result is above.".into();
+        };
+        if earlier.ok == Some(false) {
+            return format!(
+                "not run: this exact call already failed with: {}\nDo not repeat it: change the \
+                 code or the arguments.",
+                earlier.output
+            );
+        }
+        return format!("already called; its result was: {}", earlier.output);
     }
     if by == UNKNOWN {
         return format!(
