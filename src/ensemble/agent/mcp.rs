@@ -2,7 +2,7 @@
 //! starts, offered under their own names beside the built-ins, and called through
 //! `tools::McpClient`. A server that dies or answers garbage makes its call a tool error the
 //! model reads; the run goes on.
-use super::toolbox::{Done, BUILTINS};
+use super::toolbox::{Done, BUILTINS, FINAL};
 use crate::engine::ToolDef;
 use crate::tools::{McpClient, McpServer};
 use anyhow::{bail, Context, Result};
@@ -29,7 +29,7 @@ impl McpTools {
                 format!("starting MCP server `{}` of [[agent.mcp]]", spec.name)
             })?);
             for t in client.tools() {
-                if BUILTINS.contains(&t.name.as_str()) || t.name == super::run::FINAL {
+                if BUILTINS.contains(&t.name.as_str()) || t.name == FINAL {
                     bail!(
                         "MCP server `{}` offers a tool named `{}`, which is a built-in tool's \
                          name: rename it in the server or leave the server out",

@@ -5,7 +5,7 @@ use super::config::AgentConfig;
 use super::journal::{Event, Journal};
 use super::mcp::McpTools;
 use super::policy::{Decision, Ruling};
-use super::toolbox::{def, Done, Toolbox};
+use super::toolbox::{def, Done, Toolbox, FINAL};
 use super::trace::{CallTrace, RunTrace, StepTrace, Stop, Usage};
 use crate::engine::{Engine, Message, ToolCall, ToolDef};
 use crate::ensemble::calls::{self, Choice, Tools};
@@ -338,8 +338,7 @@ impl Agent<'_> {
                         let id = c.by.strip_prefix(REPEAT)?;
                         st.steps.iter().flat_map(|s| &s.calls).find(|e| e.id == id)
                     };
-                    let repeats: Vec<&CallTrace> =
-                        s.calls.iter().filter_map(|c| earlier(c)).collect();
+                    let repeats: Vec<&CallTrace> = s.calls.iter().filter_map(earlier).collect();
                     let stuck = !repeats.is_empty() && repeats.iter().all(|e| e.ok == Some(false));
                     (!repeats.is_empty() && !stuck, stuck)
                 }
@@ -752,9 +751,6 @@ pub(super) fn tool_message(id: &str, output: &str) -> Message {
         ..Message::new("tool", output)
     }
 }
-
-/// The tool whose call is the run's answer (offered to every agent).
-pub(super) const FINAL: &str = "final_answer";
 
 /// A `final_answer` call's answer: its `answer` argument (a string, or other JSON as text).
 pub(super) fn final_text(c: &ToolCall) -> String {

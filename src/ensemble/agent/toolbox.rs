@@ -8,6 +8,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The tool whose call is the run's answer (offered to every agent).
+pub const FINAL: &str = "final_answer";
+
 /// Names of the built-in tools, as `tools = [...]` lists them.
 pub const BUILTINS: &[&str] = &[
     "python",
