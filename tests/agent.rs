@@ -465,7 +465,7 @@ fn resuming_a_dir_without_a_journal_is_a_clear_error() {
 #[test]
 fn a_tool_output_asking_for_a_denied_call_is_still_denied() {
     let case = Case::new(&config(
-        "tools = [\"python\", \"write_file\"]\nmax_steps = 3\n\n\
+        "tools = [\"python\", \"write_file\"]\nmax_steps = 5\n\n\
          [[agent.policy]]\ntool = \"write_file\"\ndecision = \"deny\"",
     ));
     let run = case.run(
