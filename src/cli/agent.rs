@@ -53,7 +53,11 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let (trace, dir) = match &args.resume {
         Some(dir) => {
             eprintln!("run dir: {}", dir.display());
-            let t = rt.block_on(agent::resume(Engine::start(), dir, &opts))?;
+            let t = rt.block_on(agent::resume(
+                Engine::with_default_prefix_cache(),
+                dir,
+                &opts,
+            ))?;
             (t, dir.clone())
         }
         None => {
@@ -77,7 +81,13 @@ pub fn run(args: AgentArgs) -> Result<()> {
             let dir = args.dir.clone().unwrap_or_else(default_dir);
             eprintln!("run dir: {}", dir.display());
             let task = Task::Text(args.task.clone().unwrap_or_default());
-            let t = rt.block_on(agent::run(Engine::start(), &cfg, task, &dir, &opts))?;
+            let t = rt.block_on(agent::run(
+                Engine::with_default_prefix_cache(),
+                &cfg,
+                task,
+                &dir,
+                &opts,
+            ))?;
             (t, dir)
         }
     };

@@ -113,9 +113,20 @@ pub struct Stats {
 }
 
 impl Engine {
-    /// Starts the engine thread, keeping recent prompts' keys and values for jobs that start
-    /// alike. It ends when the last handle is dropped.
+    /// Starts the engine thread without a prefix store: every job prefills its whole prompt.
+    /// It ends when the last handle is dropped.
+    ///
+    /// A job started from a cached prefix prefills its new positions in a chunk of another
+    /// size than a cold prefill would, and candle's prefill attention sums in an order that
+    /// follows the chunk's size: a greedy answer of smollm2 can then differ from the cold
+    /// one. Until the prefill is exact across chunkings (issue 28), only the agent loop,
+    /// whose steps each extend the last, keeps a store ([`Engine::with_prefix_cache`]).
     pub fn start() -> Self {
+        Self::with_prefix_cache(0)
+    }
+
+    /// Starts the engine thread with the default prefix store ([`PREFIX_CACHE_BYTES`]).
+    pub fn with_default_prefix_cache() -> Self {
         Self::with_prefix_cache(PREFIX_CACHE_BYTES)
     }
 

@@ -62,6 +62,11 @@ pub struct Options {
     /// cannot make the server run anything.
     #[arg(long)]
     pub allow_tools: bool,
+    /// MiB of recent prompts' keys and values kept so that a request starting like an earlier
+    /// one prefills only the rest (0: none). Off by default: a cached start may change a
+    /// greedy answer's last bits (see `Engine::start`).
+    #[arg(long, default_value_t = 0)]
+    pub prefix_cache_mb: usize,
 }
 
 /// Longest a request may take; None for no limit. A named alias so that clap takes the
@@ -226,7 +231,8 @@ pub fn run(opts: Options) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let app = App::new(opts, Engine::start()).await?;
+        let engine = Engine::with_prefix_cache(opts.prefix_cache_mb << 20);
+        let app = App::new(opts, engine).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;

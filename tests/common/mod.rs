@@ -107,9 +107,8 @@ pub fn serve(opts: conclave::server::Options) -> String {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
-            let app = App::new(opts, conclave::engine::Engine::start())
-                .await
-                .unwrap();
+            let engine = conclave::engine::Engine::with_prefix_cache(opts.prefix_cache_mb << 20);
+            let app = App::new(opts, engine).await.unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             serve(listener, app, std::future::pending()).await.unwrap();

@@ -3,14 +3,14 @@
 //!
 //! On the CPU no tensor stands between the ops: at 8 smollm2 rows their copies, allocations
 //! and zero-fills were about a tenth of a decode step (`perf`). Tensors remain there only
-//! around the cache's keys and values, and for products our kernel does not take
-//! (`projection::mul_rows`).
+//! inside attention over several new positions (prefill), and for products our kernel does
+//! not take (`projection::mul_rows`).
 use super::norm::RmsNorm;
 use super::projection::{Linear, Mlp};
 use super::rope::Rope;
 use crate::model::attention;
 use crate::model::kv_cache::{KvCache, LayerKv};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 
 /// The head layout of a layer's attention.
@@ -113,10 +113,13 @@ impl Acts for Rows {
         let k = Tensor::from_vec(k.x, (b, t, kvh, d), &dev)?.transpose(1, 2)?;
         let v = Tensor::from_vec(v.x, (b, t, kvh, d), &dev)?.transpose(1, 2)?;
         let kv = cache.append(layer, &k, &v)?;
-        let y = match at.mask {
-            Some(mask) if t > 1 => attention::prefill_rows(&q.x, (b, t, h, d), &kv, mask)?,
-            _ if t == 1 => attention::decode_rows(&q.x, (b, h, d), &kv, at.mask)?,
-            _ => bail!("a step of {t} positions per row needs a causal mask"),
+        let y = if t == 1 {
+            attention::decode_rows(&q.x, (b, h, d), &kv, at.mask)?
+        } else {
+            let q = Tensor::from_vec(q.x, (b, t, h, d), &dev)?;
+            let q = q.transpose(1, 2)?.contiguous()?; // [B, H, T, D]
+            let y = attend_tensors(&q, &kv, at.mask)?;
+            y.flatten_all()?.to_vec1()?
         };
         Ok(Rows { x: y, b, t })
     }

@@ -246,8 +246,8 @@ mod tests {
 
     /// The GPU's wiring, which cannot run on a GPU here, run on the CPU: over a batch's
     /// prefill and decode steps it gives the CPU rows' greedy tokens, and their logits but for
-    /// candle's norm, activations and attention in place of ours, whose last bits the 8-bit
-    /// activations of the next products magnify (seen: up to 3.5 % of the largest logit).
+    /// candle's norm and activations in place of ours, whose last bits the 8-bit activations
+    /// of the next products magnify (seen: up to 3.5 % of the largest logit).
     #[test]
     fn the_tensor_wiring_gives_the_rows_logits() {
         let path = crate::store::fetch::resolve("smollm2-135m", true).unwrap();
@@ -284,18 +284,12 @@ mod tests {
                     let best = r.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1));
                     best.unwrap().0 as u32
                 };
+                assert_eq!(top(ra), top(rb), "step {step}");
                 let scale = ra.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let diff = ra
                     .iter()
                     .zip(rb)
                     .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-                // The same greedy token, but where two tokens tie within the wirings' own
-                // difference (seen: 0.04 apart of 31 on a prompt of arbitrary tokens).
-                let (ta, tb) = (top(ra) as usize, top(rb) as usize);
-                assert!(
-                    ta == tb || (ra[ta] - ra[tb] <= diff && rb[tb] - rb[ta] <= diff),
-                    "step {step}: greedy tokens {ta} and {tb}"
-                );
                 assert!(
                     diff <= 0.06 * scale,
                     "step {step}: logits {diff} apart of {scale}"
