@@ -8,7 +8,8 @@ pub enum RopeStyle {
     /// Adjacent pairs (x0,x1),(x2,x3)…: ggml's normal mode, used for `llama` GGUFs, whose
     /// converter permutes Q/K rows to suit it.
     Interleaved,
-    /// First half against second half: ggml's NEOX mode, used for `qwen2` and `gemma3`.
+    /// First half against second half: ggml's NEOX mode, used for `qwen2`, `qwen3`, `phi3` and
+    /// `gemma3`.
     Halves,
 }
 
@@ -31,7 +32,10 @@ pub struct Config {
     pub rms_eps: f32,
     pub rope_style: RopeStyle,
     pub rope_base: f32,
-    /// Sliding-window layers (gemma3) use their own RoPE base and window.
+    /// Multiplies every angle of the global layers: 1/factor with `rope.scaling.type = linear`
+    /// (llama-model.cpp, `rope_freq_scale_train`), else 1.
+    pub rope_freq_scale: f32,
+    /// Sliding-window layers (gemma3) use their own RoPE base, unscaled, and window.
     pub rope_base_local: f32,
     pub sliding_window: Option<usize>,
     /// With a sliding window, layer `i` is global when `(i + 1) % swa_period == 0`.
@@ -44,7 +48,7 @@ pub struct Config {
 }
 
 /// Architectures with a forward pass here.
-pub const SUPPORTED: &[&str] = &["llama", "qwen2", "gemma3"];
+pub const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3", "phi3", "gemma3"];
 
 impl Config {
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
@@ -66,6 +70,11 @@ impl Config {
             .map(|x| x as usize)
             .unwrap_or(n_embd / n_head);
         let rope_base = g.f32(&key("rope.freq_base")).unwrap_or(10_000.0);
+        if let Ok(n_rot) = g.u32(&key("rope.dimension_count")) {
+            if n_rot as usize != head_dim {
+                bail!("RoPE on {n_rot} of a head's {head_dim} dimensions (partial rotary) is not supported");
+            }
+        }
         let gemma = arch == "gemma3";
         let cfg = Config {
             n_layer: g.u32(&key("block_count"))? as usize,
@@ -81,8 +90,14 @@ impl Config {
                 RopeStyle::Halves
             },
             rope_base,
-            // llama.cpp's llama-model.cpp sets 10000 for gemma3's sliding-window layers.
-            rope_base_local: if gemma { 10_000.0 } else { rope_base },
+            rope_freq_scale: rope_freq_scale(g, &arch)?,
+            // llama.cpp's models/gemma3.cpp: 10000 unless `rope.freq_base_swa` says otherwise,
+            // and no scaling (`rope_freq_scale_train_swa` stays 1).
+            rope_base_local: if gemma {
+                g.f32(&key("rope.freq_base_swa")).unwrap_or(10_000.0)
+            } else {
+                rope_base
+            },
             sliding_window: if gemma {
                 Some(g.u32(&key("attention.sliding_window"))? as usize)
             } else {
@@ -98,7 +113,7 @@ impl Config {
                 Activation::Silu
             },
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            qk_norm: gemma,
+            qk_norm: gemma || arch == "qwen3",
             post_norms: gemma,
             arch,
         };
@@ -116,5 +131,27 @@ impl Config {
     pub fn window(&self, i: usize) -> Option<usize> {
         let w = self.sliding_window?;
         (!(i + 1).is_multiple_of(self.swa_period)).then_some(w)
+    }
+}
+
+/// The factor on every RoPE angle from `<arch>.rope.scaling.*`, as llama-model.cpp's
+/// `load_hparams` reads it: type `linear` (the default) scales by 1/`factor` (or the older
+/// `rope.scale_linear`), `none` not at all. Llama 3's scaling needs no key: its converter
+/// writes per-frequency divisors into the `rope_freqs` tensor instead (see `transformer::rope`).
+fn rope_freq_scale(g: &GgufFile, arch: &str) -> Result<f32> {
+    let key = |k: &str| format!("{arch}.rope.{k}");
+    let kind = g.str(&key("scaling.type")).unwrap_or("linear");
+    let factor = g
+        .f32(&key("scaling.factor"))
+        .or_else(|_| g.f32(&key("scale_linear")))
+        .unwrap_or(0.0);
+    match kind {
+        "none" => Ok(1.0),
+        "linear" if factor == 0.0 => Ok(1.0),
+        "linear" => Ok(1.0 / factor),
+        other => bail!(
+            "rope scaling `{other}` is not supported (supported: none, linear, and llama 3's \
+             `rope_freqs` factors); pick a GGUF of this model without it"
+        ),
     }
 }

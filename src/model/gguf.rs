@@ -78,6 +78,13 @@ impl GgufFile {
         }
     }
 
+    pub fn str(&self, key: &str) -> Result<&str> {
+        let v = self.get(key)?;
+        v.to_string()
+            .map(String::as_str)
+            .with_context(|| format!("`{key}` is not a string"))
+    }
+
     pub fn f32(&self, key: &str) -> Result<f32> {
         let v = self.get(key)?;
         match v {

@@ -1,4 +1,4 @@
-//! The decoder forward pass shared by the llama, qwen2 and gemma3 GGUFs.
+//! The decoder forward pass shared by the llama, qwen2, qwen3, phi3 and gemma3 GGUFs.
 //!
 //! Every step — prefill and decode, any batch — runs the layers' one wiring (`block`) on the
 //! activations of its device (`acts`): plain rows on the CPU, candle tensors on a GPU.
@@ -21,7 +21,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use norm::RmsNorm;
 use projection::Proj;
-use rope::Rope;
+use rope::{Frequencies, Rope};
 use std::sync::Arc;
 
 /// Which positions get logits.
@@ -64,6 +64,9 @@ pub struct Transformer {
     blocks: Vec<Block>,
     norm: RmsNorm,
     output: Proj,
+    /// RoPE frequencies of the global layers, and of the sliding-window ones where there are.
+    freqs: Frequencies,
+    local_freqs: Option<Frequencies>,
     cfg: Config,
     device: Device,
 }
@@ -174,15 +177,10 @@ impl Transformer {
         if let Some(s) = self.cfg.embed_scale {
             x = (x * s as f64)?;
         }
-        let global = Rope::new(self.cfg.rope_base, &self.cfg, &starts, t, &self.device)?;
-        let local = match self.cfg.sliding_window {
-            Some(_) => Some(Rope::new(
-                self.cfg.rope_base_local,
-                &self.cfg,
-                &starts,
-                t,
-                &self.device,
-            )?),
+        let style = self.cfg.rope_style;
+        let global = Rope::new(&self.freqs, style, &starts, t, &self.device)?;
+        let local = match &self.local_freqs {
+            Some(f) => Some(Rope::new(f, style, &starts, t, &self.device)?),
             None => None,
         };
         let n_rep = self.cfg.n_head / self.cfg.n_kv_head;

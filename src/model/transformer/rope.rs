@@ -1,5 +1,5 @@
 //! Rotary position embeddings: the cos/sin tables of one step's positions, and their rotation.
-use crate::model::config::{Config, RopeStyle};
+use crate::model::config::RopeStyle;
 use crate::model::math::simd_here;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -18,25 +18,43 @@ pub(super) struct Rope {
     style: RopeStyle,
 }
 
+/// The angle per position of each pair of a head's dimensions, fixed per model and base.
+pub(super) struct Frequencies {
+    inv: Vec<f32>,
+}
+
+impl Frequencies {
+    /// base^(−2i/D) for pair i, times `scale` (linear scaling), divided by `factors[i]` where
+    /// the GGUF has them: llama 3's `rope_freqs` tensor, which ggml's rope divides each
+    /// pair's angle by (ggml-cpu/ops.cpp, `ggml_rope_cache_init`: `theta/ff`).
+    pub fn new(base: f32, head_dim: usize, scale: f32, factors: Option<&[f32]>) -> Self {
+        let inv = (0..head_dim / 2)
+            .map(|i| {
+                let f = 1.0 / base.powf(2.0 * i as f32 / head_dim as f32);
+                scale * f / factors.map_or(1.0, |ff| ff[i])
+            })
+            .collect();
+        Self { inv }
+    }
+}
+
 impl Rope {
     pub fn new(
-        base: f32,
-        cfg: &Config,
+        freqs: &Frequencies,
+        style: RopeStyle,
         starts: &[usize],
         t: usize,
         device: &Device,
     ) -> Result<Self> {
-        let half = cfg.head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / base.powf(2.0 * i as f32 / cfg.head_dim as f32))
-            .collect();
+        let half = freqs.inv.len();
+        let inv = &freqs.inv;
         let uniform = starts.windows(2).all(|w| w[0] == w[1]);
         let rows = if uniform { &starts[..1] } else { starts };
         let mut cos = Vec::with_capacity(rows.len() * t * half);
         let mut sin = Vec::with_capacity(rows.len() * t * half);
         for &start in rows {
             for p in start..start + t {
-                for f in &inv {
+                for f in inv {
                     let a = p as f32 * f;
                     cos.push(a.cos());
                     sin.push(a.sin());
@@ -54,7 +72,7 @@ impl Rope {
             values: (cos, sin),
             t,
             per_row: !uniform,
-            style: cfg.rope_style,
+            style,
         })
     }
 
