@@ -76,7 +76,7 @@ fn unknown_architecture() {
     tiny_gguf(&p, "mamba");
     let err = load_err(&p);
     assert!(err.contains("unsupported architecture `mamba`"), "{err}");
-    assert!(err.contains("llama, qwen2, gemma3"), "{err}");
+    assert!(err.contains("llama, qwen2, qwen3, phi3, gemma3"), "{err}");
 }
 
 #[test]

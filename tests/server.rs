@@ -1076,24 +1076,14 @@ fn the_openai_python_client_works() {
         max_queue: 1,
         ..options()
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
-    let out = Command::new(common::python_with_openai())
-        .arg(&script)
-        .env("CONCLAVE_URL", format!("{url}/v1"))
-        .env("CONCLAVE_BUSY_URL", format!("{busy}/v1"))
-        .env("CONCLAVE_KEY", KEY)
-        .env("CONCLAVE_METRICS_URL", format!("{url}/metrics"))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(
-        out.status.success(),
-        "tests/openai_client.py failed:\n{text}"
+    let text = common::run_python(
+        "openai_client.py",
+        &[
+            ("CONCLAVE_URL", format!("{url}/v1")),
+            ("CONCLAVE_BUSY_URL", format!("{busy}/v1")),
+            ("CONCLAVE_KEY", KEY.to_string()),
+            ("CONCLAVE_METRICS_URL", format!("{url}/metrics")),
+        ],
     );
     assert!(text.contains(" passed, 0 failed"), "{text}");
 }

@@ -4,6 +4,7 @@
 //! line number, so no item is ever skipped silently. Blank lines are not items.
 use crate::engine::{Message, ToolCall, ToolDef};
 use crate::ensemble::extract::{calls_ballot, extract, NO_CALL};
+use crate::ensemble::tool_defs::tool_defs;
 use crate::ensemble::AnswerKind;
 use crate::wire::{ChatMessage, Tool};
 use anyhow::{anyhow, bail, Context, Result};
@@ -251,22 +252,7 @@ fn tools_item(line: Line) -> Result<(Chat, Gold)> {
         .enumerate()
         .map(|(i, m)| message(m).with_context(|| format!("\"messages\"[{i}]")))
         .collect::<Result<Vec<_>>>()?;
-    let mut defs = Vec::new();
-    for (i, t) in tools.into_iter().enumerate() {
-        if t.kind != "function" || t.function.name.is_empty() {
-            bail!(
-                "\"tools\"[{i}] is not {{\"type\": \"function\", \"function\": {{\"name\", …}}}}"
-            );
-        }
-        let f = t.function;
-        defs.push(ToolDef {
-            name: f.name,
-            description: f.description,
-            parameters: f
-                .parameters
-                .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
-        });
-    }
+    let defs = tool_defs(&tools).map_err(|e| anyhow!("\"tools\"[{}]: {}", e.index, e.message))?;
     let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
     let mut ballots = Vec::new();
     for (i, a) in accepted.iter().enumerate() {

@@ -1,7 +1,7 @@
 //! `conclave agent "TASK"`: an agent works on a task with tools until it answers or a limit
 //! stops it; `--resume DIR` continues a run that was killed.
 use crate::engine::Engine;
-use crate::ensemble::agent::{self, AgentConfig, RunOptions, RunTrace, Stop, Task};
+use crate::ensemble::agent::{self, AgentConfig, Limits, RunOptions, RunTrace, Stop, Task};
 use anyhow::{Context, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -21,15 +21,8 @@ pub struct AgentArgs {
     /// ./conclave-runs/<UTC yyyymmdd-HHMMSS>-<4 hex>].
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Most steps (model calls) of the top agent.
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Most completion tokens of the whole run, delegates included.
-    #[arg(long)]
-    pub max_tokens: Option<usize>,
-    /// Seconds the whole run may take.
-    #[arg(long)]
-    pub timeout: Option<f64>,
+    #[command(flatten)]
+    pub limits: Limits,
     /// Also write the run's trace (JSON) here.
     #[arg(long)]
     pub trace: Option<PathBuf>,
@@ -65,15 +58,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
             if let Some(m) = &args.model {
                 cfg.set_model(m)?;
             }
-            if let Some(n) = args.max_steps {
-                cfg.spec.max_steps = n;
-            }
-            if let Some(n) = args.max_tokens {
-                cfg.spec.max_tokens = n;
-            }
-            if let Some(s) = args.timeout {
-                cfg.spec.timeout_s = s;
-            }
+            cfg.limit(&args.limits);
             if !opts.interactive {
                 cfg.check_unattended()
                     .context("stdin is not a terminal, so nobody can answer `ask`")?;
@@ -122,6 +107,7 @@ fn report(args: &AgentArgs, t: &RunTrace, dir: &Path) -> Result<()> {
             "the run can go on with: conclave agent --resume {}",
             dir.display()
         );
+        crate::telemetry::shutdown();
         std::process::exit(3);
     }
     Ok(())

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod models;
 pub mod serve;
 pub mod tokenize;
+pub mod trace;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -46,6 +47,9 @@ pub enum Command {
     Models(models::ModelsCommand),
     /// Serve an OpenAI-compatible API whose models may be ensembles (`conclave/vote8`).
     Serve(Box<serve::ServeArgs>),
+    /// Show a trace file (`ask --trace`, `agent --trace`) as a tree in the terminal.
+    #[command(subcommand)]
+    Trace(trace::TraceCommand),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -59,5 +63,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::run(*args),
         Command::Exec(args) => exec::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Trace(cmd) => trace::run(cmd),
     }
 }

@@ -6,6 +6,7 @@ mod generate;
 mod load;
 mod prefix;
 pub mod sampler;
+mod spans;
 mod worker;
 
 pub use crate::model::chat::Message;

@@ -15,6 +15,7 @@ use super::generate::{Batch, Generation, Output, Piece, Request};
 use super::load::load;
 use super::prefix::{PrefixStore, PREFIX_CACHE_BYTES};
 use super::sampler::SamplingParams;
+use super::spans;
 use crate::model::chat::Message;
 use crate::model::tool_call::ToolDef;
 use crate::model::{KvCache, Model};
@@ -149,6 +150,19 @@ impl Engine {
 
     /// Runs `job` on the engine thread and waits for it without blocking the async runtime.
     pub async fn generate(&self, job: Job) -> Result<Output> {
+        self.generate_for(job, &[]).await
+    }
+
+    /// Like [`Engine::generate`], with the `chat` span of sample `i` under `parents[i]` (an
+    /// ensemble's agent), instead of under the current span (see [`super::spans`]).
+    pub async fn generate_for(&self, job: Job, parents: &[tracing::Span]) -> Result<Output> {
+        let spans = spans::open(&job.model, job.max_tokens, &job.samples, parents);
+        let out = self.send(job).await;
+        spans::close(spans, &out);
+        out
+    }
+
+    async fn send(&self, job: Job) -> Result<Output> {
         let (reply, rx) = oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::SeqCst);
         self.tx

@@ -3,9 +3,11 @@
 //! verifier's feedback goes back to the agents, until a candidate passes).
 use super::config::{Agent, Ensemble, Member};
 use super::decide::{decide, Ballot, Rule};
+use super::events::{self, Place};
 use super::extract::AnswerKind;
 use super::prompts;
 use super::run::{candidates, AgentTrace, Runner, Trace, Usage};
+use super::spans;
 use super::verify::{self, Verdict, Verifier};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ impl Runner {
         question: &str,
         verifier: Option<&Verifier>,
         rounds: usize,
+        path: Vec<usize>,
     ) -> Result<Trace> {
         let start = Instant::now();
         let verifier = match verifier {
@@ -53,9 +56,16 @@ impl Runner {
         let mut history: Vec<Vec<AgentTrace>> = Vec::new();
         let mut prompts = Vec::new();
         let mut prompt = question.to_string();
+        let mut place = Place {
+            path,
+            round: 0,
+            members: (0..flat.len()).collect(),
+        };
         for round in 0..rounds {
+            place.round = round;
+            let ask = prompt.as_str().into();
             let mut agents = self
-                .answer(ens, &flat, &prompt.as_str().into(), &mut usage, &mut notes)
+                .answer(ens, &flat, &ask, &mut usage, &mut notes, &place)
                 .await?;
             check_all(&verifier, &mut agents).await?;
             prompts.push(prompt);
@@ -77,6 +87,7 @@ impl Runner {
             similarity: None,
         };
         let (decision, note) = decide(Rule::ExecVote, ballot);
+        self.emit(|| events::decision(&place.path, ens, &decision));
         if let Some(n) = note {
             let rounds_run = history.len() + 1;
             notes.push(format!("{n} (after {rounds_run} round(s))"));
@@ -113,9 +124,14 @@ fn passed(a: &AgentTrace) -> bool {
 /// Verifies every answer at once, each on a blocking thread (a check may run a program).
 async fn check_all(verifier: &Arc<Verifier>, agents: &mut [AgentTrace]) -> Result<()> {
     let mut handles = Vec::new();
-    for a in agents.iter() {
+    let mut spans = Vec::new();
+    for (i, a) in agents.iter().enumerate() {
         let (v, text) = (verifier.clone(), a.text.clone());
+        // Under the ensemble's span, across the thread; a sandbox run goes under it.
+        let span = spans::check(verifier.tool(), i);
+        spans.push(span.clone());
         handles.push(tokio::task::spawn_blocking(move || {
+            let _in = span.enter();
             if text.trim().is_empty() {
                 return Ok(Verdict {
                     passed: false,
@@ -128,8 +144,9 @@ async fn check_all(verifier: &Arc<Verifier>, agents: &mut [AgentTrace]) -> Resul
             v.check(&text, &verify::limits())
         }));
     }
-    for (a, h) in agents.iter_mut().zip(handles) {
+    for ((a, h), span) in agents.iter_mut().zip(handles).zip(spans) {
         let verdict = h.await.context("a verifier thread panicked")??;
+        spans::checked(&span, &verdict);
         a.verdict = Some(verdict);
     }
     Ok(())

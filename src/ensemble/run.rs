@@ -1,122 +1,24 @@
 //! Running an ensemble: agents answer (batched per model and role), then the strategy decides.
 use super::aggregate::{self, Candidate, Decision};
 use super::ask::Ask;
-use super::config::{Agent, Ensemble, Member, Strategy};
+use super::config::{Agent, Ensemble, Member};
 use super::decide::{decide, plan, Ballot, Decider, Plan, Rule};
+use super::events::{self, Event, Listener, Owned, Place};
 use super::prompts;
 use super::remote;
 use super::reply::Replies;
-use super::verify::{Verdict, Verifier};
-use crate::engine::{Engine, Finish, Job, Message, Prompt, SamplingParams, ToolCall};
+use super::spans;
+use super::verify::Verifier;
+use crate::engine::{Engine, Job, Message, Prompt, SamplingParams};
 use anyhow::{bail, Result};
-use serde::Serialize;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, Span};
 
-/// One agent's part in a decision: enough to recompute the decision from the trace alone.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentTrace {
-    pub model: String,
-    pub role: String,
-    pub temperature: f32,
-    pub seed: u64,
-    pub text: String,
-    /// With tools: the calls read from `text` (`extracted` is their ballot).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub calls: Vec<ToolCall>,
-    pub extracted: Option<String>,
-    pub logprob_mean: f32,
-    pub weight: f32,
-    pub tokens: usize,
-    /// Prefill plus decode time of the batch this agent decoded in (agents of one batch share it).
-    pub seconds: f64,
-    pub finish: Option<Finish>,
-    /// For a member that is itself an ensemble: its whole trace.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ensemble: Option<Box<Trace>>,
-    /// The API base of the server that ran a remote agent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote: Option<String>,
-    /// Why the agent gave no answer (a remote member that failed); it took no part in the vote.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The verifier's result (`exec-vote`, `refine`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Verdict>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Usage {
-    /// Prompt tokens of the jobs run: once per batch, however many samples share it.
-    pub prompt_tokens: usize,
-    /// Of `prompt_tokens`, those taken from the engine's prefix store: the prefill ran
-    /// `prompt_tokens - cached_tokens`.
-    pub cached_tokens: usize,
-    pub completion_tokens: usize,
-}
-
-/// A model's part in a `judge` or `fuse` decision.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelCall {
-    pub model: String,
-    pub prompt: String,
-    pub text: String,
-    /// The judge's pick (0-based), if its reply could be read.
-    pub pick: Option<usize>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Trace {
-    pub name: String,
-    pub strategy: Strategy,
-    /// The winning extracted answer (for `fuse`, extracted from the synthesis).
-    pub answer: Option<String>,
-    /// The full text behind the answer: the winner's, or the synthesis.
-    pub text: String,
-    /// With tools: the calls of the answer (the winner's, or the synthesis's).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub calls: Vec<ToolCall>,
-    pub agreement: f64,
-    pub votes: BTreeMap<String, f64>,
-    pub winner: Option<usize>,
-    pub tie_break: Option<String>,
-    pub agents: Vec<AgentTrace>,
-    /// Earlier debate or refine rounds; `agents` holds the last.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub rounds: Vec<Vec<AgentTrace>>,
-    /// `refine`, `exec-vote` and `debate`: the user prompt of each round, verifier feedback
-    /// or the last round's answers included.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub prompts: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub judge: Option<ModelCall>,
-    pub usage: Usage,
-    pub seconds: f64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-}
-
-impl Trace {
-    /// The candidates the decision was made from, as the aggregators take them.
-    pub fn candidates(&self) -> Vec<Candidate> {
-        candidates(&self.agents)
-    }
-}
-
-pub(super) fn candidates(agents: &[AgentTrace]) -> Vec<Candidate> {
-    agents
-        .iter()
-        .map(|a| Candidate {
-            text: a.text.clone(),
-            extracted: a.extracted.clone(),
-            logprob_mean: a.logprob_mean,
-            weight: a.weight,
-        })
-        .collect()
-}
+pub use super::trace::{candidates, AgentTrace, ModelCall, Trace, Usage};
 
 type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
 
@@ -128,6 +30,7 @@ pub struct Runner {
     done: AtomicUsize,
     total: AtomicUsize,
     progress: Option<Progress>,
+    events: Option<Listener>,
 }
 
 impl Runner {
@@ -139,6 +42,20 @@ impl Runner {
             done: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             progress: None,
+            events: None,
+        }
+    }
+
+    /// Called with each [`Event`] as the run goes (agents' text streams only when set).
+    pub fn on_event(mut self, f: impl Fn(Event) + Send + Sync + 'static) -> Self {
+        self.events = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    /// Sends the event `e` makes, if anyone listens (it is not built otherwise).
+    pub(super) fn emit(&self, e: impl FnOnce() -> Event) {
+        if let Some(l) = &self.events {
+            l(e());
         }
     }
 
@@ -151,7 +68,7 @@ impl Runner {
     /// The ensemble's answer to a question (`&str`) or to an [`Ask`].
     pub async fn run(&mut self, ens: &Ensemble, ask: impl Into<Ask>) -> Result<Trace> {
         self.reset(ens);
-        self.run_inner(ens, &ask.into(), None).await
+        self.run_inner(ens, &ask.into(), None, Vec::new()).await
     }
 
     /// Like `run`, with `verifier` checking candidates for `exec-vote` and `refine` (which
@@ -163,7 +80,8 @@ impl Runner {
         verifier: &Verifier,
     ) -> Result<Trace> {
         self.reset(ens);
-        self.run_inner(ens, &ask.into(), Some(verifier)).await
+        self.run_inner(ens, &ask.into(), Some(verifier), Vec::new())
+            .await
     }
 
     fn reset(&mut self, ens: &Ensemble) {
@@ -174,11 +92,31 @@ impl Runner {
             .store(ens.agents().len() * plan(ens).rounds(), Ordering::SeqCst);
     }
 
+    /// The run in the ensemble's `invoke_agent` span, which gets the decision at the end.
     fn run_inner<'a>(
         &'a self,
         ens: &'a Ensemble,
         ask: &'a Ask,
         verifier: Option<&'a Verifier>,
+        path: Vec<usize>,
+    ) -> Pin<Box<dyn Future<Output = Result<Trace>> + Send + 'a>> {
+        let span = spans::ensemble(ens);
+        let run = self
+            .run_plan(ens, ask, verifier, path)
+            .instrument(span.clone());
+        Box::pin(async move {
+            let trace = run.await;
+            spans::decided(&span, &trace);
+            trace
+        })
+    }
+
+    fn run_plan<'a>(
+        &'a self,
+        ens: &'a Ensemble,
+        ask: &'a Ask,
+        verifier: Option<&'a Verifier>,
+        path: Vec<usize>,
     ) -> Pin<Box<dyn Future<Output = Result<Trace>> + Send + 'a>> {
         Box::pin(async move {
             let (rounds, decider) = match plan(ens) {
@@ -189,7 +127,9 @@ impl Runner {
                     ens.strategy
                 ),
                 Plan::Check { rounds } => {
-                    return self.run_checked(ens, &ask.question, verifier, rounds).await
+                    return self
+                        .run_checked(ens, &ask.question, verifier, rounds, path)
+                        .await
                 }
                 Plan::Answer { rounds, decider } => (rounds, decider),
             };
@@ -197,20 +137,30 @@ impl Runner {
             let mut usage = Usage::default();
             let mut notes = Vec::new();
             let mut agents = Vec::new();
-            let flat: Vec<&Agent> = ens
+            let (flat, members): (Vec<&Agent>, Vec<usize>) = ens
                 .members
                 .iter()
-                .filter_map(|m| match m {
-                    Member::Agent(a) => Some(a),
+                .enumerate()
+                .filter_map(|(i, m)| match m {
+                    Member::Agent(a) => Some((a, i)),
                     Member::Ensemble(_) => None,
                 })
-                .collect();
-            let mut answers = self.answer(ens, &flat, ask, &mut usage, &mut notes).await?;
-            for m in &ens.members {
+                .unzip();
+            let mut place = Place {
+                path,
+                round: 0,
+                members,
+            };
+            let mut answers = self
+                .answer(ens, &flat, ask, &mut usage, &mut notes, &place)
+                .await?;
+            for (i, m) in ens.members.iter().enumerate() {
                 match m {
                     Member::Agent(_) => agents.push(answers.remove(0)),
                     Member::Ensemble(sub) => {
-                        let t = self.run_inner(sub, ask, verifier).await?;
+                        self.emit(|| events::nested_start(&place, i, sub));
+                        let t = self.run_inner(sub, ask, verifier, place.inner(i)).await?;
+                        self.emit(|| events::nested_done(&place, i, &t));
                         usage.prompt_tokens += t.usage.prompt_tokens;
                         usage.cached_tokens += t.usage.cached_tokens;
                         usage.completion_tokens += t.usage.completion_tokens;
@@ -225,13 +175,14 @@ impl Runner {
             if rounds > 1 {
                 round_prompts.push(ask.question.clone());
             }
-            for _ in 1..rounds {
+            for round in 1..rounds {
+                place.round = round;
                 let previous: Vec<&str> = agents.iter().map(|a| a.text.as_str()).collect();
                 let prompt = prompts::debate(&ask.question, &previous);
                 let next = ask.with_question(&prompt);
                 round_prompts.push(prompt);
                 let mut revised = self
-                    .answer(ens, &flat, &next, &mut usage, &mut notes)
+                    .answer(ens, &flat, &next, &mut usage, &mut notes, &place)
                     .await?;
                 let next: Vec<AgentTrace> = agents
                     .iter()
@@ -249,6 +200,7 @@ impl Runner {
             let (decision, text, judge) = self
                 .decide(ens, decider, &flat, ask, &cands, &mut usage, &mut notes)
                 .await?;
+            self.emit(|| events::decision(&place.path, ens, &decision));
             let calls = match decision.winner {
                 Some(w) => agents[w].calls.clone(),
                 None => ask.read(ens.answer, &text).1,
@@ -284,6 +236,7 @@ impl Runner {
         ask: &Ask,
         usage: &mut Usage,
         notes: &mut Vec<String>,
+        place: &Place,
     ) -> Result<Vec<AgentTrace>> {
         let mut out: Vec<Option<AgentTrace>> = vec![None; agents.len()];
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
@@ -304,6 +257,16 @@ impl Runner {
         let mut launched = Vec::new();
         for (key, members) in groups {
             let lead = agents[key];
+            for &i in &members {
+                self.emit(|| Event::AgentStart {
+                    path: place.path.clone(),
+                    agent: place.members[i],
+                    round: place.round,
+                    model: agents[i].model.clone(),
+                    role: agents[i].role.name.clone(),
+                    temperature: agents[i].sampling.temperature,
+                });
+            }
             let max_tokens = self.grant(ens.max_tokens, members.len());
             if max_tokens == 0 {
                 notes.push(format!(
@@ -313,7 +276,9 @@ impl Runner {
                     lead.role.name
                 ));
                 for &i in &members {
-                    out[i] = Some(skipped(agents[i]));
+                    let a = skipped(agents[i]);
+                    self.emit(|| events::done(place, i, &a));
+                    out[i] = Some(a);
                 }
                 continue;
             }
@@ -323,14 +288,22 @@ impl Runner {
                 .iter()
                 .map(|&i| agents[i].sampling.clone())
                 .collect();
+            let spans: Vec<Span> = members
+                .iter()
+                .map(|&i| spans::agent(ens, agents[i], i))
+                .collect();
             let handle = match lead.remote.clone() {
                 // Another server is sent the conversation alone: a constraint cannot be
                 // written back as a request, so its reply is only read for calls.
                 Some(r) => {
                     let messages = ask.messages(&lead.role.system);
-                    tokio::spawn(async move {
-                        Ok(remote::answer_all(&r, &samples, &messages, max_tokens).await)
-                    })
+                    let span = spans.first().cloned().unwrap_or_else(Span::none);
+                    tokio::spawn(
+                        async move {
+                            Ok(remote::answer_all(&r, &samples, &messages, max_tokens).await)
+                        }
+                        .instrument(span),
+                    )
                 }
                 None => {
                     let job = Job {
@@ -343,14 +316,14 @@ impl Runner {
                         stream: None,
                         constraint: ask.constraint.clone(),
                     };
-                    let engine = self.engine.clone();
-                    tokio::spawn(async move { engine.generate(job).await.map(Replies::from) })
+                    self.spawn_job(job, place, &members, spans.clone())
                 }
             };
-            launched.push((members, reserved, handle));
+            let handle = Owned(handle);
+            launched.push((members, spans, reserved, handle));
         }
-        for (members, reserved, handle) in launched {
-            let answered: Replies = handle.await??;
+        for (members, spans, reserved, mut handle) in launched {
+            let answered: Replies = (&mut handle.0).await??;
             usage.prompt_tokens += answered.prompt_tokens;
             usage.cached_tokens += answered.cached_tokens;
             usage.completion_tokens += answered.completion_tokens;
@@ -358,7 +331,7 @@ impl Runner {
             self.spent
                 .fetch_add(answered.completion_tokens, Ordering::SeqCst);
             self.spent.fetch_sub(reserved, Ordering::SeqCst);
-            for (&i, reply) in members.iter().zip(answered.replies) {
+            for ((&i, reply), span) in members.iter().zip(answered.replies).zip(spans) {
                 let a = agents[i];
                 let remote = a.remote.as_ref().map(|r| r.url.clone());
                 out[i] = Some(match reply {
@@ -397,6 +370,10 @@ impl Runner {
                         }
                     }
                 });
+                if let Some(a) = &out[i] {
+                    spans::answered(&span, a);
+                    self.emit(|| events::done(place, i, a));
+                }
             }
             let done = self.done.fetch_add(members.len(), Ordering::SeqCst) + members.len();
             if let Some(p) = &self.progress {
@@ -407,6 +384,35 @@ impl Runner {
             .into_iter()
             .map(|a| a.expect("every agent answered"))
             .collect())
+    }
+
+    /// Runs `job` in a task of its own; with a listener, its pieces go out as the deltas of
+    /// the agents `batch` (indexes into `place.members`, one per sample), and sample `i`'s
+    /// `chat` span goes under `agents[i]`.
+    fn spawn_job(
+        &self,
+        mut job: Job,
+        place: &Place,
+        batch: &[usize],
+        agents: Vec<Span>,
+    ) -> JoinHandle<Result<Replies>> {
+        let engine = self.engine.clone();
+        let Some(send) = self
+            .events
+            .as_ref()
+            .map(|l| events::deltas(l, place, batch))
+        else {
+            return tokio::spawn(async move {
+                engine.generate_for(job, &agents).await.map(Replies::from)
+            });
+        };
+        let (tx, pieces) = tokio::sync::mpsc::unbounded_channel();
+        job.stream = Some(tx);
+        tokio::spawn(async move {
+            events::forward(engine.generate_for(job, &agents), pieces, send)
+                .await
+                .map(Replies::from)
+        })
     }
 
     /// Tokens each of `n` samples may generate now, within the shared budget.

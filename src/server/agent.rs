@@ -7,6 +7,7 @@
 //! sees an earlier one's workspace.
 use super::errors::ApiError;
 use super::openai::{Answer, Meta, Params, Shape};
+use super::traces::Kind;
 use super::{sse, App};
 use crate::engine::{Finish, Message};
 use crate::ensemble::agent::{self, AgentConfig, RunOptions, Stop, Task};
@@ -25,12 +26,18 @@ pub async fn answer(
     tools: Option<Tools>,
 ) -> Result<Response, ApiError> {
     refuse(common, params, tools.as_ref())?;
-    if !messages.iter().any(|m| m.role == "user") {
+    // The last user message names the run in the trace store.
+    let Some(question) = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.content.clone())
+    else {
         return Err(ApiError::invalid(
             Some("messages"),
             "an agent needs a user message: its task",
         ));
-    }
+    };
     let dir = tempfile::Builder::new()
         .prefix("conclave-agent-")
         .tempdir()
@@ -63,8 +70,12 @@ pub async fn answer(
         ),
     };
     let usage = Usage::new(trace.usage.prompt_tokens, trace.usage.completion_tokens);
-    let conclave = serde_json::to_value(&trace).map_err(|e| ApiError::internal(&e.into()))?;
+    let json = serde_json::to_value(&trace).map_err(|e| ApiError::internal(&e.into()))?;
     let meta = Meta::new(&common.model, Shape::Chat);
+    let conclave = app
+        .0
+        .traces
+        .keep(&meta, &question, &text, Kind::Agent, json);
     if params.stream {
         return Ok(sse::whole(
             meta,

@@ -10,8 +10,11 @@ mod openai;
 mod responses;
 mod routes;
 mod served;
+mod spans;
 mod sse;
 mod tools;
+mod traces;
+mod ui;
 
 pub use errors::ApiError;
 
@@ -67,6 +70,10 @@ pub struct Options {
     /// greedy answer's last bits (see `Engine::start`).
     #[arg(long, default_value_t = 0)]
     pub prefix_cache_mb: usize,
+    /// Traces of recent ensemble and agent answers kept in memory for
+    /// /v1/conclave/traces (the oldest is dropped past this; 0: none).
+    #[arg(long, default_value_t = 64)]
+    pub traces_kept: usize,
 }
 
 /// Longest a request may take; None for no limit. A named alias so that clap takes the
@@ -123,6 +130,7 @@ struct Inner {
     opts: Options,
     slots: Arc<Semaphore>,
     metrics: Metrics,
+    traces: traces::Traces,
 }
 
 impl App {
@@ -139,12 +147,14 @@ impl App {
         }
         let slots = Arc::new(Semaphore::new(opts.max_queue));
         let metrics = Metrics::new(engine.clone(), slots.clone(), opts.max_queue);
+        let traces = traces::Traces::new(opts.traces_kept);
         Ok(Self(Arc::new(Inner {
             engine,
             served,
             opts,
             slots,
             metrics,
+            traces,
         })))
     }
 

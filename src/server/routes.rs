@@ -4,7 +4,8 @@ use super::errors::{self, ApiError};
 use super::openai::{self, Answer, Meta, Params, Shape};
 use super::served::ENSEMBLE_PREFIX;
 use super::tools;
-use super::{agent, metrics, responses, sse, App};
+use super::traces::{self, Kind};
+use super::{agent, metrics, responses, spans, sse, ui, App};
 use crate::engine::{Constraint, Finish, Grammar, Job, Message, Prompt};
 use crate::ensemble::calls::Tools;
 use crate::ensemble::{AnswerKind, Ask, Runner, Trace};
@@ -19,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use std::time::Instant;
+use tracing::Instrument;
 
 pub fn router(app: App) -> Router {
     let limit = app.0.opts.body_limit;
@@ -28,10 +30,13 @@ pub fn router(app: App) -> Router {
         .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
+        .route("/v1/conclave/traces", get(traces::list))
+        .route("/v1/conclave/traces/{id}", get(traces::get))
         .route("/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .merge(protected)
+        .merge(ui::router())
         .route("/health", get(health))
         .fallback(|| async { ApiError::not_found("no such endpoint: see /v1/models, /v1/chat/completions, /v1/completions, /v1/responses, /health, /metrics") })
         .layer(DefaultBodyLimit::max(limit))
@@ -60,11 +65,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Counts every answered request by endpoint and status, and times it to its response head.
+/// Counts every answered request by endpoint and status, and times it to its response head;
+/// the request's span covers the handler (a streamed body's work is not in it).
 async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let endpoint = match req.uri().path() {
         p if p.starts_with("/v1/models") => "/v1/models".to_string(),
+        p if p.starts_with("/v1/conclave/traces") => "/v1/conclave/traces".to_string(),
         p @ ("/v1/chat/completions"
         | "/v1/completions"
         | "/v1/responses"
@@ -72,7 +79,9 @@ async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
         | "/metrics") => p.into(),
         _ => "other".into(),
     };
-    let resp = next.run(req).await;
+    let span = spans::request(&req, &endpoint);
+    let resp = next.run(req).instrument(span.clone()).await;
+    spans::responded(&span, resp.status().as_u16());
     app.0.metrics.request(
         &endpoint,
         resp.status().as_u16(),
@@ -174,7 +183,8 @@ async fn chat(
         if let Some(cfg) = app.0.served.agent(name) {
             return agent::answer(app, cfg, &req.common, &params, messages, tools).await;
         }
-        return ensemble(app, name, &req.common, &params, &messages, tools).await;
+        let events = req.conclave.as_ref().is_some_and(|c| c.events);
+        return ensemble(app, name, &req.common, &params, &messages, tools, events).await;
     }
     if req.common.ensemble.is_some() {
         return Err(ApiError::invalid(
@@ -261,6 +271,7 @@ async fn generate(
 }
 
 /// An ensemble answers: the aggregated answer is `choices[0]`, the trace is `conclave`.
+/// Streamed with `events`, its agents' progress goes out first.
 async fn ensemble(
     app: App,
     name: &str,
@@ -268,6 +279,7 @@ async fn ensemble(
     params: &Params,
     messages: &[Message],
     tools: Option<Tools>,
+    events: bool,
 ) -> Result<Response, ApiError> {
     if tools.is_some() && params.stream {
         return Err(ApiError::invalid(
@@ -334,24 +346,38 @@ async fn ensemble(
     let permit = app.admit()?;
     let meta = Meta::new(&common.model, Shape::Chat);
     let engine = app.0.engine.clone();
+    if params.stream && events {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let include_usage = params.include_usage;
+        let state = app.clone();
+        let run = async move {
+            let trace = Runner::new(engine)
+                .on_event(move |e| {
+                    let _ = tx.send(e);
+                })
+                .run(&ens, ask)
+                .await
+                .map_err(|e| ApiError::job(&e, grammar_param))?;
+            let (text, usage, conclave) = settle(&state, &meta, &question, &trace)?;
+            let mut out = vec![sse::trace_event(&meta.id, &trace)];
+            out.extend(sse::whole_events(
+                &meta,
+                &text,
+                Finish::Stop,
+                usage,
+                conclave,
+                include_usage,
+            ));
+            Ok(out)
+        };
+        return sse::progress(app, run, rx, permit).await;
+    }
     let trace: Trace = app
         .within(async move { Runner::new(engine).run(&ens, ask).await })
         .await?
         .map_err(|e| ApiError::job(&e, grammar_param))?;
     drop(permit);
-    app.0.metrics.tokens(
-        &common.model,
-        trace.usage.prompt_tokens,
-        trace.usage.completion_tokens,
-    );
-    let text = if trace.text.is_empty() {
-        trace.answer.clone().unwrap_or_default()
-    } else {
-        trace.text.clone()
-    };
-    let usage = Usage::new(trace.usage.prompt_tokens, trace.usage.completion_tokens)
-        .with_cached(trace.usage.cached_tokens);
-    let conclave = serde_json::to_value(&trace).map_err(|e| ApiError::internal(&e.into()))?;
+    let (text, usage, conclave) = settle(&app, &meta, &question, &trace)?;
     if params.stream {
         return Ok(sse::whole(
             meta,
@@ -371,4 +397,32 @@ async fn ensemble(
     let mut body = meta.chat(vec![answer], usage);
     body.conclave = Some(conclave);
     Ok(Json(body).into_response())
+}
+
+/// What an ensemble's answer leaves behind: its token metrics and its kept trace. Returns the
+/// answer's text, its usage, and the response's `conclave` field (the trace, with its id).
+fn settle(
+    app: &App,
+    meta: &Meta,
+    question: &str,
+    trace: &Trace,
+) -> Result<(String, Usage, serde_json::Value), ApiError> {
+    app.0.metrics.tokens(
+        &meta.model,
+        trace.usage.prompt_tokens,
+        trace.usage.completion_tokens,
+    );
+    let text = if trace.text.is_empty() {
+        trace.answer.clone().unwrap_or_default()
+    } else {
+        trace.text.clone()
+    };
+    let usage = Usage::new(trace.usage.prompt_tokens, trace.usage.completion_tokens)
+        .with_cached(trace.usage.cached_tokens);
+    let json = serde_json::to_value(trace).map_err(|e| ApiError::internal(&e.into()))?;
+    let conclave = app
+        .0
+        .traces
+        .keep(meta, question, &text, Kind::Ensemble, json);
+    Ok((text, usage, conclave))
 }

@@ -3,6 +3,10 @@
 //! its `finish_reason`, a usage chunk when `stream_options.include_usage`, then
 //! `data: [DONE]`.
 //!
+//! A streamed ensemble sends its progress first, when the request opts in: each
+//! [`Progress`] event as `event: conclave.<type>`, then `event: conclave.trace`, then the
+//! answer as chunks (see `progress`).
+//!
 //! A task pumps the engine's text pieces into the response. When the client goes away the
 //! response body is dropped, the task sees it and drops its engine job, which the engine
 //! then cancels before its next step.
@@ -12,13 +16,15 @@ use super::tools::Held;
 use super::App;
 use crate::engine::{Finish, Job, Piece};
 use crate::ensemble::calls::Tools;
+use crate::ensemble::Event as Progress;
 use crate::wire::Usage;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::convert::Infallible;
+use std::future::Future;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 /// Events buffered for a slow client before the pump waits for it.
@@ -31,6 +37,22 @@ fn data(v: &impl Serialize) -> Event {
 
 fn done() -> Event {
     Event::default().data("[DONE]")
+}
+
+/// The request timed out: an error event once the stream has begun, else a plain 504.
+async fn timed_out(
+    tx: &mpsc::Sender<Result<Event, ApiError>>,
+    started: bool,
+    deadline: Option<std::time::Duration>,
+) {
+    let secs = deadline.map(|d| d.as_secs_f64()).unwrap_or_default();
+    let _ = tx
+        .send(if started {
+            Ok(data(&ApiError::timeout(secs).body()))
+        } else {
+            Err(ApiError::timeout(secs))
+        })
+        .await;
 }
 
 /// Streams one engine job. Answers a plain HTTP error instead when the job fails before its
@@ -48,7 +70,7 @@ pub async fn generate(
 ) -> Result<Response, ApiError> {
     let (piece_tx, pieces) = mpsc::unbounded_channel();
     job.stream = Some(piece_tx);
-    let (tx, mut rx) = mpsc::channel::<Result<Event, ApiError>>(BUFFER);
+    let (tx, rx) = mpsc::channel::<Result<Event, ApiError>>(BUFFER);
     let n = job.samples.len();
     let out = Out {
         meta,
@@ -57,7 +79,15 @@ pub async fn generate(
         tools,
         grammar_param,
     };
-    tokio::spawn(pump(app, job, out, pieces, tx, permit));
+    // The job's `chat` span goes under the request's, though the pump outlives the handler.
+    let pump = pump(app, job, out, pieces, tx, permit);
+    tokio::spawn(tracing::Instrument::in_current_span(pump));
+    open(rx).await
+}
+
+/// The response for what a pump sends: a stream once its first event is there, or the
+/// error it sent first as a plain HTTP error.
+async fn open(mut rx: mpsc::Receiver<Result<Event, ApiError>>) -> Result<Response, ApiError> {
     match rx.recv().await {
         Some(Ok(first)) => {
             let head = futures_util::stream::once(async move { Ok::<_, Infallible>(first) });
@@ -159,15 +189,7 @@ async fn pump(
                 }
             }
             r = &mut generation => break r,
-            _ = &mut timer => {
-                let secs = deadline.map(|d| d.as_secs_f64()).unwrap_or_default();
-                let _ = tx.send(if started {
-                    Ok(data(&ApiError::timeout(secs).body()))
-                } else {
-                    Err(ApiError::timeout(secs))
-                }).await;
-                return;
-            }
+            _ = &mut timer => return timed_out(&tx, started, deadline).await,
         }
     };
     let output = match result {
@@ -224,16 +246,104 @@ pub fn whole(
     conclave: Value,
     include_usage: bool,
 ) -> Response {
+    let events = whole_events(&meta, &text, finish, usage, conclave, include_usage);
+    let stream = futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
+    Sse::new(stream).into_response()
+}
+
+/// The events of [`whole`].
+pub fn whole_events(
+    meta: &Meta,
+    text: &str,
+    finish: Finish,
+    usage: Usage,
+    conclave: Value,
+    include_usage: bool,
+) -> Vec<Event> {
     let mut last = meta.chat_chunk(0, false, "", None, Some(finish));
     last.conclave = Some(conclave);
     let mut events = vec![
-        data(&meta.chat_chunk(0, true, &text, None, None)),
+        data(&meta.chat_chunk(0, true, text, None, None)),
         data(&last),
     ];
     if include_usage {
         events.push(data(&meta.usage_chunk(usage)));
     }
     events.push(done());
-    let stream = futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
-    Sse::new(stream).into_response()
+    events
+}
+
+/// `event: conclave.trace`: the run's whole trace, under the id the trace store keeps it by.
+pub fn trace_event(id: &str, trace: &impl Serialize) -> Event {
+    let body = json!({"id": id, "trace": trace});
+    Event::default()
+        .event("conclave.trace")
+        .data(body.to_string())
+}
+
+fn progress_event(e: &Progress) -> Event {
+    Event::default()
+        .event(format!("conclave.{}", e.kind()))
+        .data(serde_json::to_string(e).expect("an event serializes"))
+}
+
+/// Streams an ensemble run: each of its `events` as it comes, then what `run` ends with
+/// (the trace event and the answer's chunks). When the client goes away, `run` is dropped,
+/// and with it the run's engine jobs. An error before any event is a plain HTTP error.
+pub async fn progress(
+    app: App,
+    run: impl Future<Output = Result<Vec<Event>, ApiError>> + Send + 'static,
+    events: mpsc::UnboundedReceiver<Progress>,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response, ApiError> {
+    let (tx, rx) = mpsc::channel::<Result<Event, ApiError>>(BUFFER);
+    // The ensemble's spans go under the request's, though the run outlives the handler.
+    let pump = pump_run(app, run, events, tx, permit);
+    tokio::spawn(tracing::Instrument::in_current_span(pump));
+    open(rx).await
+}
+
+async fn pump_run(
+    app: App,
+    run: impl Future<Output = Result<Vec<Event>, ApiError>>,
+    mut events: mpsc::UnboundedReceiver<Progress>,
+    tx: mpsc::Sender<Result<Event, ApiError>>,
+    _permit: OwnedSemaphorePermit,
+) {
+    tokio::pin!(run);
+    let deadline = app.0.opts.request_timeout;
+    let timer = tokio::time::sleep(deadline.unwrap_or(std::time::Duration::MAX / 4));
+    tokio::pin!(timer);
+    let mut started = false;
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = tx.closed() => return, // the client left: dropping `run` cancels its jobs
+            Some(e) = events.recv() => {
+                started = true;
+                if tx.send(Ok(progress_event(&e))).await.is_err() {
+                    return;
+                }
+            }
+            r = &mut run => break r,
+            _ = &mut timer => return timed_out(&tx, started, deadline).await,
+        }
+    };
+    // Events sent in the run's last step are already queued.
+    let mut out: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|e| progress_event(&e))
+        .collect();
+    match result {
+        Ok(tail) => out.extend(tail),
+        Err(e) if !started && out.is_empty() => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+        Err(e) => out.push(data(&e.body())),
+    }
+    for e in out {
+        if tx.send(Ok(e)).await.is_err() {
+            return;
+        }
+    }
 }

@@ -2,8 +2,9 @@
 //! checked into engine terms, the calls read back out of each choice's text
 //! (`ensemble::calls`), and a stream's text held back where a call may start.
 use super::errors::ApiError;
-use crate::engine::{ToolCall, ToolDef};
+use crate::engine::ToolCall;
 use crate::ensemble::calls::{self, Choice, Tools};
+use crate::ensemble::tool_defs::{check_name, tool_defs};
 use crate::wire::{self, ChatRequest, ToolChoice, ToolMode};
 use serde_json::Value;
 
@@ -62,39 +63,8 @@ pub fn tools(req: &ChatRequest) -> Result<Option<Tools>, ApiError> {
             )),
         };
     }
-    let mut defs: Vec<ToolDef> = Vec::new();
-    for (i, t) in given.iter().enumerate() {
-        let param = format!("tools[{i}]");
-        if t.kind != "function" {
-            return Err(ApiError::invalid(
-                Some(&param),
-                format!("tool type `{}` is not supported: use `function`", t.kind),
-            ));
-        }
-        let f = &t.function;
-        check_name(&f.name).map_err(|m| ApiError::invalid(Some(&param), m))?;
-        if defs.iter().any(|d| d.name == f.name) {
-            return Err(ApiError::invalid(
-                Some(&param),
-                format!("the function `{}` is given twice", f.name),
-            ));
-        }
-        let parameters = match &f.parameters {
-            None => serde_json::json!({"type": "object", "properties": {}}),
-            Some(p @ Value::Object(_)) => p.clone(),
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    Some(&param),
-                    "`parameters` must be a JSON Schema object",
-                ))
-            }
-        };
-        defs.push(ToolDef {
-            name: f.name.clone(),
-            description: f.description.clone(),
-            parameters,
-        });
-    }
+    let defs = tool_defs(given)
+        .map_err(|e| ApiError::invalid(Some(&format!("tools[{}]", e.index)), e.message))?;
     if let Choice::Named(name) = &choice {
         if !defs.iter().any(|d| &d.name == name) {
             return Err(ApiError::invalid(
@@ -112,20 +82,6 @@ pub fn tools(req: &ChatRequest) -> Result<Option<Tools>, ApiError> {
 
 /// OpenAI's rule for function names (`^[a-zA-Z0-9_-]{1,64}$`). The chat template writes names
 /// as they are, so this also keeps special tokens out of the prompt.
-fn check_name(name: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "the function name `{name}` is not valid: 1 to 64 letters, digits, `_` or `-`"
-        ))
-    }
-}
-
 /// An assistant message's calls in engine terms; `arguments` must be a JSON object.
 pub fn history_calls(calls: &[wire::ToolCall]) -> Result<Vec<ToolCall>, String> {
     calls
@@ -192,6 +148,7 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ToolDef;
     use serde_json::json;
 
     fn req(v: Value) -> Result<ChatRequest, ApiError> {

@@ -2,7 +2,7 @@
 //! layers (strongest first) on a short Python run, and running code under it.
 use super::confine::NOBODY;
 use super::confine::{label, Limits, Plan, RunCgroup};
-use super::sandbox::{run_in, run_with, Outcome, Status};
+use super::sandbox::{run_in, run_with, traced, Outcome, Status};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -35,15 +35,17 @@ impl Isolation {
 
 /// Runs `code` as `main.py` with `python3` in the sandbox, `stdin` on its standard input.
 pub fn run_python(code: &str, stdin: Option<&str>, limits: &Limits) -> Result<Outcome> {
-    let iso = isolation()?;
-    run_with(
-        &iso.plan,
-        &iso.python,
-        iso.cgroup.as_deref(),
-        code,
-        stdin,
-        limits,
-    )
+    traced(|| {
+        let iso = isolation()?;
+        run_with(
+            &iso.plan,
+            &iso.python,
+            iso.cgroup.as_deref(),
+            code,
+            stdin,
+            limits,
+        )
+    })
 }
 
 /// Runs `code` in the sandbox with `dir` as its work dir (cwd, HOME, TMPDIR); files it writes
@@ -60,6 +62,10 @@ pub fn run_python(code: &str, stdin: Option<&str>, limits: &Limits) -> Result<Ou
 /// mounted at `/tmp` instead (ro-fs has a mount namespace for it), or, without ro-fs, the run
 /// is refused saying which parent to open.
 pub fn run_python_in(code: &str, dir: &Path, limits: &Limits) -> Result<Outcome> {
+    traced(|| run_python_in_untraced(code, dir, limits))
+}
+
+fn run_python_in_untraced(code: &str, dir: &Path, limits: &Limits) -> Result<Outcome> {
     let iso = isolation()?;
     let dir = dir
         .canonicalize()

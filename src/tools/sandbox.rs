@@ -48,6 +48,42 @@ impl Outcome {
     }
 }
 
+/// Runs `run` (one sandbox run) in a `sandbox python` span under the current span (the
+/// `execute_tool` span of an agent's call or of a candidate's check), and records how it
+/// ended and under which isolation.
+pub(crate) fn traced(run: impl FnOnce() -> Result<Outcome>) -> Result<Outcome> {
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "sandbox",
+        otel.name = "sandbox python",
+        otel.status_code = tracing::field::Empty,
+        conclave.sandbox.status = tracing::field::Empty,
+        conclave.sandbox.exit_code = tracing::field::Empty,
+        conclave.sandbox.isolation = tracing::field::Empty,
+        "error.type" = tracing::field::Empty,
+    );
+    let out = span.in_scope(run);
+    if !span.is_disabled() {
+        match &out {
+            Ok(o) => {
+                span.record(
+                    "conclave.sandbox.status",
+                    format!("{:?}", o.status).to_lowercase(),
+                );
+                span.record("conclave.sandbox.isolation", o.isolation.as_str());
+                if let Some(c) = o.exit_code {
+                    span.record("conclave.sandbox.exit_code", c);
+                }
+            }
+            Err(e) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", format!("{e:#}"));
+            }
+        }
+    }
+    out
+}
+
 /// One run under `plan` (the probe uses this to try plans): `code` as `main.py` in a fresh
 /// work dir, removed afterwards.
 pub(crate) fn run_with(

@@ -13,9 +13,9 @@ pub mod responses;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use request::{
-    ChatMessage, ChatRequest, Common, CompletionRequest, Content, FunctionCall, FunctionDef,
-    FunctionName, GrammarFormat, GrammarSyntax, JsonSchemaFormat, NamedTool, OneOrMany, Part,
-    ResponseFormat, StreamOptions, Tool, ToolCall, ToolChoice, ToolMode,
+    ChatExtension, ChatMessage, ChatRequest, Common, CompletionRequest, Content, FunctionCall,
+    FunctionDef, FunctionName, GrammarFormat, GrammarSyntax, JsonSchemaFormat, NamedTool,
+    OneOrMany, Part, ResponseFormat, StreamOptions, Tool, ToolCall, ToolChoice, ToolMode,
 };
 pub use response::{
     ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChunkChoice, Completion, Delta,

@@ -121,8 +121,21 @@ pub struct ChatRequest {
     /// Whether one reply may hold several calls (OpenAI's default: true).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    /// Conclave's own options for this request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conclave: Option<ChatExtension>,
     #[serde(flatten)]
     pub common: Common,
+}
+
+/// A chat request's `conclave` field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatExtension {
+    /// With `stream` on an ensemble: send its agents' progress as `conclave.*` SSE events
+    /// before the answer. Opt-in, because OpenAI's Python client reads every event's data as
+    /// a chunk.
+    #[serde(default)]
+    pub events: bool,
 }
 
 /// One entry of `tools`: `{"type": "function", "function": {...}}` (OpenAI has no other

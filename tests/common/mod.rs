@@ -45,17 +45,36 @@ pub fn fixture(rel: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// A Python with the official `openai` client, `prometheus-client` and `jsonschema`: a virtual environment
-/// under target/tmp, made on first use and reused afterwards. Test binaries run in parallel,
-/// so a file lock lets one of them make it while the others wait.
+/// A Python with the official `openai` client, `prometheus-client`, `jsonschema`, `mcp` and
+/// `playwright` (it drives the system Chromium; no browser is downloaded).
 pub fn python_with_openai() -> PathBuf {
+    let packages = [
+        "openai",
+        "prometheus-client",
+        "jsonschema",
+        "mcp",
+        "playwright",
+    ];
+    venv("test-venv", &packages)
+}
+
+/// A Python with Arize Phoenix (an OpenTelemetry receiver with a REST API, for tests/otel.rs),
+/// in its own virtual environment: its dependencies are many and heavy, and the other tests'
+/// venv stays small. The version is pinned so that reruns reuse the venv (and pip's cache).
+pub fn python_with_phoenix() -> PathBuf {
+    venv("phoenix-venv", &["arize-phoenix==20.26.1"])
+}
+
+/// The Python of the virtual environment `name` under target/tmp holding `packages`, made on
+/// first use and reused afterwards. Test binaries run in parallel, so a file lock lets one of
+/// them make it while the others wait.
+fn venv(name: &str, packages: &[&str]) -> PathBuf {
     use std::process::Command;
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-venv");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let python = dir.join("bin/python");
     let ready = dir.join("ready");
     let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
     lock.lock().unwrap();
-    let packages = ["openai", "prometheus-client", "jsonschema", "mcp"];
     // `ready` lists what was installed: a list grown since is installed into the same venv.
     let installed = std::fs::read_to_string(&ready).ok();
     if installed.as_deref() == Some(&packages.join(" ")) {

@@ -63,6 +63,20 @@ pub struct AgentSpec {
     pub mcp: Vec<McpServer>,
 }
 
+/// Limits given on the command line, each over the config's own (`conclave agent`'s flags).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Limits {
+    /// Most steps (model calls) of the top agent.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Most completion tokens of the whole run, delegates included.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Seconds the whole run may take.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+}
+
 fn one() -> usize {
     1
 }
@@ -269,6 +283,14 @@ impl AgentConfig {
                 .with_context(|| format!("in [agent.delegates.{name}]"))?;
         }
         Ok(())
+    }
+
+    /// Puts the limits given over the file's own.
+    pub fn limit(&mut self, l: &Limits) {
+        let s = &mut self.spec;
+        s.max_steps = l.max_steps.unwrap_or(s.max_steps);
+        s.max_tokens = l.max_tokens.unwrap_or(s.max_tokens);
+        s.timeout_s = l.timeout.unwrap_or(s.timeout_s);
     }
 
     /// Replaces the model of each step (an ensemble or the file's members no longer decide).

@@ -10,7 +10,7 @@ mod run;
 mod toolbox;
 mod trace;
 
-pub use config::{AgentConfig, AgentSpec};
+pub use config::{AgentConfig, AgentSpec, Limits};
 pub use journal::Event;
 pub use policy::{Decision, Rule};
 pub use resume::resume;

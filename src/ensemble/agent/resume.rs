@@ -9,10 +9,12 @@ use super::run::{
 };
 use super::trace::{CallTrace, RunTrace, StepTrace, Stop, Usage};
 use crate::engine::{Engine, Message, ToolCall};
+use crate::ensemble::spans;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
+use tracing::Instrument;
 
 /// What the journal says a run had done.
 #[derive(Debug)]
@@ -213,7 +215,15 @@ pub async fn resume(engine: Engine, dir: &Path, opts: &RunOptions) -> Result<Run
         depth: 0,
         journal: Some(Mutex::new(j)),
     };
-    agent.finish(state, r.last, dir).await
+    let span = spans::agent_run(cfg.name(), 0);
+    let t = agent
+        .finish(state, r.last, dir)
+        .instrument(span.clone())
+        .await;
+    if let Ok(t) = &t {
+        spans::agent_ended(&span, t);
+    }
+    t
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::toolbox::{def, Done, Toolbox, FINAL};
 use super::trace::{CallTrace, RunTrace, StepTrace, Stop, Usage};
 use crate::engine::{Engine, Message, ToolCall, ToolDef};
 use crate::ensemble::calls::{self, Choice, Tools};
+use crate::ensemble::spans;
 use crate::ensemble::{Ask, Runner, Trace};
 use crate::tools::Workspace;
 use anyhow::{Context, Result};
@@ -19,6 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// The system prompt unless the config gives one.
 pub const DEFAULT_SYSTEM: &str = "You are an agent that completes the user's task with tools. \
@@ -118,7 +120,15 @@ pub async fn run(
         depth: 0,
         journal: Some(Mutex::new(journal)),
     };
-    agent.finish(state, Vec::new(), dir).await
+    let span = spans::agent_run(cfg.name(), 0);
+    let t = agent
+        .finish(state, Vec::new(), dir)
+        .instrument(span.clone())
+        .await;
+    if let Ok(t) = &t {
+        spans::agent_ended(&span, t);
+    }
+    t
 }
 
 /// What a run and its delegates share: the engine, the budget, the deadline, the workspace.
@@ -384,7 +394,9 @@ impl Agent<'_> {
             ask.parallel = false;
             ask.constraint = Some(tools.constraint());
             let started = Instant::now();
-            let Some(t) = self.model_step(step, &ens, &ask).await? else {
+            let span = spans::step(step);
+            let model_step = self.model_step(step, &ens, &ask);
+            let Some(t) = model_step.instrument(span.clone()).await? else {
                 return Ok((None, Stop::Timeout));
             };
             let usage = Usage::of(&t);
@@ -425,7 +437,7 @@ impl Agent<'_> {
                 tool_calls: calls.clone(),
                 ..Message::new("assistant", &text)
             });
-            let done = self.answer_calls(step, &calls, st).await?;
+            let done = self.answer_calls(step, &calls, st).instrument(span).await?;
             let s = st.steps.last_mut().expect("pushed above");
             s.calls = done;
             s.seconds = started.elapsed().as_secs_f64();
@@ -505,7 +517,10 @@ impl Agent<'_> {
     ) -> Result<Vec<CallTrace>> {
         let mut out = Vec::new();
         for call in calls {
-            let c = self.answer_call(step, call, st).await?;
+            let span = spans::tool_call(call);
+            let answered = self.answer_call(step, call, st);
+            let c = answered.instrument(span.clone()).await?;
+            spans::tool_done(&span, &c);
             st.messages.push(tool_message(&call.id, &c.output));
             out.push(c);
         }
@@ -682,8 +697,11 @@ impl Agent<'_> {
         };
         let task = Task::Text(task.to_string());
         let mut sub_state = State::new(task.text(), task.messages(cfg));
-        let (answer, stop) = sub.drive_boxed(&mut sub_state).await?;
+        let span = spans::agent_run(cfg.name(), sub.depth);
+        let sub_run = sub.drive_boxed(&mut sub_state).instrument(span.clone());
+        let (answer, stop) = sub_run.await?;
         let t = sub.trace(sub_state, answer.clone(), stop);
+        spans::agent_ended(&span, &t);
         st.usage += t.usage;
         let done = match answer {
             Some(a) => Done {

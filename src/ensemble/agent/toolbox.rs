@@ -119,7 +119,10 @@ impl Toolbox {
     pub async fn call(&self, name: &str, args: &Value) -> Done {
         let this = self.clone();
         let (name, args) = (name.to_string(), args.clone());
-        let run = tokio::task::spawn_blocking(move || this.call_blocking(&name, &args));
+        // A sandbox run's span goes under the call's, across the thread.
+        let span = tracing::Span::current();
+        let run =
+            tokio::task::spawn_blocking(move || span.in_scope(|| this.call_blocking(&name, &args)));
         match run.await {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => Done {
