@@ -640,14 +640,7 @@ fn bench_runs_an_agent_per_item_and_counts_its_steps() {
     let row = &series["rows"][0];
     assert!(row["steps_per_item"].as_f64().unwrap() >= 1.0, "{summary}");
     assert!(row["tokens_per_item"].as_f64().unwrap() > 0.0, "{summary}");
-    let record: Value = serde_json::from_str(
-        std::fs::read_to_string(out.join("samples.jsonl"))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let record: Value = common::first_sample(&out);
     let decided = &record["decided"][0];
     assert_eq!(
         decided["steps"],

@@ -410,14 +410,7 @@ fn spans_reach_an_otlp_receiver_as_the_trace_files_tell() {
         out.to_str().unwrap(),
     ]);
     run_ok(c);
-    let rec: Value = serde_json::from_str(
-        std::fs::read_to_string(out.join("samples.jsonl"))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let rec: Value = common::first_sample(&out);
     let spans = p.trace_of("invoke_agent exec", None);
     let tree = Tree::new(&spans);
     let root = spans.iter().find(|s| s["parent_id"].is_null()).unwrap();

@@ -7,7 +7,7 @@
 mod common;
 use conclave::engine::Engine;
 use conclave::ensemble::{Ensemble, Runner};
-use conclave::server::{serve, App, Options};
+use conclave::server::Options;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -26,28 +26,14 @@ fn engine() -> Engine {
 
 /// Starts a server in this process on a free loopback port; returns its base URL.
 fn start(opts: Options) -> String {
-    start_on(engine(), opts)
+    common::serve_on(engine(), opts)
 }
 
 /// A server on an engine of its own, for tests that read the engine's counters in /metrics:
 /// no other test's jobs run there.
 fn start_alone(opts: Options) -> String {
     common::model_path(MODEL);
-    start_on(Engine::start(), opts)
-}
-
-fn start_on(engine: Engine, opts: Options) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let app = App::new(opts, engine).await.unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            serve(listener, app, std::future::pending()).await.unwrap();
-        });
-    });
-    format!("http://{}", rx.recv().unwrap())
+    common::serve_on(Engine::start(), opts)
 }
 
 fn options() -> Options {
@@ -66,25 +52,13 @@ fn shared() -> &'static str {
         let dir = std::env::temp_dir().join(format!("conclave-server-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let tiny = dir.join("tiny.toml");
-        std::fs::write(&tiny, TINY).unwrap();
+        std::fs::write(&tiny, common::TINY).unwrap();
         start(Options {
             configs: vec![tiny],
             ..options()
         })
     })
 }
-
-const TINY: &str = r#"
-name = "tiny"
-strategy = "vote"
-answer = "number"
-max_tokens = 16
-[[member]]
-model = "smollm2-135m"
-role = "solver"
-temperature = 0.7
-count = 2
-"#;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -5,7 +5,7 @@
 mod common;
 use conclave::engine::Engine;
 use conclave::ensemble::{Ensemble, Runner};
-use conclave::server::{serve, App, Options};
+use conclave::server::Options;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,23 +22,6 @@ fn engine() -> Engine {
     ENGINE.get_or_init(Engine::start).clone()
 }
 
-fn start_on(engine: Engine, opts: Options) -> String {
-    for m in &opts.models {
-        common::model_path(m);
-    }
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let app = App::new(opts, engine).await.unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            serve(listener, app, std::future::pending()).await.unwrap();
-        });
-    });
-    format!("http://{}", rx.recv().unwrap())
-}
-
 fn options(models: &[&str]) -> Options {
     Options {
         api_key: Some(KEY.into()),
@@ -50,7 +33,7 @@ fn options(models: &[&str]) -> Options {
 /// Serves qwen (so the vote8 preset) on the shared engine.
 fn qwen_server() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| start_on(engine(), options(&[QWEN])))
+    URL.get_or_init(|| common::serve_on(engine(), options(&[QWEN])))
 }
 
 /// Writes `files` (name, text) to a fresh directory; returns their paths.
@@ -320,18 +303,6 @@ fn the_openai_client_streams_an_ensemble_as_plain_chunks() {
     );
 }
 
-const INNER: &str = r#"
-name = "inner"
-strategy = "vote"
-answer = "number"
-max_tokens = 12
-[[member]]
-model = "smollm2-135m"
-role = "solver"
-temperature = 0.7
-count = 2
-"#;
-
 const OUTER: &str = r#"
 name = "outer"
 strategy = "vote"
@@ -342,13 +313,16 @@ model = "smollm2-135m"
 role = "solver"
 temperature = 0.5
 [[member]]
-ensemble = "inner.toml"
+ensemble = "tiny.toml"
 "#;
 
 #[tokio::test]
 async fn a_nested_ensemble_streams_under_its_path() {
-    let files = configs("nested", &[("inner.toml", INNER), ("outer.toml", OUTER)]);
-    let url = &start_on(
+    let files = configs(
+        "nested",
+        &[("tiny.toml", common::TINY), ("outer.toml", OUTER)],
+    );
+    let url = &common::serve_on(
         engine(),
         Options {
             configs: vec![files[1].clone()],
@@ -407,18 +381,6 @@ async fn a_nested_ensemble_streams_under_its_path() {
     assert_eq!(decisions[1]["votes"], run.trace["votes"]);
 }
 
-const TINY: &str = r#"
-name = "tiny"
-strategy = "vote"
-answer = "number"
-max_tokens = 8
-[[member]]
-model = "smollm2-135m"
-role = "solver"
-temperature = 0.7
-count = 2
-"#;
-
 async fn get(url: &str, path: &str, key: Option<&str>) -> (u16, Value) {
     let mut req = client().get(format!("{url}{path}"));
     if let Some(k) = key {
@@ -430,8 +392,8 @@ async fn get(url: &str, path: &str, key: Option<&str>) -> (u16, Value) {
 
 #[tokio::test]
 async fn recent_traces_are_kept_newest_first_within_the_bound() {
-    let files = configs("store", &[("tiny.toml", TINY)]);
-    let url = &start_on(
+    let files = configs("store", &[("tiny.toml", common::TINY)]);
+    let url = &common::serve_on(
         engine(),
         Options {
             configs: files,
@@ -532,10 +494,10 @@ async fn metric(url: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn a_client_that_leaves_an_ensemble_stream_cancels_its_jobs() {
-    let files = configs("cancel", &[("tiny.toml", TINY)]);
+    let files = configs("cancel", &[("tiny.toml", common::TINY)]);
     // An engine of its own, so its counters count this test's jobs only.
     common::model_path(SMOL);
-    let url = &start_on(
+    let url = &common::serve_on(
         Engine::start(),
         Options {
             configs: files,

@@ -101,7 +101,6 @@ fn serve(args: &[&str]) -> Server {
 #[test]
 fn the_page_shows_vote8_agents_streaming_the_vote_and_the_winner() {
     let chromium = chromium();
-    let python = common::python_with_openai();
     common::model_path("qwen2.5-coder-0.5b");
     let key = "ui-test-key";
     let server = serve(&[
@@ -117,22 +116,15 @@ fn the_page_shows_vote8_agents_streaming_the_vote_and_the_winner() {
         .unwrap()
         .join("ui-artifacts/vote8.png");
     let _ = std::fs::remove_file(&shot);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui_client.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .env("BASE", &server.base)
-        .env("KEY", key)
-        .env("CHROMIUM", chromium)
-        .env("SHOT", &shot)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let text = common::run_python(
+        "ui_client.py",
+        &[
+            ("BASE", server.base.clone()),
+            ("KEY", key.to_string()),
+            ("CHROMIUM", chromium.to_string()),
+            ("SHOT", shot.display().to_string()),
+        ],
     );
-    eprintln!("{text}");
-    assert!(out.status.success(), "tests/ui_client.py failed:\n{text}");
     assert!(text.contains("ui ok: winner #"), "{text}");
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
     assert!(

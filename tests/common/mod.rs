@@ -114,10 +114,29 @@ fn venv(name: &str, packages: &[&str]) -> PathBuf {
     python
 }
 
+/// A small vote ensemble file, `conclave/tiny`: two smollm2 samples answering a number.
+pub const TINY: &str = r#"
+name = "tiny"
+strategy = "vote"
+answer = "number"
+max_tokens = 16
+[[member]]
+model = "smollm2-135m"
+role = "solver"
+temperature = 0.7
+count = 2
+"#;
+
 /// Starts `conclave serve` with `opts` in this process, on its own thread and runtime, on a
 /// free loopback port; returns its base URL (`http://127.0.0.1:PORT`). The models named in
 /// `opts` are pulled first.
 pub fn serve(opts: conclave::server::Options) -> String {
+    let engine = conclave::engine::Engine::with_prefix_cache(opts.prefix_cache_mb << 20);
+    serve_on(engine, opts)
+}
+
+/// [`serve`] on a given engine: servers of one test binary can share its loaded models.
+pub fn serve_on(engine: conclave::engine::Engine, opts: conclave::server::Options) -> String {
     use conclave::server::{serve, App};
     for m in &opts.models {
         model_path(m);
@@ -126,7 +145,6 @@ pub fn serve(opts: conclave::server::Options) -> String {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
-            let engine = conclave::engine::Engine::with_prefix_cache(opts.prefix_cache_mb << 20);
             let app = App::new(opts, engine).await.unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
@@ -155,4 +173,11 @@ pub fn run_python(name: &str, env: &[(&str, String)]) -> String {
     eprintln!("{text}");
     assert!(out.status.success(), "tests/{name} failed:\n{text}");
     text
+}
+
+/// The first record of a bench run's `samples.jsonl` in `out`.
+pub fn first_sample(out: &std::path::Path) -> serde_json::Value {
+    let path = out.join("samples.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(text.lines().next().unwrap()).unwrap()
 }
