@@ -54,21 +54,34 @@ fn qwen_template_renders_tools_calls_and_results_as_transformers_does() {
     assert!(pieces.contains(&Piece::Content("18 C".into())));
 }
 
-/// Starts `conclave serve` in this process on qwen2.5-coder-0.5b; returns its base URL.
-fn server() -> String {
+/// Starts `conclave serve` in this process on qwen2.5-coder-0.5b, keeping a prefix store of
+/// `prefix_cache_mb` (as `serve --prefix-cache-mb`); returns its base URL.
+fn server(prefix_cache_mb: usize) -> String {
     common::serve(Options {
         models: vec![QWEN.into()],
         // 100 requests on a shared machine can queue past the default 600 s.
         request_timeout: None,
+        prefix_cache_mb,
         ..Options::default()
     })
 }
 
 /// tests/tools_client.py: a round trip, `required` on 100 prompts validated with
-/// `jsonschema`, a named function, streamed calls against whole ones, and the 400s.
+/// `jsonschema`, a named function, streamed calls against whole ones, and the 400s. The 100
+/// prompts share the tools' system prompt, so they go to a server with a prefix store, as a
+/// served agent API would run: each prefills only its own question (checked there through
+/// `cached_tokens`). The rest go to one without, where a streamed reply and a whole one
+/// both start cold and must match token for token.
 #[test]
 fn the_openai_client_calls_tools() {
-    let url = server();
-    let text = common::run_python("tools_client.py", &[("CONCLAVE_URL", format!("{url}/v1"))]);
+    let url = server(0);
+    let cached = server(256);
+    let text = common::run_python(
+        "tools_client.py",
+        &[
+            ("CONCLAVE_URL", format!("{url}/v1")),
+            ("CONCLAVE_CACHED_URL", format!("{cached}/v1")),
+        ],
+    );
     assert!(text.contains(" passed, 0 failed"), "{text}");
 }

@@ -2,7 +2,7 @@
 qwen2.5-coder-0.5b.
 
 Run by tests/tools.rs (`the_openai_client_calls_tools`), which starts the server and sets
-CONCLAVE_URL, with the Python of the virtual environment it makes under target/tmp
+CONCLAVE_URL (and CONCLAVE_CACHED_URL, a server with a prefix store), with the Python of the virtual environment it makes under target/tmp
 (tests/common/mod.rs, `python_with_openai`: openai, jsonschema). CONCLAVE_ONLY=name runs one test.
 """
 import json
@@ -21,6 +21,8 @@ except ImportError as e:
 URL = os.environ["CONCLAVE_URL"]
 MODEL = "qwen2.5-coder-0.5b"
 client = openai.OpenAI(base_url=URL, api_key="none", max_retries=0, timeout=1200)
+cached_client = openai.OpenAI(base_url=os.environ.get("CONCLAVE_CACHED_URL", URL),
+                              api_key="none", max_retries=0, timeout=1200)
 
 
 def fn(name, description, properties, required):
@@ -151,20 +153,29 @@ def test_round_trip():
 
 def test_required_on_100_prompts():
     def one(p):
-        r = client.chat.completions.create(
+        r = cached_client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": p}], tools=TOOLS,
             tool_choice="required", temperature=0, max_tokens=200)
         c = r.choices[0]
         assert c.finish_reason == "tool_calls" and c.message.tool_calls, (p, r)
         for call in c.message.tool_calls:
             check_call(call)
-        return p, c.message.tool_calls[0].function.name
+        return c.message.tool_calls[0].function.name, r.usage
     # Concurrent requests share the engine's batch.
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, prompts()))
     assert len(results) == 100
-    names = {n for _, n in results}
-    print(f"  100/100 calls valid; functions called: {sorted(names)}")
+    names = {n for n, _ in results}
+    # All but the first few (in flight together before any was stored) start from the
+    # stored tools header and prefill only their own question.
+    cached = [u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
+              for _, u in results]
+    hits, saved = sum(1 for c in cached if c > 0), sum(cached)
+    prompt = sum(u.prompt_tokens for _, u in results)
+    print(f"  100/100 calls valid; functions called: {sorted(names)}; "
+          f"{hits} started from the prefix store, {saved} of {prompt} prompt tokens cached")
+    if "CONCLAVE_CACHED_URL" in os.environ:
+        assert hits >= 80, hits
 
 
 def test_named_function():
