@@ -213,11 +213,11 @@ async fn n_choices_share_one_prefill_and_follow_the_seed() {
         "Write a random sentence.",
         json!({"n": 3, "temperature": 1.0, "seed": 11, "max_tokens": 10}),
     );
-    let prefills = metric(&url, "conclave_prefills_total").await;
+    let prefills = common::metric(&url, KEY, "conclave_prefills_total").await;
     let (status, v) = post(&url, "/v1/chat/completions", &req).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(
-        metric(&url, "conclave_prefills_total").await,
+        common::metric(&url, KEY, "conclave_prefills_total").await,
         prefills + 1.0,
         "three choices, one prefill"
     );
@@ -532,36 +532,15 @@ async fn ensembles_answer_with_their_trace() {
     }
 }
 
-/// The value of an unlabelled sample in `/metrics`.
-async fn metric(url: &str, name: &str) -> f64 {
-    let r = client()
-        .get(format!("{url}/metrics"))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .contains("openmetrics-text"));
-    let text = r.text().await.unwrap();
-    assert!(text.ends_with("# EOF\n"), "{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_client_that_disconnects_cancels_its_generation() {
     let url = &start_alone(options());
-    let before = metric(url, "conclave_jobs_cancelled_total").await;
+    let before = common::metric(url, KEY, "conclave_jobs_cancelled_total").await;
     drop(open_story(url, 2000).await);
     // The engine drops the job before its next step; wait for it, boundedly.
     let mut after = before;
     for _ in 0..600 {
-        after = metric(url, "conclave_jobs_cancelled_total").await;
+        after = common::metric(url, KEY, "conclave_jobs_cancelled_total").await;
         if after > before {
             break;
         }
@@ -576,8 +555,9 @@ async fn a_client_that_disconnects_cancels_its_generation() {
     )
     .await;
     assert_eq!(s, 200, "the server still serves: {v}");
-    let completed = metric(
+    let completed = common::metric(
         url,
+        KEY,
         "conclave_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}",
     )
     .await;

@@ -124,6 +124,17 @@ struct Run {
     conclave: Value,
 }
 
+impl Run {
+    /// The `decision` events, in order.
+    fn decisions(&self) -> Vec<&Value> {
+        self.events
+            .iter()
+            .map(|(e, _)| e)
+            .filter(|e| e["type"] == "decision")
+            .collect()
+    }
+}
+
 fn split(stream: Vec<Sse>) -> Run {
     let mut events = Vec::new();
     let mut trace = None;
@@ -238,12 +249,7 @@ async fn vote8_streams_each_agent_then_its_trace_then_the_answer() {
         assert_eq!(d["tokens"], a["tokens"], "agent {i}");
         assert_eq!(d["finish"], a["finish"], "agent {i}");
     }
-    let decisions: Vec<&Value> = run
-        .events
-        .iter()
-        .map(|(e, _)| e)
-        .filter(|e| e["type"] == "decision")
-        .collect();
+    let decisions = run.decisions();
     assert_eq!(decisions.len(), 1);
     let d = decisions[0];
     assert_eq!(d["path"], json!([]));
@@ -364,12 +370,7 @@ async fn a_nested_ensemble_streams_under_its_path() {
     let member = &seen[&at(json!([]), 1)];
     assert_eq!((member.starts, member.deltas), (1, 0));
     assert_eq!(member.dones[0]["extracted"], inner["answer"]);
-    let decisions: Vec<&Value> = run
-        .events
-        .iter()
-        .map(|(e, _)| e)
-        .filter(|e| e["type"] == "decision")
-        .collect();
+    let decisions = run.decisions();
     assert_eq!(decisions.len(), 2);
     assert_eq!(
         decisions[0]["path"],
@@ -474,24 +475,6 @@ async fn recent_traces_are_kept_newest_first_within_the_bound() {
     }
 }
 
-/// The value of an unlabelled sample in `/metrics`.
-async fn metric(url: &str, name: &str) -> f64 {
-    let (_, text) = {
-        let r = client()
-            .get(format!("{url}/metrics"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.text().await.unwrap())
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_client_that_leaves_an_ensemble_stream_cancels_its_jobs() {
     let files = configs("cancel", &[("tiny.toml", common::TINY)]);
@@ -504,7 +487,7 @@ async fn a_client_that_leaves_an_ensemble_stream_cancels_its_jobs() {
             ..options(&[SMOL])
         },
     );
-    let before = metric(url, "conclave_jobs_cancelled_total").await;
+    let before = common::metric(url, KEY, "conclave_jobs_cancelled_total").await;
     let body = question(
         "conclave/tiny",
         "Write a long story about a dragon.",
@@ -526,7 +509,7 @@ async fn a_client_that_leaves_an_ensemble_stream_cancels_its_jobs() {
     drop(r);
     let mut after = before;
     for _ in 0..600 {
-        after = metric(url, "conclave_jobs_cancelled_total").await;
+        after = common::metric(url, KEY, "conclave_jobs_cancelled_total").await;
         if after > before {
             break;
         }

@@ -154,6 +154,28 @@ pub fn serve_on(engine: conclave::engine::Engine, opts: conclave::server::Option
     format!("http://{}", rx.recv().unwrap())
 }
 
+/// The value of the metric `name` in the server's `/metrics` (OpenMetrics text, which is
+/// checked), read with the bearer `key`.
+pub async fn metric(url: &str, key: &str, name: &str) -> f64 {
+    let r = reqwest::Client::new()
+        .get(format!("{url}/metrics"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("openmetrics-text"));
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
 /// Runs the Python script `tests/NAME` in the test venv with `env` set; asserts it exits
 /// cleanly and returns what it printed (stdout then stderr), echoed for the test log.
 pub fn run_python(name: &str, env: &[(&str, String)]) -> String {
