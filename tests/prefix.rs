@@ -40,7 +40,7 @@ fn tokens(o: &Output) -> Vec<&[u32]> {
     o.completions.iter().map(|c| c.tokens.as_slice()).collect()
 }
 
-/// Turn 2 starts from turn 1's prompt, turn 3 from turn 2's; each answers as the same prompt
+/// Turn 2 starts from turn 1's prompt and reply, turn 3 from turn 2's; each answers as the same prompt
 /// prefilled cold on an engine that caches nothing. Turn 3 draws four samples (greedy and
 /// three seeds) from the cached prefix.
 fn turns_answer_as_cold_prefills(model: &str) {
@@ -60,13 +60,14 @@ fn turns_answer_as_cold_prefills(model: &str) {
     chat.push(Message::new("assistant", &first.completions[0].text));
     chat.push(Message::new("user", "And one without rings?"));
     let second = run(&warm, job(model, &chat, vec![sampling(0.0, 0)]));
-    // The template may end a turn differently from how it starts the reply: a few tokens.
+    // Turn 1's prompt and reply were kept: only the new user turn is prefilled. (The
+    // template may end the reply with other tokens than were sampled: a few.)
+    let turn1 = first.prompt_tokens + first.completion_tokens();
     assert!(
-        second.cached_tokens + 4 >= first.prompt_tokens
-            && second.cached_tokens <= first.prompt_tokens,
-        "{model}: turn 2 cached {} of turn 1's {} prompt tokens",
+        second.cached_tokens + 4 >= turn1 && second.cached_tokens < second.prompt_tokens,
+        "{model}: turn 2 cached {} of its {} prompt tokens; turn 1 was {turn1}",
         second.cached_tokens,
-        first.prompt_tokens
+        second.prompt_tokens
     );
     let second_cold = run(&cold, job(model, &chat, vec![sampling(0.0, 0)]));
     assert_eq!(second_cold.cached_tokens, 0);
@@ -84,12 +85,12 @@ fn turns_answer_as_cold_prefills(model: &str) {
         ]
     };
     let third = run(&warm, job(model, &chat, four()));
+    let turn2 = second.prompt_tokens + second.completion_tokens();
     assert!(
-        second.cached_tokens < third.cached_tokens
-            && third.cached_tokens + 4 >= second.prompt_tokens,
-        "{model}: turn 3 cached {} of turn 2's {} prompt tokens",
+        third.cached_tokens + 4 >= turn2 && third.cached_tokens < third.prompt_tokens,
+        "{model}: turn 3 cached {} of its {} prompt tokens; turn 2 was {turn2}",
         third.cached_tokens,
-        second.prompt_tokens
+        third.prompt_tokens
     );
     let third_cold = run(&cold, job(model, &chat, four()));
     assert_eq!(tokens(&third), tokens(&third_cold), "{model}: turn 3");
@@ -103,6 +104,40 @@ fn turns_answer_as_cold_prefills(model: &str) {
 #[test]
 fn qwen_turns_answer_as_cold_prefills() {
     turns_answer_as_cold_prefills("qwen2.5-coder-0.5b");
+}
+
+/// Prompts that arrive together with one system prompt: each after the first starts from
+/// what the one before it left in the store, the shared system prompt at least.
+#[test]
+fn prompts_arriving_together_share_their_system_prompt() {
+    let model = "smollm2-135m";
+    common::model_path(model);
+    let engine = Engine::with_default_prefix_cache();
+    let system = Message::new(
+        "system",
+        "You are a careful assistant for a harbour office. You answer questions about ships, \
+         tides and cargo in one short sentence, and you never make up a number.",
+    );
+    let asks = [
+        "When is high tide?",
+        "Which ship is late?",
+        "Is crane 2 free?",
+    ];
+    let jobs = asks.iter().map(|q| {
+        let chat = [system.clone(), Message::new("user", q)];
+        engine.generate(job(model, &chat, vec![sampling(0.0, 0)]))
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outs = rt.block_on(futures_util::future::join_all(jobs));
+    let cached: Vec<usize> = outs
+        .iter()
+        .map(|o| o.as_ref().unwrap().cached_tokens)
+        .collect();
+    assert_eq!(cached.iter().filter(|&&c| c == 0).count(), 1, "{cached:?}");
+    assert!(
+        cached.iter().filter(|&&c| c >= 30).count() == 2,
+        "{cached:?}"
+    );
 }
 
 /// Fixed-length filler prompts measure prefill: the same one twice prefills it twice.

@@ -3,6 +3,7 @@ use super::constraint::{Compiled, DeadEnd, RowConstraint};
 use super::error::JobError;
 use super::prefix::PrefixStore;
 use super::sampler::{Pick, Sampler, SamplingParams};
+use crate::model::kv_cache::Prefix;
 use crate::model::tokenizer::Incremental;
 use crate::model::{KvCache, Model, RowLogits};
 use anyhow::{bail, Result};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Prompts longer than this are prefilled in pieces, bounding the attention scratch memory.
-const PREFILL_CHUNK: usize = 512;
+pub(crate) const PREFILL_CHUNK: usize = 512;
 
 #[derive(Clone, Default)]
 pub(crate) struct Request {
@@ -159,22 +160,32 @@ pub(crate) struct Generation {
     cached: usize,
 }
 
-impl Generation {
-    /// Checks the request, prefills its prompt once and samples every sample's first token
-    /// from that one prefill. The cache holds one row per sample still going, in the order of
-    /// [`Generation::active`]; None when every sample ended at its first token.
-    ///
-    /// With a `store` (and `key`, the model's name in it), the prefill starts after the
-    /// longest prefix of the prompt the store holds, and leaves the prompt's keys and values
-    /// there for later jobs.
-    pub fn start(
-        model: &Model,
-        req: Request,
-        store: Option<(&mut PrefixStore, &str)>,
-        on_text: OnText,
-    ) -> Result<(Self, Option<KvCache>)> {
-        let n = req.samples.len();
-        if n == 0 {
+/// A request's prompt on its way into a cache: checked by [`Prefill::begin`], started from
+/// the prefix store by [`Prefill::start_from`] when its turn comes (after the prompts before
+/// it have filled the store), prefilled by one or more [`Prefill::run`]s (the engine thread
+/// splits a long prompt between the decode steps of the jobs already running), then turned
+/// into a [`Generation`] by [`Prefill::finish`], which samples every sample's first token.
+pub(crate) struct Prefill {
+    req: Request,
+    cache: KvCache,
+    max_tokens: usize,
+    /// Prompt positions in the cache, from the store or prefilled.
+    done: usize,
+    /// Prompt tokens taken from the prefix store.
+    cached: usize,
+    /// Prompt tokens the forward passes ran, to count whole prompts prefilled.
+    ran: usize,
+    /// The last prompt position's logits, once the whole prompt is in.
+    logits: Vec<Vec<f32>>,
+    /// Time spent in this prompt's own work (not waiting between chunks).
+    seconds: f64,
+}
+
+impl Prefill {
+    /// Checks the request and makes its cache.
+    pub fn begin(model: &Model, req: Request) -> Result<Self> {
+        let start = Instant::now();
+        if req.samples.is_empty() {
             bail!("no samples requested");
         }
         if req.prompt.is_empty() {
@@ -190,34 +201,84 @@ impl Generation {
             .into());
         }
         let max_tokens = req.max_tokens.min(ctx - req.prompt.len());
+        let cache = model.new_cache(1, req.prompt.len() + max_tokens)?;
+        Ok(Self {
+            req,
+            cache,
+            max_tokens,
+            done: 0,
+            cached: 0,
+            ran: 0,
+            logits: Vec::new(),
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
 
+    /// Whether no position of the prompt is in the cache yet.
+    pub fn is_fresh(&self) -> bool {
+        self.done == 0
+    }
+
+    /// Starts the fresh cache from the longest prefix of the prompt that `store` holds under
+    /// `key` (the model's name in it), if any.
+    pub fn start_from(&mut self, store: &mut PrefixStore, key: &str) -> Result<()> {
+        debug_assert!(self.is_fresh());
+        if let Some(hit) = store.find(key, &self.req.prompt) {
+            self.cache.start_from(&hit.kv, hit.len)?;
+            (self.done, self.cached) = (hit.len, hit.len);
+        }
+        Ok(())
+    }
+
+    /// Prompt tokens still to prefill.
+    pub fn remaining(&self) -> usize {
+        self.req.prompt.len() - self.done
+    }
+
+    /// Prompt tokens the prefix store did not hold: what the prefill runs in all.
+    pub fn new_tokens(&self) -> usize {
+        self.req.prompt.len() - self.cached
+    }
+
+    /// Prefills up to `most` more prompt tokens, in pieces of at most [`PREFILL_CHUNK`].
+    pub fn run(&mut self, model: &Model, most: usize) -> Result<()> {
         let start = Instant::now();
-        let mut cache = model.new_cache(1, req.prompt.len() + max_tokens)?;
-        let mut store = store;
-        let hit = match &mut store {
-            Some((s, key)) => s.find(key, &req.prompt),
-            None => None,
-        };
-        let cached = match hit {
-            Some(hit) => {
-                cache.start_from(&hit.kv, hit.len)?;
-                hit.len
-            }
-            None => 0,
-        };
-        let mut logits = Vec::new();
-        // Prompt tokens the forward pass ran, to count whole prompts prefilled: one, whatever
-        // the number of samples.
-        let mut ran = 0;
-        for chunk in req.prompt[cached..].chunks(PREFILL_CHUNK) {
+        let end = self.req.prompt.len().min(self.done.saturating_add(most));
+        for chunk in self.req.prompt[self.done..end].chunks(PREFILL_CHUNK) {
             let seqs = [chunk.to_vec()];
-            logits = model.step(&seqs, &mut cache)?;
-            ran += seqs.iter().map(Vec::len).sum::<usize>();
+            self.logits = model.step(&seqs, &mut self.cache)?;
+            self.ran += chunk.len();
         }
-        let prefills = ran / (req.prompt.len() - cached);
+        self.done = end;
+        self.seconds += start.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Samples every sample's first token from the prefilled prompt, and leaves the prompt's
+    /// keys and values in `store`. The cache holds one row per sample still going, in the
+    /// order of [`Generation::active`]; None when every sample ended at its first token.
+    pub fn finish(
+        self,
+        model: &Model,
+        store: Option<(&mut PrefixStore, &str)>,
+        on_text: OnText,
+    ) -> Result<(Generation, Option<KvCache>)> {
+        debug_assert_eq!(self.remaining(), 0, "finish after the whole prompt is in");
+        let start = Instant::now();
+        let Self {
+            req,
+            cache,
+            max_tokens,
+            cached,
+            ran,
+            logits,
+            seconds,
+            ..
+        } = self;
         if let Some((s, key)) = store {
-            s.insert(key, &req.prompt, std::sync::Arc::new(cache.row_prefix()?));
+            s.insert(key, &req.prompt, Arc::new(cache.row_prefix()?));
         }
+        let n = req.samples.len();
         let rows = req
             .samples
             .iter()
@@ -237,7 +298,8 @@ impl Generation {
                 masked: Vec::new(),
             })
             .collect();
-        let mut g = Self {
+        let prefills = ran / (req.prompt.len() - cached);
+        let mut g = Generation {
             req,
             rows,
             max_tokens,
@@ -255,8 +317,20 @@ impl Generation {
             1 => Some(cache),
             going => Some(cache.fork(going)?),
         };
-        g.prefill_seconds = start.elapsed().as_secs_f64();
+        g.prefill_seconds = seconds + start.elapsed().as_secs_f64();
         Ok((g, cache))
+    }
+}
+
+impl Generation {
+    /// The prompt and `sample`'s tokens so far, the sequence its cache row continues.
+    pub fn sequence(&self, sample: usize) -> Vec<u32> {
+        [&self.req.prompt[..], &self.rows[sample].tokens[..]].concat()
+    }
+
+    /// Samples the job draws.
+    pub fn samples(&self) -> usize {
+        self.rows.len()
     }
 
     /// How many sequences the prompt was prefilled as (the engine's `prefills` counter).
@@ -402,6 +476,14 @@ impl Batch {
             .map(|&(k, s)| vec![last_token(k, s)])
             .collect();
         model.step_into(&input, cache, &mut self.logits)
+    }
+
+    /// Every position row `i` (in the order of [`Batch::rows`]) holds, copied out.
+    pub fn row_kv(&self, i: usize) -> Result<Prefix> {
+        match &self.cache {
+            Some(c) => c.row_copy(i),
+            None => bail!("an empty batch has no rows"),
+        }
     }
 
     /// The last step's logits, in the order of [`Batch::rows`].

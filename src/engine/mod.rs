@@ -4,6 +4,7 @@ mod constraint;
 mod error;
 mod generate;
 mod load;
+mod pace;
 mod prefix;
 pub mod sampler;
 mod spans;

@@ -1,15 +1,17 @@
-//! Recent prompts' keys and values, so that a job whose prompt starts like one of them
-//! prefills only the rest: step k + 1 of an agent re-sends step k's prompt and more, turn k + 1
-//! of a chat re-sends turn k, ensemble roles share a system prompt.
+//! Recent prompts' and replies' keys and values, so that a job whose prompt starts like one of
+//! them prefills only the rest: step k + 1 of an agent re-sends step k's prompt and reply and
+//! more, turn k + 1 of a chat re-sends turn k and its answer, ensemble roles share a system
+//! prompt.
 //!
-//! The store lives on the engine thread. Each entry is one prompt's tokens and their keys and
-//! values (a [`Prefix`]; on the CPU views of the buffer the prompt was prefilled in, no copy).
+//! The store lives on the engine thread. Each entry is one token sequence and its keys and
+//! values (a [`Prefix`]): a prompt's when it is prefilled (on the CPU views of the buffer it
+//! was prefilled in, no copy), then, for a job of one sample, its prompt and reply's when the
+//! reply ends (copied out of the batch), which replaces the prompt's.
 //! A lookup scans every entry of the model for the longest common token prefix, which is
 //! cheap at the tens of entries a memory budget of small models' prompts holds. Serving many
 //! clients with long shared prefixes would want an index instead: vLLM hashes fixed-size
 //! token blocks (each block's hash covers its prefix, "automatic prefix caching") and SGLang
-//! keeps a radix tree of token sequences ("RadixAttention"); issue 28 may replace the scan
-//! with one of those.
+//! keeps a radix tree of token sequences ("RadixAttention").
 use crate::model::kv_cache::Prefix;
 use std::sync::Arc;
 
@@ -50,6 +52,11 @@ impl PrefixStore {
             budget,
             clock: 0,
         }
+    }
+
+    /// Whether the store keeps anything at all (a budget of 0 keeps nothing).
+    pub fn is_on(&self) -> bool {
+        self.budget > 0
     }
 
     /// Bytes the entries keep alive.

@@ -404,6 +404,39 @@ impl KvCache {
         Ok(Prefix { layers, len, bytes })
     }
 
+    /// Every position row `r` holds (its prefix's and its own), copied into a [`Prefix`] of
+    /// its own: a finished row of a batch, kept after the batch's buffer moves on.
+    pub fn row_copy(&self, r: usize) -> Result<Prefix> {
+        let own = self.own(r);
+        let pre = self.prefixes[r].as_ref();
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| {
+                let (k, v) = (
+                    k.narrow(0, r, 1)?.narrow(2, 0, own)?,
+                    v.narrow(0, r, 1)?.narrow(2, 0, own)?,
+                );
+                Ok(match pre {
+                    None => (k.copy()?, v.copy()?),
+                    Some(p) => {
+                        let (pk, pv) = &p.layers[i];
+                        (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
+                    }
+                })
+            })
+            .collect::<Result<_>>()?;
+        let len = self.lens[r];
+        let bytes = self.layers.len()
+            * 2
+            * self.kv_heads
+            * len
+            * self.head_dim
+            * self.dtype.size_in_bytes();
+        Ok(Prefix { layers, len, bytes })
+    }
+
     /// Makes this empty one-row cache continue the first `len` positions of `prefix`: the
     /// next token written goes to position `len`. On the CPU the row reads them from the
     /// prefix's buffer, shared; elsewhere (where attention reads one buffer per row) they are
@@ -544,6 +577,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(values(&k.narrow(0, 0, 1).unwrap()), values(&row2));
+        // A row copied out of the batch holds its prefix and own positions, written ones only.
+        f.advance(1);
+        let copy = f.row_copy(0).unwrap();
+        assert_eq!((copy.len(), copy.layers[0].0.dim(2).unwrap()), (7, 7));
+        assert_eq!(values(&copy.layers[0].0), values(&row2));
+        let copy = f.row_copy(1).unwrap();
+        assert_eq!(copy.len(), 3);
+        let newcomer3 = Tensor::cat(&[ok.clone(), mk.narrow(0, 1, 1).unwrap()], 2).unwrap();
+        assert_eq!(values(&copy.layers[0].0), values(&newcomer3));
         let zeros = Tensor::zeros((1, 2, 4, 4), DType::F32, &dev).unwrap();
         let newcomer = Tensor::cat(&[ok, mk.narrow(0, 1, 1).unwrap(), zeros], 2).unwrap();
         assert_eq!(values(&k.narrow(0, 1, 1).unwrap()), values(&newcomer));

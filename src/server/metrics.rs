@@ -196,12 +196,12 @@ impl Collector for Live {
             ),
             (
                 "queue_depth",
-                "Engine jobs waiting for their prefill.",
+                "Engine jobs sent and not yet taken up by the engine thread.",
                 s.queued.load(Ordering::SeqCst) as i64,
             ),
             (
                 "jobs_running",
-                "Engine jobs decoding.",
+                "Engine jobs taken up and not yet ended (prefilling or decoding).",
                 s.running.load(Ordering::SeqCst) as i64,
             ),
         ];
