@@ -21,6 +21,13 @@ const TILE: usize = 4;
 /// row gets the same result whatever else is in the batch (the forward tests check this).
 const SUMS: usize = 2;
 
+/// Activation rows from which a weight row is unpacked once for all tiles rather than in
+/// each: reading the unpacked sub-blocks back costs loads that the unpacking in registers
+/// does not, so it pays only once enough tiles share it: measured faster for prefill and
+/// 16-row decode steps, slower for 8-row ones (README, "Performance"). Q8_0 is never
+/// unpacked: its unpacking is one load, cheaper than reading an unpacked sub-block back.
+const UNPACK_FROM: usize = 16;
+
 /// Scales and offsets of one weight block, per 16 values: value = d[h]·q + m[h].
 struct Scales {
     pub d: [f32; 16],
@@ -237,21 +244,91 @@ pub fn prefetch(p: *const u8) {
 
 /// Weight rows `rows` of `w` against every activation row, into `out`.
 ///
+/// Each tile of [`TILE`] activation rows takes the weight row from its blocks, unpacking
+/// them on the way. From [`UNPACK_FROM`] rows on, each weight row is instead unpacked once
+/// ([`Unpacked`]) for all the tiles. Both ways run the same operations on the same values in
+/// the same order, so a row's result does not depend on how many others share the product.
+///
 /// # Safety
 /// AVX2, FMA and F16C must be present; `w` holds whole rows of `acts.blocks` blocks of 32.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn rows<const F: u8>(w: &[u8], rows: Range<usize>, acts: &Acts, out: Out) {
     let row_bytes = acts.blocks / subs(F) * block_bytes(F);
+    let unpacks = acts.rows >= UNPACK_FROM && F != Q8_0;
+    let mut unpacked = Vec::with_capacity(if unpacks { acts.blocks } else { 0 });
     for j in rows {
         let row = w[j * row_bytes..(j + 1) * row_bytes].as_ptr();
+        if unpacks {
+            unpack::<F>(row, acts.blocks, &mut unpacked);
+        }
         for r0 in (0..acts.rows).step_by(TILE) {
             let n = TILE.min(acts.rows - r0);
-            let res = tile::<F>(row, acts, r0, n);
+            let res = if unpacks {
+                tile_unpacked::<F>(&unpacked, acts, r0, n)
+            } else {
+                tile::<F>(row, acts, r0, n)
+            };
             for (r, &v) in res[..n].iter().enumerate() {
                 out.write(r0 + r, j, v);
             }
         }
     }
+}
+
+/// One sub-block of a weight row, unpacked: what [`tile`] derives from the block each time.
+#[derive(Clone, Copy)]
+struct Unpacked {
+    q: __m256i,
+    /// Per-lane weight scales ([`lane_scales`]).
+    wsc: __m256,
+    /// The offset of values 16..32, and (Q6_K) that of values 0..16 less it.
+    m: f32,
+    dm: f32,
+}
+
+/// Unpacks the weight row at `row` into `into`, one entry per sub-block, in order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack<const F: u8>(row: *const u8, blocks: usize, into: &mut Vec<Unpacked>) {
+    into.clear();
+    walk!(F, row, blocks, scales, |_sum, blk, sc, j, _ab| {
+        into.push(Unpacked {
+            q: quants::<F>(blk, j),
+            wsc: lane_scales::<F>(sc, j),
+            m: sc.m[2 * j + 1],
+            dm: if F == Q6K {
+                sc.m[2 * j] - sc.m[2 * j + 1]
+            } else {
+                0.0
+            },
+        });
+    });
+}
+
+/// The body [`tile`] and [`tile_unpacked`] share: sub-block `u`, activation block `ab`,
+/// into the sums `acc` and `offs` of its parity. A macro so that each copy keeps its
+/// accumulators in registers (see [`walk`]).
+macro_rules! sub_block {
+    ($f:ident, $u:expr, $ab:expr, $acts:expr, $r0:expr, $n:expr, $live:expr,
+     $qs:expr, $d:expr, $acc:expr, $offs:expr) => {{
+        let u: &Unpacked = $u;
+        let at = $acts.at($ab, $r0);
+        for (r, acc) in $acc.iter_mut().enumerate() {
+            if r < $n {
+                let x = _mm256_loadu_si256($qs.add((at + r) * QK) as *const __m256i);
+                let s = _mm256_mul_ps(u.wsc, _mm256_broadcast_ss(&*$d.add(at + r)));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot::<$f>(u.q, x)), s, *acc);
+            }
+        }
+        if $f != Q8_0 {
+            let s = _mm256_maskload_ps($acts.s.as_ptr().add(at), $live);
+            *$offs = _mm256_fmadd_ps(_mm256_set1_ps(u.m), s, *$offs);
+            if $f == Q6K {
+                let lo = _mm256_maskload_ps($acts.s_lo.as_ptr().add(at), $live);
+                *$offs = _mm256_fmadd_ps(_mm256_set1_ps(u.dm), lo, *$offs);
+            }
+        }
+    }};
 }
 
 /// One weight row against activation rows r0..r0+n (n ≤ TILE).
@@ -265,27 +342,64 @@ unsafe fn tile<const F: u8>(row: *const u8, acts: &Acts, r0: usize, n: usize) ->
     let mut offs = [_mm256_setzero_ps(); SUMS];
     let (qs, d) = (acts.qs.as_ptr(), acts.d.as_ptr());
     walk!(F, row, acts.blocks, scales, |sum, blk, sc, j, ab| {
-        let q = quants::<F>(blk, j);
-        let at = acts.at(ab, r0);
-        let wsc = lane_scales::<F>(sc, j);
+        let u = Unpacked {
+            q: quants::<F>(blk, j),
+            wsc: lane_scales::<F>(sc, j),
+            m: sc.m[2 * j + 1],
+            dm: if F == Q6K {
+                sc.m[2 * j] - sc.m[2 * j + 1]
+            } else {
+                0.0
+            },
+        };
         let (acc, offs) = (&mut acc[sum], &mut offs[sum]);
-        for (r, acc) in acc.iter_mut().enumerate() {
-            if r < n {
-                let x = _mm256_loadu_si256(qs.add((at + r) * QK) as *const __m256i);
-                let s = _mm256_mul_ps(wsc, _mm256_broadcast_ss(&*d.add(at + r)));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot::<F>(q, x)), s, *acc);
-            }
-        }
-        if F != Q8_0 {
-            let s = _mm256_maskload_ps(acts.s.as_ptr().add(at), live);
-            *offs = _mm256_fmadd_ps(_mm256_set1_ps(sc.m[2 * j + 1]), s, *offs);
-            if F == Q6K {
-                let lo = _mm256_maskload_ps(acts.s_lo.as_ptr().add(at), live);
-                let dm = sc.m[2 * j] - sc.m[2 * j + 1];
-                *offs = _mm256_fmadd_ps(_mm256_set1_ps(dm), lo, *offs);
-            }
-        }
+        sub_block!(F, &u, ab, acts, r0, n, live, qs, d, acc, offs);
     });
+    finish(&acc, &offs)
+}
+
+/// [`tile`] over a weight row [`unpack`]ed beforehand.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn tile_unpacked<const F: u8>(
+    row: &[Unpacked],
+    acts: &Acts,
+    r0: usize,
+    n: usize,
+) -> [f32; TILE] {
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let live = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+    let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); TILE], [_mm256_setzero_ps(); TILE]);
+    let (mut offs0, mut offs1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (qs, d) = (acts.qs.as_ptr(), acts.d.as_ptr());
+    let mut ab = 0;
+    while ab + 1 < row.len() {
+        sub_block!(F, &row[ab], ab, acts, r0, n, live, qs, d, acc0, &mut offs0);
+        sub_block!(
+            F,
+            &row[ab + 1],
+            ab + 1,
+            acts,
+            r0,
+            n,
+            live,
+            qs,
+            d,
+            acc1,
+            &mut offs1
+        );
+        ab += 2;
+    }
+    if ab < row.len() {
+        sub_block!(F, &row[ab], ab, acts, r0, n, live, qs, d, acc0, &mut offs0);
+    }
+    finish(&[acc0, acc1], &[offs0, offs1])
+}
+
+/// Each row's two sums and offsets added: the tile's results.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn finish(acc: &[[__m256; TILE]; SUMS], offs: &[__m256; SUMS]) -> [f32; TILE] {
     let mut lane = [0f32; 8];
     _mm256_storeu_ps(lane.as_mut_ptr(), _mm256_add_ps(offs[0], offs[1]));
     std::array::from_fn(|r| lane[r] + hsum(_mm256_add_ps(acc[0][r], acc[1][r])))
