@@ -373,27 +373,12 @@ impl KvCache {
     /// row's prefix and its own positions.
     pub fn row_prefix(&self) -> Result<Prefix> {
         let len = self.lens[0];
-        let own = self.own(0);
-        let pre = self.prefixes[0].as_ref();
-        let layers = self
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, (k, v))| {
-                let (k, v) = (
-                    k.narrow(0, 0, 1)?.narrow(2, 0, own)?,
-                    v.narrow(0, 0, 1)?.narrow(2, 0, own)?,
-                );
-                Ok(match pre {
-                    None => (k, v),
-                    Some(p) => {
-                        let (pk, pv) = &p.layers[i];
-                        (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
-                    }
-                })
-            })
-            .collect::<Result<_>>()?;
-        let positions = if pre.is_some() { len } else { self.capacity };
+        let layers = self.row_layers(0, false)?;
+        let positions = if self.prefixes[0].is_some() {
+            len
+        } else {
+            self.capacity
+        };
         let bytes = self.layers.len()
             * 2
             * self.batch.max(1)
@@ -404,13 +389,13 @@ impl KvCache {
         Ok(Prefix { layers, len, bytes })
     }
 
-    /// Every position row `r` holds (its prefix's and its own), copied into a [`Prefix`] of
-    /// its own: a finished row of a batch, kept after the batch's buffer moves on.
-    pub fn row_copy(&self, r: usize) -> Result<Prefix> {
+    /// Per layer, row `r`'s keys and values, `[1, kv_heads, len, head_dim]`: its prefix and
+    /// its own positions joined (a copy), or with no prefix views of this cache's buffer,
+    /// copied only if `copy`.
+    fn row_layers(&self, r: usize, copy: bool) -> Result<Vec<(Tensor, Tensor)>> {
         let own = self.own(r);
         let pre = self.prefixes[r].as_ref();
-        let layers = self
-            .layers
+        self.layers
             .iter()
             .enumerate()
             .map(|(i, (k, v))| {
@@ -419,14 +404,21 @@ impl KvCache {
                     v.narrow(0, r, 1)?.narrow(2, 0, own)?,
                 );
                 Ok(match pre {
-                    None => (k.copy()?, v.copy()?),
+                    None if copy => (k.copy()?, v.copy()?),
+                    None => (k, v),
                     Some(p) => {
                         let (pk, pv) = &p.layers[i];
                         (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
                     }
                 })
             })
-            .collect::<Result<_>>()?;
+            .collect()
+    }
+
+    /// Every position row `r` holds (its prefix's and its own), copied into a [`Prefix`] of
+    /// its own: a finished row of a batch, kept after the batch's buffer moves on.
+    pub fn row_copy(&self, r: usize) -> Result<Prefix> {
+        let layers = self.row_layers(r, true)?;
         let len = self.lens[r];
         let bytes = self.layers.len()
             * 2

@@ -286,13 +286,12 @@ struct Unpacked {
     dm: f32,
 }
 
-/// Unpacks the weight row at `row` into `into`, one entry per sub-block, in order.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn unpack<const F: u8>(row: *const u8, blocks: usize, into: &mut Vec<Unpacked>) {
-    into.clear();
-    walk!(F, row, blocks, scales, |_sum, blk, sc, j, _ab| {
-        into.push(Unpacked {
+impl Unpacked {
+    /// Sub-block `j` of the block at `blk`, whose scales are `sc`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn of<const F: u8>(blk: *const u8, sc: &Scales, j: usize) -> Self {
+        Unpacked {
             q: quants::<F>(blk, j),
             wsc: lane_scales::<F>(sc, j),
             m: sc.m[2 * j + 1],
@@ -301,7 +300,17 @@ unsafe fn unpack<const F: u8>(row: *const u8, blocks: usize, into: &mut Vec<Unpa
             } else {
                 0.0
             },
-        });
+        }
+    }
+}
+
+/// Unpacks the weight row at `row` into `into`, one entry per sub-block, in order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack<const F: u8>(row: *const u8, blocks: usize, into: &mut Vec<Unpacked>) {
+    into.clear();
+    walk!(F, row, blocks, scales, |_sum, blk, sc, j, _ab| {
+        into.push(Unpacked::of::<F>(blk, sc, j));
     });
 }
 
@@ -342,16 +351,7 @@ unsafe fn tile<const F: u8>(row: *const u8, acts: &Acts, r0: usize, n: usize) ->
     let mut offs = [_mm256_setzero_ps(); SUMS];
     let (qs, d) = (acts.qs.as_ptr(), acts.d.as_ptr());
     walk!(F, row, acts.blocks, scales, |sum, blk, sc, j, ab| {
-        let u = Unpacked {
-            q: quants::<F>(blk, j),
-            wsc: lane_scales::<F>(sc, j),
-            m: sc.m[2 * j + 1],
-            dm: if F == Q6K {
-                sc.m[2 * j] - sc.m[2 * j + 1]
-            } else {
-                0.0
-            },
-        };
+        let u = Unpacked::of::<F>(blk, sc, j);
         let (acc, offs) = (&mut acc[sum], &mut offs[sum]);
         sub_block!(F, &u, ab, acts, r0, n, live, qs, d, acc, offs);
     });
