@@ -465,6 +465,13 @@ mod tests {
             (4, false, 4)
         );
         assert_eq!(s.ens.agents()[0].role.name, "solver");
+        // Its members are copies of one agent, weight 1 each: `weighted` weighs their samples
+        // by log-probability, or it would be `vote` again.
+        let w = s.deciding(Strategy::Weighted, Some("m".into())).unwrap();
+        assert_eq!(
+            w.rule,
+            Some(Rule::Weighted(crate::ensemble::WeightBy::Logprob))
+        );
         let j = Series::config("judged", Task::Text, Some(9), None).unwrap();
         assert!(j.decided() && j.ens.max_tokens == 9);
         let v = Series::config("vote8", Task::Gsm8k, None, None).unwrap();
