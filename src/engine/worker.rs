@@ -375,7 +375,9 @@ impl Worker<'_> {
             let n = self.pace.chunk(&w.model, new, remaining, decoding, left);
             let t = Instant::now();
             let ran = started.and_then(|()| w.prefill.run(model, n));
-            self.pace.ran(&w.model, n, t.elapsed());
+            if ran.is_ok() {
+                self.pace.ran(&w.model, n, t.elapsed());
+            }
             ran_any = true;
             if ran.is_ok() && w.prefill.remaining() > 0 {
                 break; // a chunk of a long prompt: the streams' turn
