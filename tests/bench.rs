@@ -639,3 +639,94 @@ fn tools_items_are_scored_by_their_calls() {
     let rows = summary_rows(&dir);
     assert_eq!(rows.len(), 2);
 }
+
+/// `confidence` and `certainty` decide on the vote series' stored samples, which keep their
+/// tokens' signals; `adaptive` samples as it goes, so it runs at each size; and the cost plot
+/// against tokens is drawn.
+#[test]
+fn confidence_strategies_decide_on_stored_signals_and_adaptive_runs_live() {
+    let out = scratch("bench-confidence");
+    let (stdout, _) = ok(&[
+        "bench",
+        "--dataset",
+        DATA,
+        "--task",
+        "gsm8k",
+        "--model",
+        "smollm2-135m",
+        "--strategies",
+        "vote,confidence,certainty,adaptive",
+        "--sizes",
+        "1,4",
+        "--limit",
+        "2",
+        "--max-tokens",
+        "48",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("sub-sampled from smollm2-135m · vote"),
+        "{stdout}"
+    );
+    let recs = records(&out);
+    let mut per_series: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &recs {
+        *per_series.entry(r["series"].as_str().unwrap()).or_default() += 1;
+    }
+    let want = BTreeMap::from([("smollm2-135m · adaptive", 2), ("smollm2-135m · vote", 2)]);
+    assert_eq!(per_series, want);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let series = summary["series"].as_array().unwrap();
+    let names: Vec<&str> = series.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "smollm2-135m · vote",
+            "smollm2-135m · confidence",
+            "smollm2-135m · certainty",
+            "smollm2-135m · adaptive"
+        ]
+    );
+    assert_eq!(series[3]["method"], "run at each size");
+    // Every stored sample has a confidence per token and its mean self-certainty; certainty
+    // over all four is the best-of-4 by it, so it recomputes.
+    let mut hits = 0;
+    for r in recs.iter().filter(|r| r["series"] == "smollm2-135m · vote") {
+        let samples = r["samples"].as_array().unwrap();
+        for s in samples {
+            let conf = s["signals"]["confidence"].as_array().unwrap();
+            assert_eq!(conf.len() as u64, s["tokens"].as_u64().unwrap());
+            assert!(s["signals"]["certainty"].as_f64().unwrap() > 0.0);
+        }
+        let best = samples.iter().filter(|s| !s["extracted"].is_null()).fold(
+            None::<&Value>,
+            |b, s| match b {
+                Some(b)
+                    if b["signals"]["certainty"].as_f64() >= s["signals"]["certainty"].as_f64() =>
+                {
+                    Some(b)
+                }
+                _ => Some(s),
+            },
+        );
+        hits += usize::from(best.is_some_and(|s| s["correct"] == true));
+    }
+    let at4 = &series[2]["rows"][1];
+    assert_eq!(at4["n"], 4);
+    assert!((at4["accuracy"].as_f64().unwrap() - hits as f64 / 2.0).abs() < 1e-9);
+    // Adaptive ran at sizes 1 and 4 and counts what it drew.
+    for r in recs
+        .iter()
+        .filter(|r| r["series"] == "smollm2-135m · adaptive")
+    {
+        let d = r["decided"].as_array().unwrap();
+        let sizes: Vec<u64> = d.iter().map(|d| d["n"].as_u64().unwrap()).collect();
+        assert_eq!(sizes, [1, 4]);
+        let drawn = d[1]["samples"].as_array().unwrap();
+        let tokens: u64 = drawn.iter().map(|s| s["tokens"].as_u64().unwrap()).sum();
+        assert_eq!(d[1]["tokens"].as_u64().unwrap(), tokens);
+    }
+    assert!(out.join("accuracy_vs_tokens.svg").metadata().unwrap().len() > 500);
+}

@@ -45,6 +45,7 @@ fn candidates_in(trace: &serde_json::Value) -> Vec<aggregate::Candidate> {
             extracted: a["extracted"].as_str().map(String::from),
             logprob_mean: a["logprob_mean"].as_f64().unwrap() as f32,
             weight: a["weight"].as_f64().unwrap() as f32,
+            signals: serde_json::from_value(a["signals"].clone()).unwrap_or_default(),
         })
         .collect()
 }

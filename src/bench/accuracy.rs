@@ -83,6 +83,7 @@ fn candidate(s: &Sample) -> Candidate {
         extracted: s.extracted.clone(),
         logprob_mean: s.logprob_mean,
         weight: s.weight,
+        signals: s.signals.clone(),
     }
 }
 
@@ -285,6 +286,7 @@ mod tests {
             logprob_mean: -0.5,
             weight: 1.0,
             check: None,
+            signals: Default::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Plots of a summary: accuracy (with 95 % bars, pass@N dashed) and tokens per item against
-//! the ensemble size on a log2 axis, one colour per series, as SVG and PNG.
+//! the ensemble size, and accuracy against tokens per item (what each strategy pays for its
+//! accuracy), on log2 axes, one colour per series, as SVG and PNG.
 //!
 //! Text needs a font. plotters' `ab_glyph` backend reads one font file, found here at run
 //! time (`CONCLAVE_FONT`, else a few usual system paths, else the first .ttf under
@@ -27,13 +28,20 @@ const FONTS: &[&str] = &[
 enum Kind {
     Accuracy,
     Cost,
+    /// Accuracy against completion tokens per item.
+    Tokens,
 }
 
-/// Writes accuracy_vs_n and cost_vs_n as .svg and .png into `dir`. Returns whether the
-/// plots have text (a font was found).
+/// Writes accuracy_vs_n, cost_vs_n and accuracy_vs_tokens as .svg and .png into `dir`.
+/// Returns whether the plots have text (a font was found).
 pub fn draw(summary: &Summary, dir: &Path) -> Result<bool> {
     let text = font_registered();
-    for (kind, stem) in [(Kind::Accuracy, "accuracy_vs_n"), (Kind::Cost, "cost_vs_n")] {
+    let plots = [
+        (Kind::Accuracy, "accuracy_vs_n"),
+        (Kind::Cost, "cost_vs_n"),
+        (Kind::Tokens, "accuracy_vs_tokens"),
+    ];
+    for (kind, stem) in plots {
         let svg = dir.join(format!("{stem}.svg"));
         plot(
             SVGBackend::new(&svg, SIZE).into_drawing_area(),
@@ -104,15 +112,24 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE)?;
-    let ns: Vec<f64> = s
+    // Both x axes are log2: of N, or of tokens per item.
+    let x = |r: &super::accuracy::Row| match kind {
+        Kind::Tokens => r.tokens_per_item.max(1.0).log2(),
+        Kind::Accuracy | Kind::Cost => (r.n as f64).log2(),
+    };
+    let xs: Vec<f64> = s
         .series
         .iter()
-        .flat_map(|x| x.rows.iter().map(|r| (r.n as f64).log2()))
+        .flat_map(|x_| x_.rows.iter().map(x))
         .collect();
-    let lo = ns.iter().copied().fold(f64::INFINITY, f64::min).min(0.0);
-    let hi = ns.iter().copied().fold(0.0, f64::max).max(1.0);
+    let least = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let lo = match kind {
+        Kind::Tokens => least.floor().min(least - 0.25),
+        Kind::Accuracy | Kind::Cost => least.min(0.0),
+    };
+    let hi = xs.iter().copied().fold(0.0, f64::max).max(lo + 1.0);
     let top = match kind {
-        Kind::Accuracy => 1.0,
+        Kind::Accuracy | Kind::Tokens => 1.0,
         Kind::Cost => {
             let most = s.series.iter().flat_map(|x| &x.rows);
             most.map(|r| r.tokens_per_item).fold(1.0, f64::max) * 1.1
@@ -124,6 +141,7 @@ where
         let title = match kind {
             Kind::Accuracy => format!("{}: accuracy vs ensemble size", s.task),
             Kind::Cost => format!("{}: completion tokens per item vs ensemble size", s.task),
+            Kind::Tokens => format!("{}: accuracy vs completion tokens per item", s.task),
         };
         builder
             .caption(title, (FAMILY, 22))
@@ -146,11 +164,21 @@ where
         mesh.y_label_formatter(&whole);
     }
     if text {
-        let y = match kind {
-            Kind::Accuracy => "accuracy (bars: 95% interval; dashed: pass@N)",
-            Kind::Cost => "completion tokens per item",
+        let (x_desc, y) = match kind {
+            Kind::Accuracy => (
+                "N (ensemble size, log2 scale)",
+                "accuracy (bars: 95% interval; dashed: pass@N)",
+            ),
+            Kind::Cost => (
+                "N (ensemble size, log2 scale)",
+                "completion tokens per item",
+            ),
+            Kind::Tokens => (
+                "completion tokens per item (log2 scale)",
+                "accuracy (bars: 95% interval)",
+            ),
         };
-        mesh.x_desc("N (ensemble size, log2 scale)")
+        mesh.x_desc(x_desc)
             .y_desc(y)
             .x_labels((hi - lo) as usize + 2)
             .x_label_formatter(&power)
@@ -162,12 +190,11 @@ where
 
     for (i, series) in s.series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let x = |n: usize| (n as f64).log2();
         let value = |r: &super::accuracy::Row| match kind {
-            Kind::Accuracy => r.accuracy,
+            Kind::Accuracy | Kind::Tokens => r.accuracy,
             Kind::Cost => r.tokens_per_item,
         };
-        let points: Vec<(f64, f64)> = series.rows.iter().map(|r| (x(r.n), value(r))).collect();
+        let points: Vec<(f64, f64)> = series.rows.iter().map(|r| (x(r), value(r))).collect();
         let line = chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
         if text {
             line.label(series.name.clone()).legend(move |(x, y)| {
@@ -181,11 +208,7 @@ where
         let cap = 0.04;
         let bars = series.rows.iter().filter_map(|r| {
             let ci = r.ci95?;
-            let (x, a, b) = (
-                x(r.n),
-                (r.accuracy - ci).max(0.0),
-                (r.accuracy + ci).min(1.0),
-            );
+            let (x, a, b) = (x(r), (r.accuracy - ci).max(0.0), (r.accuracy + ci).min(1.0));
             Some([
                 vec![(x, a), (x, b)],
                 vec![(x - cap, a), (x + cap, a)],
@@ -196,7 +219,10 @@ where
             bars.flatten()
                 .map(|p| PathElement::new(p, color.stroke_width(1))),
         )?;
-        let oracle: Vec<(f64, f64)> = series.rows.iter().map(|r| (x(r.n), r.oracle)).collect();
+        if kind == Kind::Tokens {
+            continue;
+        }
+        let oracle: Vec<(f64, f64)> = series.rows.iter().map(|r| (x(r), r.oracle)).collect();
         let dashed =
             chart.draw_series(DashedLineSeries::new(oracle, 6, 4, color.stroke_width(1)))?;
         if text {
@@ -262,7 +288,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = summary();
         // No text: the path taken when no font is found; it must not need one.
-        for kind in [Kind::Accuracy, Kind::Cost] {
+        for kind in [Kind::Accuracy, Kind::Cost, Kind::Tokens] {
             let png = dir.path().join("bare.png");
             plot(
                 BitMapBackend::new(&png, SIZE).into_drawing_area(),
@@ -288,7 +314,21 @@ mod tests {
         if text {
             assert!(svg.contains("pass@N") && svg.contains(">\n4\n<"), "{svg}");
         }
-        for f in ["accuracy_vs_n.png", "cost_vs_n.png", "cost_vs_n.svg"] {
+        let svg = std::fs::read_to_string(dir.path().join("accuracy_vs_tokens.svg")).unwrap();
+        if text {
+            // Tokens per item run 50 to 200: the axis is labelled 64 and 128 among others.
+            assert!(
+                svg.contains(">\n64\n<") && svg.contains(">\n128\n<"),
+                "{svg}"
+            );
+            assert!(!svg.contains("pass@N"));
+        }
+        for f in [
+            "accuracy_vs_n.png",
+            "cost_vs_n.png",
+            "cost_vs_n.svg",
+            "accuracy_vs_tokens.png",
+        ] {
             assert!(dir.path().join(f).metadata().unwrap().len() > 500, "{f}");
         }
     }

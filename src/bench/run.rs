@@ -37,6 +37,8 @@ pub struct Options {
     pub strategies: Vec<Strategy>,
     /// Tools items: calls generated under the tool choice's constraint.
     pub constrain: bool,
+    /// For `--model`: how the confidence strategies and `adaptive` read and spend samples.
+    pub confidence: crate::ensemble::confidence::Settings,
 }
 
 /// What a run produced, for the front end to show.
@@ -175,14 +177,9 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
     if let Some(m) = &opts.model {
         let k = sizes.iter().copied().max().unwrap_or(1);
         let max_tokens = opts.max_tokens.unwrap_or(crate::engine::DEFAULT_MAX_TOKENS);
-        series.push(Series::model(
-            m,
-            opts.task,
-            opts.temperature,
-            max_tokens,
-            k,
-            opts.seed,
-        )?);
+        let mut model = Series::model(m, opts.task, opts.temperature, max_tokens, k, opts.seed)?;
+        model.ens.confidence = opts.confidence;
+        series.push(model);
     }
     for c in &opts.configs {
         let s = Series::config(c, opts.task, opts.max_tokens, Some(opts.seed))
@@ -225,14 +222,16 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
             out.push(s);
             continue;
         }
-        // The first strategy's series generates; the others decide on its samples.
-        let first = s.deciding(strategies[0], None)?;
-        let rest = strategies[1..]
-            .iter()
-            .map(|&st| s.deciding(st, Some(first.name.clone())))
-            .collect::<Result<Vec<_>>>()?;
-        out.push(first);
-        out.extend(rest);
+        // The first strategy decided from stored samples generates them; the other such
+        // strategies decide on them. Strategies that sample as they go run on their own.
+        let mut first: Option<String> = None;
+        for &st in &strategies {
+            let d = s.deciding(st, first.clone())?;
+            if !d.decided() && first.is_none() {
+                first = Some(d.name.clone());
+            }
+            out.push(d);
+        }
     }
     Ok(out)
 }

@@ -121,14 +121,29 @@ impl Series {
             strategy,
             ..self.ens.clone()
         };
-        let rule = plan(&ens).rule().with_context(|| {
-            format!(
-                "--strategies takes strategies decided from stored samples (vote, weighted, \
-                 medoid, exec-vote), not `{strategy}`; give a config with that strategy instead"
-            )
-        })?;
+        let name = format!("{} · {strategy}", self.name);
+        let rule = match plan(&ens) {
+            // They sample as they go: each size is a run of its own.
+            Plan::EarlyStop(_) | Plan::Adaptive(_) => {
+                return Ok(Self {
+                    name,
+                    ens,
+                    rule: None,
+                    shares: None,
+                    agent: None,
+                })
+            }
+            p => p.rule().with_context(|| {
+                format!(
+                    "--strategies takes strategies decided from stored samples (vote, \
+                     weighted, medoid, exec-vote, confidence, certainty) or sampled as they go \
+                     (early-stop, adaptive), not `{strategy}`; give a config with that strategy \
+                     instead"
+                )
+            })?,
+        };
         Ok(Self {
-            name: format!("{} · {strategy}", self.name),
+            name,
             ens,
             rule: Some(rule),
             shares,
@@ -165,7 +180,7 @@ impl Series {
         match (self.rule, plan(&self.ens)) {
             (Some(_), _) => vec![self.samples(sizes)],
             (None, Plan::Check { .. }) => vec![self.ens.members.len()],
-            (None, Plan::Answer { .. }) => sizes.to_vec(),
+            (None, _) => sizes.to_vec(),
         }
     }
 }
@@ -264,7 +279,9 @@ pub async fn record(
         Some(_) => Vec::new(),
         None => series.runs(sizes),
     };
-    let mut runner = Runner::new(engine.clone());
+    // Signals are kept for every sample so that `confidence` and `certainty` can decide on
+    // the samples another strategy's series drew.
+    let mut runner = Runner::new(engine.clone()).keep_signals();
     for n in sizes {
         let ens = sized(&series.ens, n, index);
         let checked = matches!(plan(&ens), Plan::Check { .. });
@@ -348,6 +365,7 @@ async fn agent(
         logprob_mean: 0.0,
         weight: 1.0,
         check: None,
+        signals: Default::default(),
     };
     let decided = Decided {
         n: 1,
@@ -430,6 +448,7 @@ impl<'a> Scorer<'a> {
             logprob_mean: a.logprob_mean,
             weight: a.weight,
             check: self.check(a)?,
+            signals: a.signals.clone(),
         })
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! A rerun with the same directory and settings reads the records back and does not redo
 //! them; a rerun with other settings is refused, since its samples would not be comparable.
+use crate::ensemble::confidence::Signals;
 use crate::ensemble::Verdict;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,10 @@ pub struct Sample {
     /// `exec-vote` decides by; the hidden tests that score `correct` are another matter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Check>,
+    /// Its tokens' confidence signals (DeepConf's and self-certainty), which `confidence` and
+    /// `certainty` decide by; none in runs made before they were kept.
+    #[serde(default, skip_serializing_if = "Signals::is_empty")]
+    pub signals: Signals,
 }
 
 /// A sample's result on the verifier a solver may use.

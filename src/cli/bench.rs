@@ -2,6 +2,7 @@
 use crate::bench::dataset::Task;
 use crate::bench::run::{self, Options};
 use crate::engine::DEFAULT_MAX_TOKENS;
+use crate::ensemble::confidence::Settings;
 use crate::ensemble::Strategy;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -43,14 +44,18 @@ pub struct BenchArgs {
     /// Sampling temperature for --model.
     #[arg(long, short, default_value_t = 0.7)]
     pub temperature: f32,
-    /// Decide each sampled series by each of these strategies, on one set of samples
-    /// (vote, weighted, medoid, exec-vote), e.g. to compare aggregators at no extra cost.
+    /// Decide each sampled series by each of these strategies: those that decide from stored
+    /// samples (vote, weighted, medoid, exec-vote, confidence, certainty) on one set of
+    /// samples, at no extra cost; early-stop and adaptive, which sample as they go, run live
+    /// at each size.
     #[arg(long, value_delimiter = ',', ignore_case = true)]
     pub strategies: Vec<Strategy>,
     /// `--task tools`: generate calls under the tool choice's grammar (the text stays free
     /// until a call starts; the call follows its function's schema) instead of decoding freely.
     #[arg(long)]
     pub constrain: bool,
+    #[command(flatten)]
+    pub confidence: Settings,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -68,6 +73,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         temperature: args.temperature,
         strategies: args.strategies,
         constrain: args.constrain,
+        confidence: args.confidence,
     };
     let outcome = run::run(&opts)?;
     if !outcome.plot_text {

@@ -2,7 +2,7 @@
 use super::constraint::{Compiled, DeadEnd, RowConstraint};
 use super::error::JobError;
 use super::prefix::PrefixStore;
-use super::sampler::{Pick, Sampler, SamplingParams};
+use super::sampler::{Pick, Sampler, SamplingParams, Signal};
 use crate::model::kv_cache::Prefix;
 use crate::model::tokenizer::Incremental;
 use crate::model::{KvCache, Model, RowLogits};
@@ -41,6 +41,9 @@ pub enum Finish {
     /// The constraint allowed no token at all (a grammar with no way on from its text).
     #[serde(rename = "dead_end")]
     DeadEnd,
+    /// The sample's confidence fell under its `stop_below` bar: it was given up, and its text
+    /// is unfinished.
+    Unsure,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +56,9 @@ pub struct Completion {
     /// Each token's log-probability and alternatives, when the sample's `top_logprobs` asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<TokenLogprobs>>,
+    /// Each token's confidence signals, when the sample's `confidence_k` asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signals: Option<Vec<Signal>>,
 }
 
 /// A token, its text and its log-probability (see [`super::sampler::Pick`] for which
@@ -139,6 +145,8 @@ struct Row {
     /// Present when asked for; `logprobs_emitted` of them have been streamed.
     logprobs: Option<Vec<TokenLogprobs>>,
     logprobs_emitted: usize,
+    /// Present when asked for.
+    signals: Option<Vec<Signal>>,
     finish: Option<Finish>,
     /// The row's grammar state, and its masked logits (reused from step to step).
     constraint: Option<RowConstraint>,
@@ -293,6 +301,7 @@ impl Prefill {
                 logprob_sum: 0.0,
                 logprobs: p.top_logprobs.map(|_| Vec::new()),
                 logprobs_emitted: 0,
+                signals: p.confidence_k.map(|_| Vec::new()),
                 finish: None,
                 constraint: req.constraint.clone().map(RowConstraint::new),
                 masked: Vec::new(),
@@ -415,6 +424,7 @@ impl Generation {
                 finish: r.finish.unwrap_or(Finish::Length),
                 logprob_sum: r.logprob_sum,
                 logprobs: r.logprobs,
+                signals: r.signals,
             })
             .collect();
         Output {
@@ -558,6 +568,9 @@ fn take(
     };
     row.tokens.push(pick.token);
     row.logprob_sum += pick.logprob;
+    if let (Some(signals), Some(s)) = (&mut row.signals, pick.signal) {
+        signals.push(s);
+    }
     if let Some(lps) = &mut row.logprobs {
         let logprob = |(token, logprob): (u32, f32)| -> Result<Logprob> {
             let text = model.tokenizer.decode(&[token], false)?;
@@ -585,8 +598,24 @@ fn take(
         row.finish = Some(Finish::Stop);
     } else if row.tokens.len() >= max_tokens {
         row.finish = Some(Finish::Length);
+    } else if unsure(row) {
+        row.finish = Some(Finish::Unsure);
     }
     Ok(())
+}
+
+/// Whether `row`'s last `window` tokens are, on average, less confident than its bar allows.
+fn unsure(row: &Row) -> bool {
+    let (Some(stop), Some(signals)) = (row.sampler.params().stop_below, &row.signals) else {
+        return false;
+    };
+    let w = stop.window.max(1);
+    if signals.len() < w {
+        return false;
+    }
+    let recent = &signals[signals.len() - w..];
+    let mean = recent.iter().map(|s| s.confidence).sum::<f32>() / w as f32;
+    mean < stop.threshold
 }
 
 /// Streams what of `row`'s text is final. While it runs, a partial UTF-8 character and

@@ -18,7 +18,7 @@ pub use error::JobError;
 pub use generate::{Completion, Finish, Logprob, Output, Piece, TokenLogprobs};
 pub use load::{load_tokenizer, model_name};
 pub use prefix::PREFIX_CACHE_BYTES;
-pub use sampler::{Sampler, SamplingParams};
+pub use sampler::{Sampler, SamplingParams, Signal, StopBelow};
 pub use worker::{Engine, Job, Prompt, Stats, Stream};
 
 /// Most tokens a reply gets when the caller names no limit (`ask`, the API, ensembles):

@@ -38,6 +38,37 @@ pub struct SamplingParams {
     #[arg(skip)]
     #[serde(skip)]
     pub top_logprobs: Option<usize>,
+    /// Keep each token's [`Signal`], its confidence over this many most likely tokens
+    /// (None: compute none). Set by ensembles whose strategy reads confidence.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub confidence_k: Option<usize>,
+    /// End the sample early once its confidence falls under a bar (DeepConf's online mode).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub stop_below: Option<StopBelow>,
+}
+
+/// A per-row stop: the sample ends ([`super::Finish::Unsure`]) as soon as the mean token
+/// confidence of its last `window` tokens is under `threshold` (Fu et al. 2025, "Deep Think
+/// with Confidence", §3.2: a trace's group confidence under the warm-up's bar stops it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StopBelow {
+    pub window: usize,
+    pub threshold: f32,
+}
+
+/// What one token's distribution says about how sure the model was, computed from the logits
+/// the token was drawn from (those [`Pick::logprob`] is of).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    /// DeepConf's token confidence (Fu et al. 2025, eq. 2): minus the mean log-probability of
+    /// the k most likely tokens. Large when the mass sits on a few tokens.
+    pub confidence: f32,
+    /// Self-certainty (Kang et al. 2025, "Scalable Best-of-N Selection for Large Language
+    /// Models via Self-Certainty", eq. 4): KL(U ‖ p), the distribution's divergence from
+    /// uniform over the tokens it allows, `−log V − (1/V)·Σ log p`.
+    pub certainty: f32,
 }
 
 impl SamplingParams {
@@ -52,6 +83,8 @@ impl SamplingParams {
         repeat_last_n: 64,
         seed: 0,
         top_logprobs: None,
+        confidence_k: None,
+        stop_below: None,
     };
 }
 
@@ -94,6 +127,8 @@ pub struct Pick {
     /// When `top_logprobs` asks: the most likely tokens and their log-probabilities under the
     /// same distribution, most likely first (equal ones by id, so a greedy pick is first).
     pub top: Vec<(u32, f32)>,
+    /// When `confidence_k` asks: the distribution's confidence signals.
+    pub signal: Option<Signal>,
 }
 
 impl Sampler {
@@ -148,10 +183,12 @@ impl Sampler {
             }
             _ => Vec::new(),
         };
+        let signal = self.params.confidence_k.map(|k| signal(logits, k, norm));
         Pick {
             token,
             logprob: logits[token as usize] - norm,
             top,
+            signal,
         }
     }
 
@@ -281,6 +318,51 @@ fn top_k_body(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     cand
 }
 
+/// The [`Signal`] of a row of logits whose log-sum-exp is `norm`; masked (−∞) logits are no
+/// tokens of the distribution.
+pub fn signal(logits: &[f32], k: usize, norm: f32) -> Signal {
+    let top = top_k(logits, k.clamp(1, logits.len()));
+    let (sum, n) = top
+        .iter()
+        .filter(|t| t.1 > f32::NEG_INFINITY)
+        .fold((0.0f64, 0usize), |(s, n), t| {
+            (s + f64::from(t.1 - norm), n + 1)
+        });
+    let (total, allowed) = finite_sum(logits);
+    // Σ log p over the allowed tokens is Σ logit − V·norm.
+    let v = allowed.max(1) as f64;
+    let certainty = f64::from(norm) - total / v - v.ln();
+    Signal {
+        confidence: (-sum / n.max(1) as f64) as f32,
+        certainty: certainty as f32,
+    }
+}
+
+/// The sum of the finite logits, and how many there are.
+fn finite_sum(logits: &[f32]) -> (f64, usize) {
+    simd_here!(finite_sum_body(logits))
+}
+
+#[inline(always)]
+fn finite_sum_body(logits: &[f32]) -> (f64, usize) {
+    const LANES: usize = 16;
+    let chunks = logits.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let (mut sums, mut counts) = ([0f32; LANES], [0u32; LANES]);
+    for c in chunks {
+        for ((s, n), &l) in sums.iter_mut().zip(counts.iter_mut()).zip(c) {
+            let ok = l > f32::NEG_INFINITY;
+            *s += if ok { l } else { 0.0 };
+            *n += u32::from(ok);
+        }
+    }
+    let finite = tail.iter().filter(|l| **l > f32::NEG_INFINITY);
+    let sum = sums.iter().map(|&s| f64::from(s)).sum::<f64>()
+        + finite.clone().map(|&l| f64::from(l)).sum::<f64>();
+    let count = counts.iter().map(|&n| n as usize).sum::<usize>() + finite.count();
+    (sum, count)
+}
+
 /// log softmax(logits)[i], computed stably.
 pub fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
     logits[i] - log_sum_exp(logits)
@@ -407,6 +489,37 @@ mod tests {
         let mut s = Sampler::new(params(0.0, 0));
         let pick = s.sample(&[0.0, 0.0], &[]);
         assert!((pick.logprob - 0.5f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn signals_match_their_definitions() {
+        // Four tokens: p = softmax(l); k = 2 takes the two most likely.
+        let logits = [2.0f32, 1.0, 0.0, f32::NEG_INFINITY, -1.0];
+        let norm = log_sum_exp(&logits);
+        let lp: Vec<f64> = [2.0f64, 1.0, 0.0, -1.0]
+            .iter()
+            .map(|l| l - f64::from(norm))
+            .collect();
+        let s = signal(&logits, 2, norm);
+        assert!((f64::from(s.confidence) + (lp[0] + lp[1]) / 2.0).abs() < 1e-5);
+        // KL(U ‖ p) over the four allowed tokens: Σ (1/4)·log((1/4) / p).
+        let kl: f64 = lp.iter().map(|l| 0.25 * ((0.25f64).ln() - l)).sum();
+        assert!((f64::from(s.certainty) - kl).abs() < 1e-5, "{s:?} vs {kl}");
+        // A uniform row is not certain at all; a peaked one is more confident.
+        let flat = [0.5f32; 40];
+        let u = signal(&flat, 20, log_sum_exp(&flat));
+        assert!(u.certainty.abs() < 1e-5);
+        let mut peak = flat;
+        peak[7] = 12.0;
+        let p = signal(&peak, 20, log_sum_exp(&peak));
+        assert!(p.confidence > u.confidence && p.certainty > 1.0);
+        // Asked for or not.
+        let mut s = Sampler::new(SamplingParams {
+            confidence_k: Some(20),
+            ..params(0.0, 0)
+        });
+        assert_eq!(s.sample(&peak, &[]).signal, Some(p));
+        assert_eq!(Sampler::new(params(0.0, 0)).sample(&peak, &[]).signal, None);
     }
 
     #[test]

@@ -87,5 +87,6 @@ fn finish_reason(f: Finish) -> &'static str {
         Finish::Eos | Finish::Stop => "stop",
         Finish::Length => "length",
         Finish::DeadEnd => "dead_end",
+        Finish::Unsure => "unsure",
     }
 }

@@ -11,6 +11,7 @@
 //! mean token log-prob (the models were more confident in it), then to the answer seen
 //! first, so a run can be reproduced from its candidates alone.
 
+use super::confidence::Signals;
 use std::collections::BTreeMap;
 
 /// One agent's answer as the aggregator sees it.
@@ -24,6 +25,9 @@ pub struct Candidate {
     pub logprob_mean: f32,
     /// A per-agent weight for [`WeightBy::Weight`] (e.g. model size or past accuracy).
     pub weight: f32,
+    /// The reply's confidence signals, when its strategy asked for them.
+    #[serde(default, skip_serializing_if = "Signals::is_empty")]
+    pub signals: Signals,
 }
 
 /// The outcome of aggregation.
@@ -378,6 +382,7 @@ mod tests {
             extracted: extracted.map(String::from),
             logprob_mean,
             weight,
+            signals: Default::default(),
         }
     }
     fn text(t: &str, logprob_mean: f32) -> Candidate {
@@ -386,6 +391,7 @@ mod tests {
             extracted: None,
             logprob_mean,
             weight: 1.0,
+            signals: Default::default(),
         }
     }
 
@@ -419,6 +425,7 @@ mod tests {
                 extracted: extract(AnswerKind::Number, t),
                 logprob_mean: -0.5,
                 weight: 1.0,
+                signals: Default::default(),
             })
             .collect();
         let d = vote(&c);

@@ -1,5 +1,6 @@
 //! Ensembles as data: TOML files of members (agents or whole ensembles), a strategy and limits.
 use super::aggregate::WeightBy;
+use super::confidence;
 use super::extract::AnswerKind;
 use crate::engine::SamplingParams;
 use crate::tools::Tool;
@@ -38,6 +39,17 @@ pub enum Strategy {
     /// Rounds of candidates, each round told why the last one failed verification; stops at
     /// the first pass.
     Refine,
+    /// The most confident samples vote, weighted by their confidence (DeepConf offline).
+    Confidence,
+    /// The sample with the highest self-certainty wins (best-of-N, any kind of answer).
+    Certainty,
+    /// Warm-up samples set a confidence bar; the others stop as soon as they fall under it
+    /// and cast no vote (DeepConf online); the rest vote as `confidence` does.
+    #[serde(rename = "early-stop")]
+    EarlyStop,
+    /// Samples are drawn in rounds until the leading answer's lead is sure (or all are
+    /// drawn), then a vote (Adaptive-Consistency).
+    Adaptive,
 }
 
 impl std::fmt::Display for Strategy {
@@ -106,6 +118,8 @@ pub struct Ensemble {
     /// The model that judges (`judge`) or synthesizes (`fuse`); defaults to the first agent's.
     pub judge: Option<Agent>,
     pub members: Vec<Member>,
+    /// How `confidence`, `early-stop` and `adaptive` read and spend samples.
+    pub confidence: confidence::Settings,
 }
 
 /// An ensemble described by command-line flags (`conclave ask --agents N …`).
@@ -137,6 +151,8 @@ struct EnsembleSpec {
     max_depth: usize,
     #[serde(default = "default_rounds")]
     rounds: usize,
+    #[serde(default)]
+    confidence: confidence::Settings,
     #[serde(default)]
     seed: u64,
     judge: Option<MemberSpec>,
@@ -302,6 +318,7 @@ impl Ensemble {
             rounds: default_rounds(),
             judge: None,
             members,
+            confidence: confidence::Settings::DEFAULT,
         })
     }
 
@@ -485,6 +502,9 @@ impl Loader {
         if members.is_empty() {
             bail!("an ensemble needs at least one [[member]]");
         }
+        spec.confidence
+            .check()
+            .context("in the ensemble's [confidence] settings")?;
         let judge = match &spec.judge {
             Some(j) if j.model.is_some() && j.remote.is_none() => Some(self.agents(j)?.remove(0)),
             Some(_) => bail!("[judge] needs a `model` (a local one: the judge cannot be remote)"),
@@ -501,6 +521,7 @@ impl Loader {
             rounds: spec.rounds.max(1),
             judge,
             members,
+            confidence: spec.confidence,
         })
     }
 

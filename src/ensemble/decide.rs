@@ -6,6 +6,7 @@
 //! rounds, refine's rounds) are not rules, and cannot reach it. The runner and the bench's
 //! sub-sampling both decide through [`decide`].
 use super::aggregate::{self, Candidate, Decision, WeightBy};
+use super::confidence::{self, Settings};
 use super::config::{Ensemble, Strategy};
 use super::verify::{self, Verdict};
 
@@ -17,6 +18,10 @@ pub enum Rule {
     Medoid,
     /// The largest group of alike candidates that passed their check (see `verify`).
     ExecVote,
+    /// The most confident candidates, weighted by confidence (see `confidence`).
+    Confidence(Settings),
+    /// The candidate with the highest self-certainty.
+    Certainty,
 }
 
 impl Rule {
@@ -27,7 +32,14 @@ impl Rule {
             Rule::Weighted(_) => Strategy::Weighted,
             Rule::Medoid => Strategy::Medoid,
             Rule::ExecVote => Strategy::ExecVote,
+            Rule::Confidence(_) => Strategy::Confidence,
+            Rule::Certainty => Strategy::Certainty,
         }
+    }
+
+    /// Whether the rule reads the candidates' confidence signals.
+    pub fn reads_signals(self) -> bool {
+        matches!(self, Rule::Confidence(_) | Rule::Certainty)
     }
 }
 
@@ -50,6 +62,12 @@ pub enum Plan {
     /// The agents answer and a verifier checks them, up to `rounds` times, each round told why
     /// the last one failed, until one passes (refine); then exec-vote decides.
     Check { rounds: usize },
+    /// Warm-up agents answer whole and set a confidence bar; the others stop when they fall
+    /// under it; `confidence` decides on the rest (`early-stop`).
+    EarlyStop(Settings),
+    /// The agents answer in rounds until the leader's lead is sure; a vote decides
+    /// (`adaptive`).
+    Adaptive(Settings),
 }
 
 impl Plan {
@@ -70,6 +88,19 @@ impl Plan {
     pub fn rounds(self) -> usize {
         match self {
             Plan::Answer { rounds, .. } | Plan::Check { rounds } => rounds,
+            Plan::EarlyStop(_) | Plan::Adaptive(_) => 1,
+        }
+    }
+
+    /// Whether the agents need their tokens' confidence signals.
+    pub fn reads_signals(self) -> bool {
+        match self {
+            Plan::Answer {
+                decider: Decider::Rule(r),
+                ..
+            } => r.reads_signals(),
+            Plan::EarlyStop(_) => true,
+            _ => false,
         }
     }
 }
@@ -89,6 +120,10 @@ pub fn plan(ens: &Ensemble) -> Plan {
         },
         Strategy::ExecVote => Plan::Check { rounds: 1 },
         Strategy::Refine => Plan::Check { rounds: ens.rounds },
+        Strategy::Confidence => once(Decider::Rule(Rule::Confidence(ens.confidence))),
+        Strategy::Certainty => once(Decider::Rule(Rule::Certainty)),
+        Strategy::EarlyStop => Plan::EarlyStop(ens.confidence),
+        Strategy::Adaptive => Plan::Adaptive(ens.confidence),
     }
 }
 
@@ -125,6 +160,8 @@ pub fn decide(rule: Rule, ballot: Ballot) -> (Decision, Option<String>) {
             None => (aggregate::medoid(cands), None),
         },
         Rule::ExecVote => verify::exec_vote(cands, ballot.verdicts),
+        Rule::Confidence(s) => confidence::decide(cands, &s),
+        Rule::Certainty => confidence::best_of_n(cands),
     }
 }
 
@@ -147,7 +184,19 @@ mod tests {
         assert_eq!(rule("weighted", 3), Some(Rule::Weighted(WeightBy::Weight)));
         assert_eq!(rule("medoid", 3), Some(Rule::Medoid));
         assert_eq!(rule("exec-vote", 3), Some(Rule::ExecVote));
-        for s in ["judge", "fuse", "debate", "refine"] {
+        assert_eq!(rule("certainty", 3), Some(Rule::Certainty));
+        assert_eq!(
+            rule("confidence", 1),
+            Some(Rule::Confidence(Settings::DEFAULT))
+        );
+        for s in [
+            "judge",
+            "fuse",
+            "debate",
+            "refine",
+            "early-stop",
+            "adaptive",
+        ] {
             assert_eq!(rule(s, 3), None, "{s}");
         }
         // One round of debate is a vote; one of refine, exec-vote.
@@ -172,6 +221,7 @@ mod tests {
             extracted: extracted.map(String::from),
             logprob_mean: lp,
             weight,
+            signals: Default::default(),
         };
         // Two say 3 (unsure, light), one says 5 (sure, heavy), one passed its check with 4.
         let cands = [

@@ -200,6 +200,7 @@ fn parse(c: ChatCompletion, start: Instant) -> Result<(Reply, Usage), String> {
         // gives them: a remote vote weighs as a neutral, certain one.
         logprob_mean: 0.0,
         seconds: start.elapsed().as_secs_f64(),
+        signals: Default::default(),
     };
     Ok((reply, usage))
 }

@@ -1,4 +1,5 @@
 //! What agents answered, from the engine or from a remote server, before it is traced.
+use super::confidence::Signals;
 use crate::engine::{Finish, Output};
 
 /// One engine job's, or one remote member's calls', replies: one per agent, in order.
@@ -19,6 +20,7 @@ pub(crate) struct Reply {
     pub finish: Option<Finish>,
     pub logprob_mean: f32,
     pub seconds: f64,
+    pub signals: Signals,
 }
 
 impl From<Output> for Replies {
@@ -36,6 +38,7 @@ impl From<Output> for Replies {
                         logprob_mean: c.logprob_mean(),
                         tokens: c.tokens.len(),
                         finish: Some(c.finish),
+                        signals: c.signals.as_deref().map(Signals::of).unwrap_or_default(),
                         text: c.text,
                         seconds,
                     })

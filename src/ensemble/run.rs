@@ -1,6 +1,7 @@
 //! Running an ensemble: agents answer (batched per model and role), then the strategy decides.
 use super::aggregate::{self, Candidate, Decision};
 use super::ask::Ask;
+use super::confidence;
 use super::config::{Agent, Ensemble, Member};
 use super::decide::{decide, plan, Ballot, Decider, Plan, Rule};
 use super::events::{self, Event, Listener, Owned, Place};
@@ -31,6 +32,8 @@ pub struct Runner {
     total: AtomicUsize,
     progress: Option<Progress>,
     events: Option<Listener>,
+    /// Keep every local agent's confidence signals, whatever the strategy reads.
+    signals: bool,
 }
 
 impl Runner {
@@ -43,7 +46,15 @@ impl Runner {
             total: AtomicUsize::new(0),
             progress: None,
             events: None,
+            signals: false,
         }
+    }
+
+    /// Keeps every local agent's confidence signals in the trace (the bench keeps them so
+    /// that `confidence` and `certainty` can decide on samples drawn for another strategy).
+    pub fn keep_signals(mut self) -> Self {
+        self.signals = true;
+        self
     }
 
     /// Called with each [`Event`] as the run goes (agents' text streams only when set).
@@ -131,6 +142,8 @@ impl Runner {
                         .run_checked(ens, &ask.question, verifier, rounds, path)
                         .await
                 }
+                Plan::EarlyStop(s) => return self.run_early_stop(ens, ask, s, path).await,
+                Plan::Adaptive(s) => return self.run_adaptive(ens, ask, s, path).await,
                 Plan::Answer { rounds, decider } => (rounds, decider),
             };
             let start = Instant::now();
@@ -284,9 +297,16 @@ impl Runner {
             }
             let reserved = max_tokens * members.len();
             self.spent.fetch_add(reserved, Ordering::SeqCst);
+            let signals = self.signals || plan(ens).reads_signals();
             let samples: Vec<SamplingParams> = members
                 .iter()
-                .map(|&i| agents[i].sampling.clone())
+                .map(|&i| {
+                    let mut p = agents[i].sampling.clone();
+                    if signals {
+                        p.confidence_k.get_or_insert(confidence::TOP_K);
+                    }
+                    p
+                })
                 .collect();
             let spans: Vec<Span> = members
                 .iter()
@@ -354,6 +374,7 @@ impl Runner {
                             remote,
                             error: None,
                             verdict: None,
+                            signals: r.signals,
                         }
                     }
                     Err(e) => {
@@ -586,6 +607,7 @@ fn skipped(a: &Agent) -> AgentTrace {
         remote: None,
         error: None,
         verdict: None,
+        signals: Default::default(),
     }
 }
 
@@ -609,5 +631,6 @@ fn nested(sub: &Ensemble, t: Trace) -> AgentTrace {
         remote: None,
         error: None,
         verdict: None,
+        signals: Default::default(),
     }
 }

@@ -1,5 +1,6 @@
 //! What an ensemble run leaves behind: each agent's part, the decision, the tokens spent.
 use super::aggregate::Candidate;
+use super::confidence::Signals;
 use super::config::Strategy;
 use super::verify::Verdict;
 use crate::engine::{Finish, ToolCall};
@@ -36,6 +37,9 @@ pub struct AgentTrace {
     /// The verifier's result (`exec-vote`, `refine`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// The reply's confidence signals, when the strategy reads them (or the caller asked).
+    #[serde(skip_serializing_if = "Signals::is_empty")]
+    pub signals: Signals,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -104,6 +108,7 @@ pub fn candidates(agents: &[AgentTrace]) -> Vec<Candidate> {
             extracted: a.extracted.clone(),
             logprob_mean: a.logprob_mean,
             weight: a.weight,
+            signals: a.signals.clone(),
         })
         .collect()
 }

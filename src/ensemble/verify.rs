@@ -423,6 +423,7 @@ mod tests {
             extracted: Some(extracted.into()),
             logprob_mean: lp,
             weight: 1.0,
+            signals: Default::default(),
         }
     }
 

@@ -282,8 +282,16 @@ mod tests {
                     let best = r.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1));
                     best.unwrap().0 as u32
                 };
-                assert_eq!(top(ra), top(rb), "step {step}");
                 let scale = ra.iter().fold(0f32, |m, v| m.max(v.abs()));
+                // A near tie may go either way (seen with AVX-512, whose sums round
+                // otherwise): the other wiring's pick must then be all but as likely.
+                let (ta, tb) = (top(ra) as usize, top(rb) as usize);
+                assert!(
+                    ta == tb || ra[ta] - ra[tb] <= 0.01 * scale,
+                    "step {step}: greedy {ta} vs {tb}, logits {} vs {} of {scale}",
+                    ra[ta],
+                    ra[tb]
+                );
                 let diff = ra
                     .iter()
                     .zip(rb)
