@@ -1,4 +1,5 @@
-//! Prefill and decode speed of the default model, in tokens per second.
+//! Prefill and decode speed of the default model, in tokens per second, and decode with each
+//! token's confidence signals kept (what the confidence strategies ask of the sampler).
 //!
 //! `cargo bench --bench generate`; set CONCLAVE_BENCH_MODEL to another catalog name or path.
 use conclave::engine::{Engine, Job, Prompt, SamplingParams};
@@ -56,6 +57,11 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(DECODE_TOKENS as u64));
     group.bench_function("generate_64", |b| {
         b.iter(|| rt.block_on(engine.generate(job.clone())).unwrap())
+    });
+    let mut with_signals = job.clone();
+    with_signals.samples[0].confidence_k = Some(20);
+    group.bench_function("generate_64_signals", |b| {
+        b.iter(|| rt.block_on(engine.generate(with_signals.clone())).unwrap())
     });
     group.finish();
 }

@@ -248,3 +248,51 @@ fn a_file_that_is_not_a_trace_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// An `early-stop` run's trace shows each agent's mean confidence and self-certainty, why a
+/// stopped one ended (`unsure`), and the bar in the notes.
+#[test]
+fn an_early_stop_trace_shows_confidence_and_stopped_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace_file = dir.path().join("trace.json");
+    let (ok, _, err) = common::conclave(
+        &["smollm2-135m"],
+        &[
+            "ask",
+            "Tom has 3 boxes of 7 apples. How many apples?",
+            "--agents",
+            "8",
+            "--strategy",
+            "early-stop",
+            "--answer",
+            "number",
+            "-t",
+            "1.0",
+            "--seed",
+            "3",
+            "--max-tokens",
+            "64",
+            "--trace",
+            trace_file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let trace = read(&trace_file);
+    let (ok, out, err) = show(&trace_file);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("ensemble 8 agents · early-stop"), "{out}");
+    assert!(out.contains("set the bar at"), "{out}");
+    for (i, a) in trace["agents"].as_array().unwrap().iter().enumerate() {
+        let line = agent_line(&out, 0, i + 1);
+        let conf = a["signals"]["confidence"].as_array().unwrap();
+        let mean = conf.iter().map(|c| c.as_f64().unwrap()).sum::<f64>() / conf.len() as f64;
+        assert!(line.contains(&format!("confidence {mean:.2}")), "{line}");
+        assert!(line.contains("certainty "), "{line}");
+        let unsure = a["finish"] == "unsure";
+        assert_eq!(line.contains("unsure"), unsure, "{line}");
+        assert!(
+            !unsure || a["extracted"].is_null(),
+            "a stopped agent has no vote"
+        );
+    }
+}

@@ -210,6 +210,18 @@ impl Tree {
         if let Some(f) = a["finish"].as_str() {
             let _ = write!(s, " · {f}");
         }
+        // The confidence strategies' inputs: the mean token confidence and self-certainty.
+        let conf: Vec<f64> = a["signals"]["confidence"]
+            .as_array()
+            .map(|c| c.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        if !conf.is_empty() {
+            let mean = conf.iter().sum::<f64>() / conf.len() as f64;
+            let _ = write!(s, " · confidence {mean:.2}");
+        }
+        if let Some(c) = a["signals"]["certainty"].as_f64() {
+            let _ = write!(s, " · certainty {c:.2}");
+        }
         if let Some(r) = a["remote"].as_str() {
             let _ = write!(s, " · remote {r}");
         }

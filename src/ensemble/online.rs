@@ -14,6 +14,7 @@ use anyhow::{bail, Result};
 use std::time::Instant;
 
 /// What a run of either strategy gathered before its decision.
+#[derive(Default)]
 struct Gathered {
     agents: Vec<AgentTrace>,
     usage: Usage,
@@ -33,11 +34,7 @@ impl Runner {
     ) -> Result<Trace> {
         let start = Instant::now();
         let flat = agents_only(ens)?;
-        let mut got = Gathered {
-            agents: Vec::new(),
-            usage: Usage::default(),
-            notes: Vec::new(),
-        };
+        let mut got = Gathered::default();
         let warm = s.warmup.clamp(1, flat.len());
         let place = |from: usize, to: usize| Place {
             path: path.clone(),
@@ -127,11 +124,7 @@ impl Runner {
     ) -> Result<Trace> {
         let start = Instant::now();
         let flat = agents_only(ens)?;
-        let mut got = Gathered {
-            agents: Vec::new(),
-            usage: Usage::default(),
-            notes: Vec::new(),
-        };
+        let mut got = Gathered::default();
         let n = flat.len();
         loop {
             let from = got.agents.len();
