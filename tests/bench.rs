@@ -730,3 +730,28 @@ fn confidence_strategies_decide_on_stored_signals_and_adaptive_runs_live() {
     }
     assert!(out.join("accuracy_vs_tokens.svg").metadata().unwrap().len() > 500);
 }
+
+/// Confidence settings out of range are refused before anything runs, saying what to give;
+/// in an ensemble file, the error names the section.
+#[test]
+fn out_of_range_confidence_settings_are_refused() {
+    let out = scratch("bench-bad-confidence");
+    let o = out.to_str().unwrap();
+    let mut a = args(o, "1");
+    a.extend(["--strategies", "confidence", "--confidence-keep", "0"]);
+    let err = fail(&a);
+    assert!(err.contains("give 1 to 100"), "{err}");
+    assert!(!out.join("samples.jsonl").exists());
+    std::fs::create_dir_all(&out).unwrap();
+    let cfg = out.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "strategy = \"adaptive\"\n[confidence]\nstop_at = 100\n[[member]]\nmodel = \"smollm2-135m\"\n",
+    )
+    .unwrap();
+    let err = fail(&["ask", "2+2?", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        err.contains("[confidence]") && err.contains("give 50 to 99"),
+        "{err}"
+    );
+}

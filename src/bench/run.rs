@@ -177,6 +177,7 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
     if let Some(m) = &opts.model {
         let k = sizes.iter().copied().max().unwrap_or(1);
         let max_tokens = opts.max_tokens.unwrap_or(crate::engine::DEFAULT_MAX_TOKENS);
+        opts.confidence.check()?;
         let mut model = Series::model(m, opts.task, opts.temperature, max_tokens, k, opts.seed)?;
         model.ens.confidence = opts.confidence;
         series.push(model);
