@@ -2,7 +2,7 @@
 use crate::bench::dataset::Task;
 use crate::bench::run::{self, Options};
 use crate::engine::DEFAULT_MAX_TOKENS;
-use crate::ensemble::Strategy;
+use crate::ensemble::{AnswerKind, Strategy};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// until a call starts; the call follows its function's schema) instead of decoding freely.
     #[arg(long)]
     pub constrain: bool,
+    /// Read answers this way instead of the task's own: `--task gsm8k --answer program` asks
+    /// each agent for a Python program (the `pal` role) and scores the number it prints.
+    #[arg(long, ignore_case = true)]
+    pub answer: Option<AnswerKind>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -68,6 +72,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         temperature: args.temperature,
         strategies: args.strategies,
         constrain: args.constrain,
+        answer: args.answer,
     };
     let outcome = run::run(&opts)?;
     if !outcome.plot_text {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod decide;
 pub mod events;
 pub mod extract;
+pub mod program;
 pub mod prompts;
 mod refine;
 pub mod remote;

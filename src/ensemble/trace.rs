@@ -1,6 +1,7 @@
 //! What an ensemble run leaves behind: each agent's part, the decision, the tokens spent.
 use super::aggregate::Candidate;
 use super::config::Strategy;
+use super::program::ProgramRun;
 use super::verify::Verdict;
 use crate::engine::{Finish, ToolCall};
 use serde::Serialize;
@@ -36,6 +37,10 @@ pub struct AgentTrace {
     /// The verifier's result (`exec-vote`, `refine`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// With `answer = "program"`: how the reply's program ran (its status, or why there was
+    /// none, and the end of its output); `extracted` is the number it printed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramRun>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
