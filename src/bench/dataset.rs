@@ -45,6 +45,12 @@ impl Task {
         }
     }
 
+    /// Whether answers of `kind` can be scored on this task: its own kind, or for gsm8k also
+    /// the number a program prints (`--answer program`).
+    pub fn accepts(self, kind: AnswerKind) -> bool {
+        kind == self.answer_kind() || (self == Task::Gsm8k && kind == AnswerKind::Program)
+    }
+
     /// The role (configs/roles.toml) a `--model` run gives its agents.
     pub fn role(self) -> &'static str {
         match self {

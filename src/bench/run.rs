@@ -10,7 +10,7 @@ use super::report::{SeriesSummary, Summary, INTERVAL};
 use super::sample::{self, Series};
 use super::store::{Record, SeriesKey, Settings, Store};
 use crate::engine::Engine;
-use crate::ensemble::Strategy;
+use crate::ensemble::{AnswerKind, Strategy};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -39,6 +39,9 @@ pub struct Options {
     pub constrain: bool,
     /// For `--model`: how the confidence strategies and `adaptive` read and spend samples.
     pub confidence: crate::ensemble::confidence::Settings,
+    /// How answers are read, in place of the task's own way (`Task::answer_kind`): for
+    /// gsm8k, `program` (agents write Python programs; the number printed is scored).
+    pub answer: Option<AnswerKind>,
 }
 
 /// What a run produced, for the front end to show.
@@ -61,6 +64,15 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         !opts.constrain || opts.task == Task::Tools,
         "--constrain goes with --task tools (it constrains tool calls)"
     );
+    if let Some(k) = opts.answer {
+        ensure!(
+            opts.task.accepts(k),
+            "--answer {k} does not go with --task {}: it reads {} answers (--task gsm8k also \
+             takes --answer program); leave --answer out",
+            opts.task,
+            opts.task.answer_kind()
+        );
+    }
     let mut sizes = opts.sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
@@ -178,13 +190,15 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
         let k = sizes.iter().copied().max().unwrap_or(1);
         let max_tokens = opts.max_tokens.unwrap_or(crate::engine::DEFAULT_MAX_TOKENS);
         opts.confidence.check()?;
-        let mut model = Series::model(m, opts.task, opts.temperature, max_tokens, k, opts.seed)?;
-        model.ens.confidence = opts.confidence;
-        series.push(model);
+        let mut s = Series::model(m, opts.task, opts.temperature, max_tokens, k, opts.seed)?;
+        s.ens.confidence = opts.confidence;
+        answer_by(&mut s, opts.answer)?;
+        series.push(s);
     }
     for c in &opts.configs {
-        let s = Series::config(c, opts.task, opts.max_tokens, Some(opts.seed))
+        let mut s = Series::config(c, opts.task, opts.max_tokens, Some(opts.seed))
             .with_context(|| format!("--config {c}"))?;
+        answer_by(&mut s, opts.answer).with_context(|| format!("--config {c}"))?;
         series.push(s);
     }
     if series.is_empty() {
@@ -237,6 +251,26 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
     Ok(out)
 }
 
+/// Reads `s`'s answers as `--answer` says, when given. A series switched to program answers
+/// is named so, to tell it apart from the same model or config answering in prose.
+fn answer_by(s: &mut Series, answer: Option<AnswerKind>) -> Result<()> {
+    let Some(k) = answer else {
+        return Ok(());
+    };
+    ensure!(
+        !(k == AnswerKind::Program && s.agent.is_some()),
+        "{} is an agent, which answers in text and runs its own code with its python tool: \
+         --answer program goes with --model or an ensemble config",
+        s.name
+    );
+    let switched = s.ens.answer != k;
+    s.ens.set_answer(k)?;
+    if switched && k == AnswerKind::Program {
+        s.name = format!("{} · program", s.name);
+    }
+    Ok(())
+}
+
 fn summarize(s: &Series, recs: &[&Record], sizes: &[usize], opts: &Options) -> SeriesSummary {
     let (rows, method) = match s.rule {
         None => {
@@ -274,5 +308,58 @@ fn summarize(s: &Series, recs: &[&Record], sizes: &[usize], opts: &Options) -> S
         wall_seconds: seconds,
         tokens_per_s: tokens as f64 / seconds.max(1e-9),
         rows,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(task: Task, answer: Option<AnswerKind>) -> Options {
+        Options {
+            dataset: PathBuf::from("no-such-dataset.jsonl"),
+            task,
+            model: Some("m".into()),
+            configs: vec!["vote8".into()],
+            sizes: vec![1, 2],
+            limit: None,
+            trials: 1,
+            seed: 0,
+            out: PathBuf::from("no-such-out"),
+            max_tokens: None,
+            temperature: 0.7,
+            strategies: Vec::new(),
+            constrain: false,
+            answer,
+            confidence: Default::default(),
+        }
+    }
+
+    #[test]
+    fn answer_program_asks_every_series_for_programs() {
+        let opts = options(Task::Gsm8k, Some(AnswerKind::Program));
+        let series = make_series(&opts, &[1, 2]).unwrap();
+        let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["m · program", "vote8 · program"]);
+        for s in &series {
+            assert_eq!(s.ens.answer, AnswerKind::Program);
+            assert!(s.ens.agents().iter().all(|a| a.role.name == "pal"));
+        }
+        // Without --answer the task's own kind, as before.
+        let plain = make_series(&options(Task::Gsm8k, None), &[1, 2]).unwrap();
+        assert_eq!(plain[0].name, "m");
+        assert_eq!(plain[0].ens.answer, AnswerKind::Number);
+        assert_eq!(plain[0].ens.agents()[0].role.name, "solver");
+        assert_ne!(plain[0].digest(), series[0].digest());
+        // Only a task that can score the kind takes it; the error says what to do.
+        let err = run(&options(Task::Choice, Some(AnswerKind::Program)))
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap();
+        assert!(
+            err.contains("--answer program does not go with --task choice")
+                && err.contains("leave --answer out"),
+            "{err}"
+        );
     }
 }

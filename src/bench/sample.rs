@@ -65,7 +65,8 @@ impl Series {
     }
 
     /// An ensemble file or preset. The task decides how answers are read, whatever the
-    /// file's `answer`.
+    /// file's `answer`, except that a file written for program answers keeps them on a task
+    /// that takes them (gsm8k: the number a program prints is a number answer).
     pub fn config(
         spec: &str,
         task: Task,
@@ -76,7 +77,9 @@ impl Series {
             return Self::agent(spec, task, max_tokens);
         }
         let mut ens = Ensemble::load_seeded(spec, seed)?;
-        ens.answer = task.answer_kind();
+        if !(ens.answer == AnswerKind::Program && task.accepts(ens.answer)) {
+            ens.answer = task.answer_kind();
+        }
         if let Some(m) = max_tokens {
             ens.max_tokens = m;
         }
@@ -501,6 +504,22 @@ mod tests {
                 .unwrap()
                 .digest()
         );
+    }
+
+    #[test]
+    fn a_config_written_for_programs_keeps_program_answers_on_gsm8k() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pal.toml");
+        std::fs::write(&path, "answer = \"program\"\n[[member]]\nmodel = \"m\"").unwrap();
+        let path = path.to_str().unwrap();
+        let s = Series::config(path, Task::Gsm8k, None, None).unwrap();
+        assert_eq!(s.ens.answer, AnswerKind::Program);
+        // Another task reads answers its own way.
+        let s = Series::config(path, Task::Text, None, None).unwrap();
+        assert_eq!(s.ens.answer, AnswerKind::Text);
+        assert!(Task::Gsm8k.accepts(AnswerKind::Program));
+        assert!(!Task::Choice.accepts(AnswerKind::Program));
+        assert!(Task::Code.accepts(AnswerKind::Code));
     }
 
     #[test]

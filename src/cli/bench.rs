@@ -3,7 +3,7 @@ use crate::bench::dataset::Task;
 use crate::bench::run::{self, Options};
 use crate::engine::DEFAULT_MAX_TOKENS;
 use crate::ensemble::confidence::Settings;
-use crate::ensemble::Strategy;
+use crate::ensemble::{AnswerKind, Strategy};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -56,6 +56,10 @@ pub struct BenchArgs {
     pub constrain: bool,
     #[command(flatten)]
     pub confidence: Settings,
+    /// Read answers this way instead of the task's own: `--task gsm8k --answer program` asks
+    /// each agent for a Python program (the `pal` role) and scores the number it prints.
+    #[arg(long, ignore_case = true)]
+    pub answer: Option<AnswerKind>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -74,6 +78,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         strategies: args.strategies,
         constrain: args.constrain,
         confidence: args.confidence,
+        answer: args.answer,
     };
     let outcome = run::run(&opts)?;
     if !outcome.plot_text {

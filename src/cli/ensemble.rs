@@ -27,7 +27,9 @@ pub struct EnsembleArgs {
     /// How answers are combined.
     #[arg(long, ignore_case = true, help_heading = "Ensemble")]
     pub strategy: Option<Strategy>,
-    /// What an answer is, for voting.
+    /// What an answer is, for voting. `program`: each agent writes a Python program that the
+    /// sandbox runs, and the number it prints is its answer (agents get the `pal` role unless
+    /// --roles, or a config written for programs, says otherwise).
     #[arg(long, ignore_case = true, help_heading = "Ensemble")]
     pub answer: Option<AnswerKind>,
     /// Comma-separated tools every agent may use, on top of the config's.
@@ -91,7 +93,7 @@ pub fn run(e: &EnsembleArgs, args: &Question) -> Result<()> {
         ens.strategy = s;
     }
     if let Some(a) = e.answer {
-        ens.answer = a;
+        ens.set_answer(a)?;
     }
     if let Some(n) = args.max_tokens {
         ens.max_tokens = n;

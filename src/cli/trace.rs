@@ -232,6 +232,16 @@ impl Tree {
                 let _ = write!(s, " · failed: {}", short(str_of(v, "feedback"), 60));
             }
         }
+        // A program answer's run: the number is `extracted`; a failure says why.
+        if let Some(p) = a.get("program").filter(|p| p.is_object()) {
+            match p["status"].as_str() {
+                Some("ok") if a["extracted"].is_string() => s.push_str(" · program ran"),
+                Some(status) => {
+                    let _ = write!(s, " · program {status}: {}", short(str_of(p, "reason"), 80));
+                }
+                None => s.push_str(" · no program"),
+            }
+        }
         let s = if won { self.paint.green(&s) } else { s };
         self.line(depth, &s);
         if let Some(err) = a["error"].as_str() {

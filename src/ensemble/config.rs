@@ -191,6 +191,15 @@ pub struct MemberSpec {
     pub tools: Vec<String>,
 }
 
+/// The role of an agent whose role is not given: `fallback`, or for program answers the role
+/// that asks for a program (the others ask for an "Answer:" line).
+fn default_role(answer: AnswerKind, fallback: &str) -> &str {
+    match answer {
+        AnswerKind::Program => super::program::ROLE,
+        _ => fallback,
+    }
+}
+
 fn default_strategy() -> Strategy {
     Strategy::Vote
 }
@@ -300,13 +309,18 @@ impl Ensemble {
                 top_p: None,
                 top_k: None,
                 min_p: None,
-                role: Some(cycle(&q.roles, i, "solver")),
+                role: Some(cycle(&q.roles, i, default_role(q.answer, "solver"))),
                 seed: None,
                 count: 1,
                 weight: 1.0,
                 tools: Vec::new(),
             };
-            members.extend(loader.agents(&spec)?.into_iter().map(Member::Agent));
+            members.extend(
+                loader
+                    .agents(&spec, "solver")?
+                    .into_iter()
+                    .map(Member::Agent),
+            );
         }
         Ok(Ensemble {
             name: format!("{} agents", q.agents),
@@ -320,6 +334,25 @@ impl Ensemble {
             members,
             confidence: confidence::Settings::DEFAULT,
         })
+    }
+
+    /// Makes `answer` the kind of answer the ensemble reads (a command line's `--answer`, a
+    /// bench task's). Switching to program answers an ensemble not written for them (its
+    /// roles ask for an "Answer:" line, not a program) gives every agent in the tree the
+    /// program role, and nested ensembles program answers too; a file that says `answer =
+    /// "program"` keeps its own roles.
+    pub fn set_answer(&mut self, answer: AnswerKind) -> Result<()> {
+        if answer == AnswerKind::Program && self.answer != AnswerKind::Program {
+            let role = Loader::new()?.role(super::program::ROLE)?;
+            for m in &mut self.members {
+                match m {
+                    Member::Agent(a) => a.role = role.clone(),
+                    Member::Ensemble(e) => e.set_answer(answer)?,
+                }
+            }
+        }
+        self.answer = answer;
+        Ok(())
     }
 
     /// Lets every agent in the tree, judges included, use `tool`: for front ends that run
@@ -357,11 +390,11 @@ impl Ensemble {
         Ok(())
     }
 
-    /// Every agent in the tree, nested ones included.
-    /// Whether running this ensemble uses a tool: a verifying strategy, or an agent or judge
-    /// (nested ones too) allowed one.
+    /// Whether running this ensemble uses a tool: a verifying strategy, program answers (the
+    /// sandbox runs each agent's program), or an agent or judge (nested ones too) allowed one.
     pub fn uses_tools(&self) -> bool {
         matches!(self.strategy, Strategy::ExecVote | Strategy::Refine)
+            || self.answer == AnswerKind::Program
             || self.judge.as_ref().is_some_and(|j| !j.tools.is_empty())
             || self.members.iter().any(|m| match m {
                 Member::Agent(a) => !a.tools.is_empty(),
@@ -369,6 +402,7 @@ impl Ensemble {
             })
     }
 
+    /// Every agent in the tree, nested ones included.
     pub fn agents(&self) -> Vec<&Agent> {
         let mut out = Vec::new();
         for m in &self.members {
@@ -477,17 +511,19 @@ impl Loader {
                 },
             );
         }
+        let answer = spec.answer.unwrap_or(AnswerKind::Text);
+        let role = default_role(answer, "assistant");
         let mut members = Vec::new();
         for m in &spec.members {
             match (&m.model, &m.ensemble, &m.remote) {
                 (Some(_), None, None) => {
-                    members.extend(self.agents(m)?.into_iter().map(Member::Agent))
+                    members.extend(self.agents(m, role)?.into_iter().map(Member::Agent))
                 }
                 (None, None, Some(_)) if self.untrusted => {
                     bail!("remote members are allowed only in the server's own config files")
                 }
                 (None, None, Some(_)) => {
-                    members.extend(self.agents(m)?.into_iter().map(Member::Agent))
+                    members.extend(self.agents(m, role)?.into_iter().map(Member::Agent))
                 }
                 (None, Some(e), None) => {
                     for _ in 0..m.count {
@@ -506,7 +542,9 @@ impl Loader {
             .check()
             .context("in the ensemble's [confidence] settings")?;
         let judge = match &spec.judge {
-            Some(j) if j.model.is_some() && j.remote.is_none() => Some(self.agents(j)?.remove(0)),
+            Some(j) if j.model.is_some() && j.remote.is_none() => {
+                Some(self.agents(j, "assistant")?.remove(0))
+            }
             Some(_) => bail!("[judge] needs a `model` (a local one: the judge cannot be remote)"),
             None => None,
         };
@@ -514,7 +552,7 @@ impl Loader {
         Ok(Ensemble {
             name: spec.name.unwrap_or_else(|| "ensemble".into()),
             strategy: spec.strategy,
-            answer: spec.answer.unwrap_or(AnswerKind::Text),
+            answer,
             weight_by: spec.weight_by,
             max_tokens: spec.max_tokens,
             token_budget: spec.token_budget,
@@ -525,16 +563,19 @@ impl Loader {
         })
     }
 
-    /// The `count` agents of one member, each with a seed of its own.
-    fn agents(&mut self, m: &MemberSpec) -> Result<Vec<Agent>> {
-        let role_name = m.role.clone().unwrap_or_else(|| "assistant".into());
-        let role = self.roles.get(&role_name).cloned().with_context(|| {
+    /// The role named `name`, or an error that lists the known ones.
+    fn role(&self, name: &str) -> Result<Role> {
+        self.roles.get(name).cloned().with_context(|| {
             let mut known: Vec<&String> = self.roles.keys().collect();
             known.sort();
-            format!(
-                "unknown role `{role_name}` (known: {known:?}; add it under [roles.{role_name}])"
-            )
-        })?;
+            format!("unknown role `{name}` (known: {known:?}; add it under [roles.{name}])")
+        })
+    }
+
+    /// The `count` agents of one member, each with a seed of its own; `default_role` is the
+    /// role of a member that names none.
+    fn agents(&mut self, m: &MemberSpec, default_role: &str) -> Result<Vec<Agent>> {
+        let role = self.role(m.role.as_deref().unwrap_or(default_role))?;
         let model = m
             .model
             .clone()
@@ -614,6 +655,51 @@ mod tests {
             Path::new("."),
         );
         assert!(format!("{:#}", bad.unwrap_err()).contains("json"));
+    }
+
+    #[test]
+    fn program_answers_default_to_the_pal_role_and_count_as_using_tools() {
+        let text = "answer = \"program\"\n[[member]]\nmodel = \"m\"\n\
+                    [[member]]\nmodel = \"m\"\nrole = \"skeptic\"";
+        let e = Ensemble::from_toml(text, Path::new(".")).unwrap();
+        let roles: Vec<&str> = e.agents().iter().map(|a| a.role.name.as_str()).collect();
+        assert_eq!(
+            (e.answer, roles),
+            (AnswerKind::Program, vec!["pal", "skeptic"])
+        );
+        assert!(e.agents()[0].role.system.contains("```python"));
+        assert!(e.uses_tools(), "the sandbox runs its agents' programs");
+        // A file written for programs keeps its roles when asked for programs again.
+        let mut same = e.clone();
+        same.set_answer(AnswerKind::Program).unwrap();
+        assert_eq!(same.agents()[1].role.name, "skeptic");
+        // Prose-answer ensembles switched to programs ask every agent, nested ones too, for one.
+        let mut v = Ensemble::load("council").unwrap();
+        assert!(v.agents().iter().any(|a| a.role.name != "pal"));
+        v.set_answer(AnswerKind::Program).unwrap();
+        assert!(v.agents().iter().all(|a| a.role.name == "pal"));
+        assert!(v.members.iter().all(|m| match m {
+            Member::Ensemble(e) => e.answer == AnswerKind::Program,
+            Member::Agent(_) => true,
+        }));
+        let q = |roles: Vec<String>| {
+            Ensemble::quick(&Quick {
+                agents: 2,
+                models: vec!["m".into()],
+                roles,
+                temperatures: vec![0.0],
+                strategy: Strategy::Vote,
+                answer: AnswerKind::Program,
+                max_tokens: 8,
+                seed: 0,
+            })
+            .unwrap()
+        };
+        assert_eq!(q(Vec::new()).agents()[1].role.name, "pal");
+        assert_eq!(q(vec!["solver".into()]).agents()[1].role.name, "solver");
+        let mut n = Ensemble::load("vote8").unwrap();
+        n.set_answer(AnswerKind::Number).unwrap();
+        assert!(!n.uses_tools() && n.agents().iter().all(|a| a.role.name != "pal"));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub enum AnswerKind {
     Code,
     /// A JSON value: a ```json block, or the first object or array in the reply.
     Json,
+    /// A number that the reply's Python program prints when the sandbox runs it (PAL; see
+    /// `ensemble::program`). Reading the reply alone gives nothing: the runner runs it.
+    Program,
 }
 
 impl fmt::Display for AnswerKind {
@@ -40,6 +43,45 @@ pub fn extract(kind: AnswerKind, text: &str) -> Option<String> {
         AnswerKind::Text => extract_text(text),
         AnswerKind::Code => extract_code(text),
         AnswerKind::Json => extract_json(text).map(|v| canonical_json(&v)),
+        // The answer is what the program prints, which only running it tells
+        // (`program::Programs::answers`).
+        AnswerKind::Program => None,
+    }
+}
+
+/// The answer a program printed: the last number in its output, normalized as
+/// [`AnswerKind::Number`] answers are, so `10.0` and `10` equal the gold `10`. None when
+/// it printed no number.
+pub fn printed_number(stdout: &str) -> Option<String> {
+    let last = stdout.split_whitespace().last()?;
+    let last = last.trim_end_matches(|c: char| ".,;:)]}'\"".contains(c));
+    // Python writes floats from 1e16 up (and below 1e-4) in exponent notation, which
+    // `numbers` does not read ("1e+16" would be 16): such a last word is read as a float.
+    if last.contains(['e', 'E']) {
+        if let Ok(f) = last.parse::<f64>() {
+            if f.is_finite() {
+                return numbers(&format!("{f}")).pop();
+            }
+        }
+    }
+    numbers(stdout).pop().map(|n| round_float_noise(&n))
+}
+
+/// Python prints binary floating-point error (`0.1 * 3` is `0.30000000000000004`, `1.1 * 3`
+/// is `3.3000000000000003`); a fraction of 12 digits or more is such noise, rounded to 9
+/// places. No GSM8K answer has so many (its golds are integers, a few with two decimals).
+fn round_float_noise(n: &str) -> String {
+    let Some((_, frac)) = n.split_once('.') else {
+        return n.to_string();
+    };
+    if frac.len() < 12 {
+        return n.to_string();
+    }
+    match n.parse::<f64>() {
+        Ok(f) => numbers(&format!("{f:.9}"))
+            .pop()
+            .unwrap_or_else(|| n.to_string()),
+        Err(_) => n.to_string(),
     }
 }
 
@@ -437,6 +479,33 @@ mod tests {
         );
         let k: AnswerKind = serde_json::from_str("\"number\"").unwrap();
         assert_eq!(k, AnswerKind::Number);
+    }
+
+    #[test]
+    fn a_programs_answer_is_the_last_number_it_prints() {
+        let p = printed_number;
+        assert_eq!(p("42\n"), s("42"));
+        assert_eq!(p("Total: 1,000.0 dollars\n"), s("1000"));
+        assert_eq!(p("step 1: 3\nstep 2: 7\n7.50\n"), s("7.5"));
+        assert_eq!(p("-3.0"), s("-3"));
+        // What `extract(Number)` makes of the gold's "#### 18" is what a program's 18.0 gives.
+        assert_eq!(p("18.0"), extract(AnswerKind::Number, "#### 18"));
+        // Binary floating-point noise, and Python's exponent notation.
+        assert_eq!(p("0.30000000000000004"), s("0.3"));
+        assert_eq!(p("3.3000000000000003"), s("3.3"));
+        assert_eq!(p("0.125"), s("0.125"));
+        assert_eq!(p("1e+16"), s("10000000000000000"));
+        assert_eq!(p("2.5e-05"), s("0.000025"));
+        // No number: nothing, a word, Python's `None`, `nan`, `inf`.
+        for out in ["", "  \n", "many", "None", "nan", "inf", "-inf"] {
+            assert_eq!(p(out), None, "{out:?}");
+        }
+        // Reading a reply alone never answers for a program: it must run.
+        assert_eq!(
+            extract(AnswerKind::Program, "```python\nprint(4)\n```\n4"),
+            None
+        );
+        assert_eq!(AnswerKind::Program.to_string(), "program");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod decide;
 pub mod events;
 pub mod extract;
 mod online;
+pub mod program;
 pub mod prompts;
 mod refine;
 pub mod remote;

@@ -5,6 +5,8 @@ use super::confidence;
 use super::config::{Agent, Ensemble, Member};
 use super::decide::{decide, plan, Ballot, Decider, Plan, Rule};
 use super::events::{self, Event, Listener, Owned, Place};
+use super::extract::AnswerKind;
+use super::program::{self, Programs};
 use super::prompts;
 use super::remote;
 use super::reply::Replies;
@@ -34,6 +36,8 @@ pub struct Runner {
     events: Option<Listener>,
     /// Keep every local agent's confidence signals, whatever the strategy reads.
     signals: bool,
+    /// The programs of `answer = "program"` agents run so far in this run, by source.
+    programs: Programs,
 }
 
 impl Runner {
@@ -47,6 +51,7 @@ impl Runner {
             progress: None,
             events: None,
             signals: false,
+            programs: Programs::default(),
         }
     }
 
@@ -99,6 +104,7 @@ impl Runner {
         self.budget = ens.token_budget;
         self.spent.store(0, Ordering::SeqCst);
         self.done.store(0, Ordering::SeqCst);
+        self.programs.clear();
         self.total
             .store(ens.agents().len() * plan(ens).rounds(), Ordering::SeqCst);
     }
@@ -351,12 +357,23 @@ impl Runner {
             self.spent
                 .fetch_add(answered.completion_tokens, Ordering::SeqCst);
             self.spent.fetch_sub(reserved, Ordering::SeqCst);
+            let texts: Vec<&str> = answered
+                .replies
+                .iter()
+                .map(|r| r.as_ref().map_or("", |r| r.text.as_str()))
+                .collect();
+            let mut programs = self.run_programs(ens, ask, &texts).await?.into_iter();
             for ((&i, reply), span) in members.iter().zip(answered.replies).zip(spans) {
                 let a = agents[i];
                 let remote = a.remote.as_ref().map(|r| r.url.clone());
+                let program = programs.next().flatten();
                 out[i] = Some(match reply {
                     Ok(r) => {
-                        let (extracted, calls) = ask.read(ens.answer, &r.text);
+                        let (mut extracted, calls) = ask.read(ens.answer, &r.text);
+                        let program = program.map(|(answer, run)| {
+                            extracted = answer;
+                            run
+                        });
                         AgentTrace {
                             model: a.model.clone(),
                             role: a.role.name.clone(),
@@ -375,6 +392,7 @@ impl Runner {
                             error: None,
                             verdict: None,
                             signals: r.signals,
+                            program,
                         }
                     }
                     Err(e) => {
@@ -405,6 +423,26 @@ impl Runner {
             .into_iter()
             .map(|a| a.expect("every agent answered"))
             .collect())
+    }
+
+    /// With `answer = "program"` (and no tools, whose calls are the ballot instead), each
+    /// reply's program run and the number it printed, in order; otherwise none. A failed
+    /// agent's empty text is a reply without a program.
+    ///
+    /// Choosing program answers is the consent to run the agents' programs, as the bench's
+    /// code task grants `python` by design; a server allows it only with `--allow-tools`
+    /// (see `Ensemble::uses_tools`).
+    async fn run_programs(
+        &self,
+        ens: &Ensemble,
+        ask: &Ask,
+        texts: &[&str],
+    ) -> Result<Vec<Option<program::Answer>>> {
+        if ens.answer != AnswerKind::Program || !ask.tools.is_empty() {
+            return Ok(vec![None; texts.len()]);
+        }
+        let answers = self.programs.answers(texts).await?;
+        Ok(answers.into_iter().map(Some).collect())
     }
 
     /// Runs `job` in a task of its own; with a listener, its pieces go out as the deltas of
@@ -462,8 +500,20 @@ impl Runner {
     ) -> Result<(Decision, String, Option<ModelCall>)> {
         let winner_text =
             |d: &Decision| d.winner.map(|w| cands[w].text.clone()).unwrap_or_default();
+        // Program answers: a candidate whose program gave no number takes no part, in medoid
+        // too, which compares texts. Its reply counts as empty there (see `aggregate::
+        // medoid_with`), and the medoid's answer is the number its own program printed.
+        let program = ens.answer == AnswerKind::Program;
         let by_rule = |rule: Rule, notes: &mut Vec<String>| {
-            let (d, note) = decide(rule, Ballot::of(cands));
+            let sim = (program && rule == Rule::Medoid).then(|| answered_only(cands));
+            let ballot = Ballot {
+                similarity: sim.as_deref(),
+                ..Ballot::of(cands)
+            };
+            let (mut d, note) = decide(rule, ballot);
+            if sim.is_some() {
+                d.answer = d.winner.and_then(|w| cands[w].extracted.clone());
+            }
             notes.extend(note);
             d
         };
@@ -488,10 +538,13 @@ impl Runner {
             return Ok((base, t, None));
         };
         if fuse {
-            let answer = ask
-                .read(ens.answer, &call.text)
-                .0
-                .or_else(|| Some(call.text.trim().to_string()));
+            // A synthesis of programs is a program: its answer is what it prints.
+            let ran = self.run_programs(ens, ask, &[&call.text]).await?;
+            let answer = match ran.into_iter().next().flatten() {
+                Some((printed, _)) => printed,
+                None => ask.read(ens.answer, &call.text).0,
+            };
+            let answer = answer.or_else(|| Some(call.text.trim().to_string()));
             let d = Decision {
                 winner: None,
                 answer,
@@ -509,6 +562,15 @@ impl Runner {
             let t = winner_text(&base);
             return Ok((base, t, Some(call)));
         };
+        if program && cands[i].extracted.is_none() {
+            notes.push(format!(
+                "the judge picked candidate {}, whose program gave no answer: decided by vote \
+                 instead",
+                i + 1
+            ));
+            let t = winner_text(&base);
+            return Ok((base, t, Some(call)));
+        }
         let answer = cands[i]
             .extracted
             .clone()
@@ -589,6 +651,19 @@ impl Runner {
     }
 }
 
+/// The candidates' similarities for medoid, with those that have no answer made to look
+/// empty (nothing in common even with themselves), which leaves them out of the pool.
+fn answered_only(cands: &[Candidate]) -> Vec<Vec<f64>> {
+    let mut sim = aggregate::similarities(cands);
+    for (i, c) in cands.iter().enumerate() {
+        if c.extracted.is_none() {
+            sim[i].iter_mut().for_each(|s| *s = 0.0);
+            sim.iter_mut().for_each(|row| row[i] = 0.0);
+        }
+    }
+    sim
+}
+
 fn skipped(a: &Agent) -> AgentTrace {
     AgentTrace {
         model: a.model.clone(),
@@ -608,6 +683,7 @@ fn skipped(a: &Agent) -> AgentTrace {
         error: None,
         verdict: None,
         signals: Default::default(),
+        program: None,
     }
 }
 
@@ -632,5 +708,39 @@ fn nested(sub: &Ensemble, t: Trace) -> AgentTrace {
         error: None,
         verdict: None,
         signals: Default::default(),
+        program: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(text: &str, extracted: Option<&str>) -> Candidate {
+        Candidate {
+            text: text.into(),
+            extracted: extracted.map(String::from),
+            logprob_mean: -0.1,
+            weight: 1.0,
+            signals: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_medoid_of_programs_leaves_out_those_that_gave_no_answer() {
+        // The three crashed programs are most alike; only the two that ran may win.
+        let crash = "x = int(input())\nprint(x * 4)";
+        let cands = [
+            cand(crash, None),
+            cand(crash, None),
+            cand(crash, None),
+            cand("trays = 4\nprint(trays * 6 - 9)", Some("15")),
+            cand("print(4 * 6 - 9)", Some("15")),
+        ];
+        assert_eq!(aggregate::medoid(&cands).winner, Some(0), "texts alone");
+        let sim = answered_only(&cands);
+        let d = aggregate::medoid_with(&cands, &sim);
+        assert!(matches!(d.winner, Some(3 | 4)), "{d:?}");
+        assert!(d.votes.keys().all(|k| k == "#3" || k == "#4"), "{d:?}");
     }
 }

@@ -2,6 +2,7 @@
 use super::aggregate::Candidate;
 use super::confidence::Signals;
 use super::config::Strategy;
+use super::program::ProgramRun;
 use super::verify::Verdict;
 use crate::engine::{Finish, ToolCall};
 use serde::Serialize;
@@ -40,6 +41,10 @@ pub struct AgentTrace {
     /// The reply's confidence signals, when the strategy reads them (or the caller asked).
     #[serde(skip_serializing_if = "Signals::is_empty")]
     pub signals: Signals,
+    /// With `answer = "program"`: how the reply's program ran (its status, or why there was
+    /// none, and the end of its output); `extracted` is the number it printed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramRun>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

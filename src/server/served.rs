@@ -274,7 +274,7 @@ fn apply(ens: &mut Ensemble, v: &Value, seed: Option<u64>) -> Result<()> {
         ens.strategy = s;
     }
     if let Some(a) = o.answer {
-        ens.answer = a;
+        ens.set_answer(a)?;
     }
     if let Some(w) = o.weight_by {
         ens.weight_by = w;
