@@ -13,10 +13,10 @@ use crate::ensemble::decide::{decide, Ballot, Rule};
 use crate::ensemble::Verdict;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The numbers for one size.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub n: usize,
     pub accuracy: f64,

@@ -2,6 +2,7 @@
 pub mod accuracy;
 pub mod code;
 pub mod dataset;
+pub mod merge;
 pub mod plot;
 pub mod report;
 pub mod run;

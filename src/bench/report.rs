@@ -1,11 +1,11 @@
 //! The summary of a run: a table per series, as `summary.json`, `summary.md` and on stdout.
 use super::accuracy::Row;
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::Path;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeriesSummary {
     pub name: String,
     pub strategy: String,
@@ -21,7 +21,7 @@ pub struct SeriesSummary {
     pub rows: Vec<Row>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub task: String,
     pub dataset: String,

@@ -95,3 +95,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The --out directories of finished `conclave bench` runs of one task.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Where the merged summary and plots go.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn merge(args: MergeArgs) -> Result<()> {
+    let (summary, text) = crate::bench::merge::merge(&args.runs, &args.out)?;
+    if !text {
+        eprintln!(
+            "warning: no font found (set CONCLAVE_FONT to a .ttf file): the plots have no text"
+        );
+    }
+    print!("{}", summary.markdown());
+    eprintln!(
+        "merged {} run(s) into {}",
+        args.runs.len(),
+        args.out.display()
+    );
+    Ok(())
+}

@@ -34,6 +34,8 @@ pub enum Command {
     Agent(Box<agent::AgentArgs>),
     /// Accuracy and cost against ensemble size on a dataset (tables and plots in --out).
     Bench(Box<bench::BenchArgs>),
+    /// Put the series of several finished bench runs in one summary and one set of plots.
+    BenchMerge(bench::MergeArgs),
     /// Measure N samples of one prompt against one: wall time and decode tokens/s.
     BenchSpeed(bench_speed::BenchSpeedArgs),
     /// Print the token ids of a text as a JSON array (or, with --decode, the text of ids).
@@ -58,6 +60,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Agent(args) => agent::run(*args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Bench(args) => bench::run(*args),
+        Command::BenchMerge(args) => bench::merge(args),
         Command::BenchSpeed(args) => bench_speed::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Serve(args) => serve::run(*args),
