@@ -42,9 +42,15 @@ pub struct ProgramRun {
     pub cached: bool,
 }
 
-/// The program in a reply: its first fenced code block (```python as asked, or untagged).
+/// The program in a reply: its first fenced code block (```python as asked, or untagged),
+/// else the whole reply when it calls `print` — small models often drop the fence around a
+/// program (a third of qwen2.5-coder-0.5b's replies on the first GSM8K train questions);
+/// Python then tells whether the rest is code (an "Answer: 12" line is a syntax error).
 pub fn source(reply: &str) -> Option<String> {
-    extract(AnswerKind::Code, reply)
+    extract(AnswerKind::Code, reply).or_else(|| {
+        let bare = reply.trim();
+        bare.contains("print(").then(|| bare.to_string())
+    })
 }
 
 /// Runs one program in the sandbox, with the limits code checks run under
@@ -79,7 +85,8 @@ fn missing() -> ProgramRun {
     ProgramRun {
         status: None,
         exit_code: None,
-        reason: "no ```python block in the reply: there was no program to run".into(),
+        reason: "no ```python block and no print call in the reply: there was no program to run"
+            .into(),
         stdout: String::new(),
         stderr: String::new(),
         seconds: 0.0,
@@ -209,7 +216,8 @@ mod tests {
         let words = "```python\nprint('many')\n```";
         let silent = "```python\nx = 12\n```";
         let prose = "Twelve apples, so the answer is 12.";
-        let out = answers(&[crash, spin, words, silent, prose]);
+        let not_code = "Answer: print(12) is what it prints";
+        let out = answers(&[crash, spin, words, silent, prose, not_code]);
         for (i, (answer, _)) in out.iter().enumerate() {
             assert_eq!(*answer, None, "reply {i}: {:?}", out[i].1);
         }
@@ -229,6 +237,16 @@ mod tests {
         assert_eq!(out[3].1.reason, "printed nothing");
         assert_eq!(out[4].1.status, None);
         assert!(out[4].1.reason.contains("no ```python block"));
+        // Unfenced text that calls print runs, and is no program when it is not Python.
+        assert_eq!(out[5].1.status, Some(Status::Error), "{:?}", out[5].1);
+        assert!(out[5].1.reason.contains("SyntaxError"), "{:?}", out[5].1);
+    }
+
+    #[test]
+    fn a_program_without_its_fence_still_runs() {
+        let bare = "pages = 3 * (2 * 2 * 2) * 7\nprint(pages)";
+        let out = answers(&[bare]);
+        assert_eq!(out[0].0.as_deref(), Some("168"), "{:?}", out[0].1);
     }
 
     #[test]
