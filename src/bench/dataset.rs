@@ -97,6 +97,9 @@ pub struct Item {
     pub gold: Gold,
     /// A tools item's conversation, sent whole instead of `prompt` in a role's frame.
     pub chat: Option<Chat>,
+    /// A gsm8k item's question asked for a program instead (`answer = "program"`): the
+    /// prose prompt's "Answer:" line would pull the model away from writing one.
+    pub program: Option<String>,
 }
 
 /// A conversation with the functions it offers (the dataset writes them in OpenAI's shapes).
@@ -173,10 +176,12 @@ pub fn parse(text: &str, task: Task, line_no: usize) -> Result<Item> {
         (None, Some(t)) => t.clone(),
         (None, None) => line_no.to_string(),
     };
+    let mut program = None;
     let (prompt, gold) = match task {
         Task::Gsm8k => {
             let q = need(&line.question, "question")?;
             let a = need(&line.answer, "answer")?;
+            program = Some(prompts::gsm8k_program(&q));
             (prompts::gsm8k(&q), Gold::Answer(gsm8k_gold(&a)?))
         }
         Task::Text => {
@@ -227,6 +232,7 @@ pub fn parse(text: &str, task: Task, line_no: usize) -> Result<Item> {
                 prompt,
                 gold,
                 chat: Some(chat),
+                program: None,
             });
         }
     };
@@ -234,6 +240,7 @@ pub fn parse(text: &str, task: Task, line_no: usize) -> Result<Item> {
         id,
         prompt,
         gold,
+        program,
         chat: None,
     })
 }
@@ -343,6 +350,15 @@ pub mod prompts {
         )
     }
 
+    /// The question for program answers: what the `pal` role asks for, said again where
+    /// the prose prompt asks for an "Answer:" line.
+    pub fn gsm8k_program(question: &str) -> String {
+        format!(
+            "Write a short Python program that solves this math word problem and prints the \
+             final number.\n\nProblem: {question}"
+        )
+    }
+
     pub fn choice(question: &str, choices: &[String]) -> String {
         let mut p = format!("{question}\n\n");
         for (i, c) in choices.iter().enumerate() {
@@ -380,6 +396,10 @@ mod tests {
         assert_eq!(item.gold, Gold::Answer("1007".into()));
         assert_eq!(item.id, "4");
         assert!(item.prompt.contains("Problem: q"));
+        // Asked for a program, the question asks for no "Answer:" line.
+        let program = item.program.as_deref().unwrap();
+        assert!(program.contains("Python program") && program.ends_with("Problem: q"));
+        assert!(!program.contains("Answer:"));
         assert!(err(r#####"{"question": "q", "answer": "7"}"#####, Task::Gsm8k).contains("####"));
         assert!(err(
             r#####"{"question": "q", "answer": "#### ?"}"#####,

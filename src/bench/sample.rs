@@ -268,7 +268,10 @@ pub async fn record(
             }
             ask
         }
-        None => Ask::from(&item.prompt),
+        None => match (&item.program, series.ens.answer) {
+            (Some(p), AnswerKind::Program) => Ask::from(p),
+            _ => Ask::from(&item.prompt),
+        },
     };
     if let Some(cfg) = &series.agent {
         let (d, prompt_tokens) = agent(engine, cfg, series.ens.answer, item, &mut scorer).await?;
