@@ -1,6 +1,7 @@
 //! The engine's prefix cache on real models: a conversation extended by a turn prefills only
-//! what is new, and answers exactly as a cold prefill of the whole prompt does, for greedy
-//! and seeded samples, one or four; the server reports the cached tokens as OpenAI does.
+//! what is new, and answers exactly as a cold prefill of the whole prompt does, to the bits
+//! of its log-probabilities, for greedy and seeded samples, one or four; the server reports
+//! the cached tokens as OpenAI does.
 mod common;
 use conclave::engine::{Engine, Job, Message, Output, Prompt, SamplingParams};
 use std::sync::atomic::Ordering;
@@ -33,11 +34,14 @@ fn run(engine: &Engine, job: Job) -> Output {
     rt.block_on(engine.generate(job)).unwrap()
 }
 
-/// Each sample's tokens. (Not the bits of their log-probabilities: candle's prefill attention
-/// sums in an order that follows the chunk's size, so a cached start's logits differ from a
-/// cold prefill's in their last bits; see `Engine::start`.)
-fn tokens(o: &Output) -> Vec<&[u32]> {
-    o.completions.iter().map(|c| c.tokens.as_slice()).collect()
+/// Each sample's tokens and the bits of their log-probability: a cached start computes
+/// every position as a cold prefill does (the CPU's attention gives a position the same bits
+/// in any chunk), so not even the last bit differs.
+fn tokens(o: &Output) -> Vec<(&[u32], u32)> {
+    o.completions
+        .iter()
+        .map(|c| (c.tokens.as_slice(), c.logprob_sum.to_bits()))
+        .collect()
 }
 
 /// Turn 2 starts from turn 1's prompt and reply, turn 3 from turn 2's; each answers as the same prompt

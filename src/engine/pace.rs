@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Prompts of at most this many new tokens go in whole even while others decode: splitting
-/// a prompt changes the last bits of its logits (candle's prefill attention sums in an order
-/// that follows the chunk's size), so short prompts, an ensemble's and most chat turns', keep
-/// the logits they have on an idle engine, at the cost of one longer gap in the streams.
+/// a prompt can change the last bits of its logits (on a GPU candle's attention sums in an
+/// order that follows the chunk's size; the CPU's does not, `model::attention`), so short
+/// prompts, an ensemble's and most chat turns', keep the logits they have on an idle engine,
+/// at the cost of one longer gap in the streams.
 pub(crate) const WHOLE_UP_TO: usize = 64;
 
 /// The fewest tokens a chunk of a long prompt takes, however short the decode steps: each

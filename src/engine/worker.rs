@@ -123,11 +123,12 @@ impl Engine {
     /// It ends when the last handle is dropped.
     ///
     /// A job started from a cached prefix prefills its new positions in a chunk of another
-    /// size than a cold prefill would, and candle's prefill attention sums in an order that
-    /// follows the chunk's size: a greedy answer of smollm2 can then differ from the cold
-    /// one. Until the prefill is exact across chunkings, only the agent loop, whose steps
-    /// each extend the last, and a server started with `--prefix-cache-mb` keep a store
-    /// ([`Engine::with_prefix_cache`]).
+    /// size than a cold prefill would. On the CPU that changes no bit where our kernels
+    /// take the products (attention always, `model::attention`; the weights' products in
+    /// chunks under 256 rows, or any with AVX-512), but candle's GPU attention and its CPU
+    /// GEMM for longer chunks sum in an order that follows the chunk's size, which can flip a
+    /// near-tied greedy token. So only the agent loop, whose steps each extend the last, and
+    /// a server started with `--prefix-cache-mb` keep a store ([`Engine::with_prefix_cache`]).
     pub fn start() -> Self {
         Self::with_prefix_cache(0)
     }

@@ -1,7 +1,12 @@
-//! Attention for one new position per row (a decode step), read straight from the KV cache's
-//! f16 buffers. candle's batched matmul spends more on setting up each of the B·KV-heads tiny
-//! products ([n_rep, D]·[D, L]) than on the arithmetic: with 8 rows on smollm2 its GEMM took
-//! about a sixth of the step (`perf`).
+//! Attention on the CPU for every new position, read straight from the KV cache's f16
+//! buffers: a decode step's one position per row, and a prefill's many. candle's batched
+//! matmul spends more on setting up each of the B·KV-heads tiny products ([n_rep, D]·[D, L])
+//! than on the arithmetic: with 8 rows on smollm2 its GEMM took about a sixth of the step
+//! (`perf`). A prefill's positions go through the very loops a decode step's do, each as a
+//! row of its own: a position's output has the same bits whether it was prefilled in one
+//! piece, in chunks, after a cached prefix, or decoded (candle's GEMM sums in an order that
+//! follows the number of rows, so a cached start or a chunk differed from a whole prefill in
+//! the last bits, and could flip a near-tied token).
 use super::kv_cache::LayerKv;
 use super::math::{exp, with_f32};
 use super::qmatmul::{pool, Simd};
@@ -44,22 +49,24 @@ impl Kernel {
     }
 }
 
-/// Decode attention for one new position per row. q: [B, H, D], already scaled; `kv`: the
-/// layer's f16 cache, whose last axis is contiguous, L = `kv.len` positions in the longest
-/// row; mask: additive, [n_rep, L] or per row [B, 1, n_rep, L]. → [B, H·D]. Query head h
-/// reads KV head h / n_rep, as the grouped layout of `Attention::forward` does.
-pub fn decode_rows(
+/// Attention for T new positions per row. q: [B, T, H, D], already scaled; `kv`: the layer's
+/// f16 cache (the new positions appended), whose last axis is contiguous, L = `kv.len`
+/// positions in the longest row; mask: additive, [n_rep·T, L] or per row [B, 1, n_rep·T, L]
+/// (head-major: head r's position i at r·T + i), None only where it hides nothing. →
+/// [B, T, H·D]. Query head h reads KV head h / n_rep, as the grouped layout of
+/// `Attention::forward` does.
+pub fn attend_rows(
     q: &[f32],
-    (b, h, d): (usize, usize, usize),
+    (b, t, h, d): (usize, usize, usize, usize),
     kv: &LayerKv,
     mask: Option<&Tensor>,
 ) -> Result<Vec<f32>> {
     let kernel = *Kernel::here(d).last().unwrap();
-    decode_values(kernel, q, (b, h, 1, d), kv, mask)
+    decode_values(kernel, q, (b, t, h, d), kv, mask)
 }
 
-/// `decode_rows` in the given kernel, q [B, H, T, D] (T must be 1) → [B, H·D]. The mask's
-/// values are borrowed, not copied: every layer of a step reads the same mask.
+/// `attend_rows` in the given kernel. The mask's values are borrowed, not copied: every
+/// layer of a step reads the same mask.
 fn decode_values(
     kernel: Kernel,
     q: &[f32],
@@ -77,14 +84,14 @@ fn decode_values(
 fn decode_masked(
     kernel: Kernel,
     q: &[f32],
-    (b, h, t, d): (usize, usize, usize, usize),
+    (b, t, h, d): (usize, usize, usize, usize),
     kv: &LayerKv,
     mask: &[f32],
     per_row: bool,
 ) -> Result<Vec<f32>> {
     let (_, kvh, own, _) = kv.k.dims4()?;
-    if t != 1 || h % kvh != 0 {
-        bail!("decode attention takes one position per row, and whole groups of heads");
+    if t == 0 || h % kvh != 0 {
+        bail!("attention takes at least one position per row, and whole groups of heads");
     }
     let n_rep = h / kvh;
     // The storage of every tensor read: the rows' own K and V, then each row's prefix.
@@ -123,7 +130,9 @@ fn decode_masked(
         v_pre.push((v, p));
     }
     let zeros = vec![f16::ZERO; d];
-    let mut y = vec![0f32; b * h * d];
+    // From here on a row is one new position: row b·T + i is cache row b's position i, with
+    // its own queries and output ([B, T, H, D] is [B·T, H, D]).
+    let mut y = vec![0f32; b * t * h * d];
     let heads = Heads {
         q,
         k: Cached {
@@ -131,15 +140,18 @@ fn decode_masked(
             own_len: own,
             prefix: k_pre,
             zeros: &zeros,
+            t,
         },
         v: Cached {
             own: v_own,
             own_len: own,
             prefix: v_pre,
             zeros: &zeros,
+            t,
         },
         mask,
         per_row,
+        t,
         kvh,
         n_rep,
         l: kv.len,
@@ -154,8 +166,8 @@ fn decode_masked(
         _ => ROWS_PER_TASK,
     };
     let mut runs: Vec<Range<usize>> = Vec::new();
-    for r in 0..b {
-        let id = |r: usize| kv.prefix[r].as_ref().map(|(k, _)| k.id());
+    for r in 0..b * t {
+        let id = |r: usize| kv.prefix[r / t].as_ref().map(|(k, _)| k.id());
         match runs.last_mut() {
             Some(run) if run.len() < per_task && id(r).is_some() && id(run.start) == id(r) => {
                 run.end = r + 1
@@ -163,8 +175,8 @@ fn decode_masked(
             _ => runs.push(r..r + 1),
         }
     }
-    let task = |t: usize| {
-        let (rows, g) = (runs[t / kvh].clone(), t % kvh);
+    let task = |i: usize| {
+        let (rows, g) = (runs[i / kvh].clone(), i % kvh);
         // SAFETY: `Kernel::here` found the kernel's instructions on this CPU and D a multiple
         // of its width; task t alone has these rows of KV head g.
         match kernel {
@@ -197,6 +209,8 @@ struct Cached<'a> {
     prefix: Vec<(Option<View<'a>>, usize)>,
     /// What a position past the row's end reads: its weight is 0, and 0·0 adds nothing.
     zeros: &'a [f16],
+    /// New positions per cache row: row r reads cache row r / t.
+    t: usize,
 }
 
 impl Cached<'_> {
@@ -242,6 +256,7 @@ impl Cached<'_> {
         if at.is_empty() {
             return None;
         }
+        let row = row / self.t;
         let (prefix, p) = &self.prefix[row];
         let (view, r, i) = match prefix {
             Some(view) if at.end <= *p => (view, 0, at.start),
@@ -258,7 +273,7 @@ impl Cached<'_> {
     #[cfg(target_arch = "x86_64")]
     fn prefetch_own(&self, row: usize, g: usize, at: Range<usize>, d: usize) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let p = self.prefix[row].1;
+        let p = self.prefix[row / self.t].1;
         let at = at.start.max(p)..at.end.min(p + self.own_len);
         let Some((from, step)) = self.span(row, g, &at, d) else {
             return;
@@ -272,8 +287,9 @@ impl Cached<'_> {
         }
     }
 
-    /// Position i's D values of (row, KV head g).
+    /// Position i's D values of (row's cache row, KV head g).
     fn at(&self, row: usize, g: usize, i: usize, d: usize) -> &[f16] {
+        let row = row / self.t;
         let (prefix, p) = &self.prefix[row];
         match prefix {
             Some(view) if i < *p => view.at(0, g, i, d),
@@ -298,6 +314,8 @@ struct Heads<'a> {
     v: Cached<'a>,
     mask: &'a [f32],
     per_row: bool,
+    /// New positions per cache row (the mask's rows per head).
+    t: usize,
     kvh: usize,
     n_rep: usize,
     l: usize,
@@ -323,18 +341,41 @@ impl Heads<'_> {
             .slice((row * h + g * self.n_rep) * self.d, self.n_rep * self.d)
     }
 
-    /// Turns the scores of head r, `p[r·stride..][..L]`, into softmax weights. A hidden
-    /// position weighs exactly 0, not exp's floor e^−87.
+    /// The mask of row's head r (of its group), [L]: None where nothing is hidden.
+    fn hidden(&self, row: usize, r: usize) -> Option<&[f32]> {
+        let (l, t) = (self.l, self.t);
+        let (b, i) = (row / t, row % t);
+        match (self.mask.is_empty(), self.per_row) {
+            (true, _) => None,
+            (false, false) => Some(&self.mask[(r * t + i) * l..][..l]),
+            (false, true) => Some(&self.mask[((b * self.n_rep + r) * t + i) * l..][..l]),
+        }
+    }
+
+    /// The positions row reads: up to its last one that any head sees (L without a mask).
+    /// A prefill's row stops at its own position, which halves the work of a causal
+    /// prefill; a decode row shorter than the batch stops at its end. What lies past weighs
+    /// exactly 0 and adds nothing, so the bits are those of reading all L.
+    fn seen(&self, row: usize) -> usize {
+        (0..self.n_rep)
+            .filter_map(|r| self.hidden(row, r))
+            .map(|m| {
+                m.iter()
+                    .rposition(|&m| m != f32::NEG_INFINITY)
+                    .map_or(0, |i| i + 1)
+            })
+            .max()
+            .unwrap_or(self.l)
+    }
+
+    /// Turns the scores of head r, `p[r·stride..][..l]`, into softmax weights, the row's
+    /// first l positions (those past weigh 0). A hidden position weighs exactly 0, not exp's
+    /// floor e^−87.
     #[inline(always)]
-    fn softmax(&self, row: usize, p: &mut [f32], stride: usize) {
-        let l = self.l;
+    fn softmax(&self, row: usize, p: &mut [f32], stride: usize, l: usize) {
         for r in 0..self.n_rep {
             let p = &mut p[r * stride..][..l];
-            let m = match (self.mask.is_empty(), self.per_row) {
-                (true, _) => None,
-                (false, false) => Some(&self.mask[r * l..][..l]),
-                (false, true) => Some(&self.mask[(row * self.n_rep + r) * l..][..l]),
-            };
+            let m = self.hidden(row, r).map(|m| &m[..l]);
             if let Some(m) = m {
                 for (s, &m) in p.iter_mut().zip(m) {
                     *s += m;
@@ -368,7 +409,7 @@ impl Heads<'_> {
                 p[r * l + i] = dot(self.query(row, g, r), &wide);
             }
         }
-        self.softmax(row, &mut p, l);
+        self.softmax(row, &mut p, l, l);
         // SAFETY: the caller's task has (row, g).
         let y = unsafe { self.output(row, g) };
         for i in 0..l {
@@ -398,7 +439,7 @@ impl Heads<'_> {
         // Blocks after a prefix start where it ends, not at a multiple of W, and store W
         // lanes: room for W past L.
         let lp = l.next_multiple_of(w) + w;
-        let pre = self.k.prefix[rows.start].1;
+        let pre = self.k.prefix[rows.start / self.t].1;
         // Reused from task to task on this thread: every value of p is written before it is
         // read, and the lanes of a block past its positions make scores that are never read.
         let (mut p, mut scratch) = SCRATCH.take();
@@ -428,18 +469,21 @@ impl Heads<'_> {
                 );
             }
         }
-        self.k.prefetch_own(rows.start, g, pre..l, d);
+        // Each row's positions: its prefix's, then its own up to the last it sees.
+        let ends: Vec<usize> = rows.clone().map(|row| self.seen(row).max(pre)).collect();
+        let end = |row: usize| ends[row - rows.start];
+        self.k.prefetch_own(rows.start, g, pre..end(rows.start), d);
         for (c, row) in rows.clone().enumerate() {
             if row + 1 < rows.end {
-                self.k.prefetch_own(row + 1, g, pre..l, d);
+                self.k.prefetch_own(row + 1, g, pre..end(row + 1), d);
             } else {
-                self.v.prefetch_own(rows.start, g, pre..l, d);
+                self.v.prefetch_own(rows.start, g, pre..end(rows.start), d);
             }
-            for (i0, n) in blocks(pre, l) {
+            for (i0, n) in blocks(pre, end(row)) {
                 self.k.widen::<L>(row, g, i0..i0 + n, d, block);
                 L::scores(self, row, g, block, &mut p[c * n_rep * lp..], lp, i0);
             }
-            self.softmax(row, &mut p[c * n_rep * lp..], lp);
+            self.softmax(row, &mut p[c * n_rep * lp..], lp, end(row));
         }
         // Values, in position order for every row.
         for (i0, n) in blocks(0, pre) {
@@ -450,9 +494,9 @@ impl Heads<'_> {
         }
         for (c, row) in rows.clone().enumerate() {
             if row + 1 < rows.end {
-                self.v.prefetch_own(row + 1, g, pre..l, d);
+                self.v.prefetch_own(row + 1, g, pre..end(row + 1), d);
             }
-            for (i0, n) in blocks(pre, l) {
+            for (i0, n) in blocks(pre, end(row)) {
                 self.v.widen::<L>(row, g, i0..i0 + n, d, block);
                 L::add_values(self, row, g, block, &p[c * n_rep * lp..], lp, i0, n);
             }
@@ -879,7 +923,7 @@ mod tests {
     ) -> Result<Tensor> {
         let (b, h, t, d) = q.dims4()?;
         let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
-        let y = decode_values(kernel, &q, (b, h, t, d), kv, mask)?;
+        let y = decode_values(kernel, &q, (b, t, h, d), kv, mask)?;
         Ok(Tensor::from_vec(y, (b, 1, h * d), &Device::Cpu)?)
     }
 
@@ -1019,6 +1063,70 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap();
             assert!(diff < 1e-5, "{kernel:?}, D = {d}: max difference {diff}");
+        }
+    }
+
+    /// A prefill's positions, after a cached prefix (row 0) or none (row 1), under the
+    /// causal mask the transformer makes: each has the bits of its own decode step, the
+    /// cache then ending at it. So a prompt answers the same prefilled whole, in chunks, or
+    /// after a cached start, and a decoded token's K and V are those a prefill would make.
+    #[test]
+    fn a_prefilled_position_gives_the_bits_of_its_decode_step() {
+        for d in [20, 64] {
+            for kernel in Kernel::here(d) {
+                prefilled_position_gives_its_decode_bits(kernel, d);
+            }
+        }
+    }
+
+    fn prefilled_position_gives_its_decode_bits(kernel: Kernel, d: usize) {
+        let dev = Device::Cpu;
+        let (kvh, n_rep, t, pre) = (2, 3, 21, 13);
+        let (b, h) = (2, kvh * n_rep);
+        let q = Tensor::randn(0f32, 1.0, (b, t, h, d), &dev).unwrap();
+        let prefix = (f16_cache(1, kvh, pre, d), f16_cache(1, kvh, pre, d));
+        let (k, v) = (f16_cache(b, kvh, t, d), f16_cache(b, kvh, t, d));
+        let starts = [pre, 0];
+        let l = pre + t;
+        let hide: Vec<f32> = (0..b * n_rep * t * l)
+            .map(|x| {
+                let (row, i, k) = (x / (n_rep * t * l), x / l % t, x % l);
+                if k <= starts[row] + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(hide, (b, 1, n_rep * t, l), &dev).unwrap();
+        let kv = LayerKv {
+            k: k.clone(),
+            v: v.clone(),
+            prefix: vec![Some(prefix.clone()), None],
+            len: l,
+        };
+        let flat: Vec<f32> = q.flatten_all().unwrap().to_vec1().unwrap();
+        let got = decode_values(kernel, &flat, (b, t, h, d), &kv, Some(&mask)).unwrap();
+        for (row, start) in starts.into_iter().enumerate() {
+            for i in 0..t {
+                let own = |x: &Tensor| x.narrow(0, row, 1).unwrap().narrow(2, 0, i + 1).unwrap();
+                let step = LayerKv {
+                    k: own(&k),
+                    v: own(&v),
+                    prefix: vec![(row == 0).then(|| prefix.clone())],
+                    len: start + i + 1,
+                };
+                let qi = q.narrow(0, row, 1).unwrap().narrow(1, i, 1).unwrap();
+                let qi: Vec<f32> = qi.flatten_all().unwrap().to_vec1().unwrap();
+                let want = decode_values(kernel, &qi, (1, 1, h, d), &step, None).unwrap();
+                let at = (row * t + i) * h * d;
+                let bits = |y: &[f32]| y.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got[at..at + h * d]),
+                    bits(&want),
+                    "{kernel:?}, D {d}: row {row}, position {i}"
+                );
+            }
         }
     }
 

@@ -66,8 +66,9 @@ pub struct Options {
     #[arg(long)]
     pub allow_tools: bool,
     /// MiB of recent prompts' keys and values kept so that a request starting like an earlier
-    /// one prefills only the rest (0: none). Off by default: a cached start may change a
-    /// greedy answer's last bits (see `Engine::start`).
+    /// one prefills only the rest (0: none). Off by default: on a GPU, or a long chunk
+    /// on an AVX2 CPU, a cached start may change a greedy answer's last bits (see
+    /// `Engine::start`).
     #[arg(long, default_value_t = 0)]
     pub prefix_cache_mb: usize,
     /// Traces of recent ensemble and agent answers kept in memory for

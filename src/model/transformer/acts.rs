@@ -3,8 +3,8 @@
 //!
 //! On the CPU no tensor stands between the ops: at 8 smollm2 rows their copies, allocations
 //! and zero-fills were about a tenth of a decode step (`perf`). Tensors remain there only
-//! inside attention over several new positions (prefill), and for products our kernel does
-//! not take (`projection::mul_rows`).
+//! for the cache's K and V, and for products our kernel does not take
+//! (`projection::mul_rows`).
 use super::norm::RmsNorm;
 use super::projection::{Linear, Mlp};
 use super::rope::Rope;
@@ -113,14 +113,8 @@ impl Acts for Rows {
         let k = Tensor::from_vec(k.x, (b, t, kvh, d), &dev)?.transpose(1, 2)?;
         let v = Tensor::from_vec(v.x, (b, t, kvh, d), &dev)?.transpose(1, 2)?;
         let kv = cache.append(layer, &k, &v)?;
-        let y = if t == 1 {
-            attention::decode_rows(&q.x, (b, h, d), &kv, at.mask)?
-        } else {
-            let q = Tensor::from_vec(q.x, (b, t, h, d), &dev)?;
-            let q = q.transpose(1, 2)?.contiguous()?; // [B, H, T, D]
-            let y = attend_tensors(&q, &kv, at.mask)?;
-            y.flatten_all()?.to_vec1()?
-        };
+        // q [B, T, H, D] as it is: every new position a row of the one CPU kernel.
+        let y = attention::attend_rows(&q.x, (b, t, h, d), &kv, at.mask)?;
         Ok(Rows { x: y, b, t })
     }
 }
