@@ -731,6 +731,93 @@ fn confidence_strategies_decide_on_stored_signals_and_adaptive_runs_live() {
     assert!(out.join("accuracy_vs_tokens.svg").metadata().unwrap().len() > 500);
 }
 
+/// `--replay-online` decides early-stop and adaptive on the stored samples, and gives what
+/// the live runs give: the same accuracy, pass@N and tokens at each size (a live run draws
+/// the first n stored samples; the bar cuts some of them short, as the tokens show). The
+/// stored run then takes a strategy added to it without sampling again.
+#[test]
+fn replayed_online_strategies_give_what_their_live_runs_give() {
+    let live = scratch("bench-replay-live");
+    let stored = scratch("bench-replay-stored");
+    let run = |out: &Path, strategies: &str, extra: &[&str]| -> Value {
+        let mut a = vec![
+            "bench",
+            "--dataset",
+            DATA,
+            "--task",
+            "gsm8k",
+            "--model",
+            "smollm2-135m",
+            "--sizes",
+            "2,4",
+            "--limit",
+            "3",
+            "--max-tokens",
+            "48",
+            "--warmup",
+            "2",
+            "--confidence-keep",
+            "50",
+            "--confidence-window",
+            "8",
+            "--adaptive-batch",
+            "2",
+            "--strategies",
+            strategies,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        ok(&a);
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+    };
+    let by_name = |summary: &Value, name: &str| -> Vec<Value> {
+        let s = summary["series"].as_array().unwrap();
+        let s = s
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {summary}"));
+        s["rows"].as_array().unwrap().clone()
+    };
+    let lived = run(&live, "early-stop,adaptive", &[]);
+    run(&stored, "vote,early-stop", &["--replay-online"]);
+    // Adaptive added to the stored run: it decides on the samples already there.
+    let replayed = run(&stored, "vote,early-stop,adaptive", &["--replay-online"]);
+    assert_eq!(records(&stored).len(), 3, "nothing sampled again");
+    let vote = by_name(&replayed, "smollm2-135m · vote");
+    for st in ["early-stop", "adaptive"] {
+        let want = by_name(&lived, &format!("smollm2-135m · {st}"));
+        let got = by_name(&replayed, &format!("smollm2-135m · {st} (replayed)"));
+        for (w, g) in want.iter().zip(&got) {
+            for field in ["n", "accuracy", "oracle", "tokens_per_item"] {
+                assert_eq!(w[field], g[field], "{st} {field}: live {w}, replayed {g}");
+            }
+        }
+    }
+    let es = by_name(&replayed, "smollm2-135m · early-stop (replayed)");
+    assert!(
+        es[1]["tokens_per_item"].as_f64() < vote[1]["tokens_per_item"].as_f64(),
+        "the bar cut no sample: early-stop {}, vote {}",
+        es[1],
+        vote[1]
+    );
+    let err = fail(&[
+        "bench",
+        "--dataset",
+        DATA,
+        "--task",
+        "gsm8k",
+        "--model",
+        "smollm2-135m",
+        "--strategies",
+        "adaptive",
+        "--replay-online",
+        "--out",
+        stored.to_str().unwrap(),
+    ]);
+    assert!(err.contains("--strategies vote,adaptive"), "{err}");
+}
+
 /// Confidence settings out of range are refused before anything runs, saying what to give;
 /// in an ensemble file, the error names the section.
 #[test]

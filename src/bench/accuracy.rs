@@ -9,7 +9,8 @@
 //! Code", eq. 1), which is the mean over all n-subsets that the trials estimate.
 use super::store::{Check, Record, Sample};
 use crate::ensemble::aggregate::{self, Candidate};
-use crate::ensemble::decide::{decide, Ballot, Rule};
+use crate::ensemble::decide::{decide, Ballot, Plan, Rule};
+use crate::ensemble::online;
 use crate::ensemble::Verdict;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -136,6 +137,49 @@ pub fn subsampled(
                 tokens_per_item: tokens / m,
                 // Only the run at the largest size was timed.
                 seconds_per_item: full.then_some(seconds / m),
+                steps_per_item: None,
+            }
+        })
+        .collect()
+}
+
+/// Rows for an online strategy (`plan`: early-stop or adaptive) replayed at each size n on
+/// the first n of each item's stored samples, the ones a live run at n draws (same seeds):
+/// its decision, and the tokens it would have spent.
+pub fn replayed(records: &[&Record], plan: Plan, sizes: &[usize]) -> Vec<Row> {
+    sizes
+        .iter()
+        .map(|&n| {
+            let (mut acc, mut oracle, mut tokens) = (Vec::new(), 0.0, 0.0);
+            for r in records {
+                let drawn = &r.samples[..n.min(r.samples.len())];
+                let cands: Vec<Candidate> = drawn.iter().map(candidate).collect();
+                let counts: Vec<usize> = drawn.iter().map(|s| s.tokens).collect();
+                let got = match plan {
+                    Plan::EarlyStop(s) => online::replay_early_stop(cands, &counts, s),
+                    Plan::Adaptive(s) => online::replay_adaptive(cands, &counts, s),
+                    _ => unreachable!("only early-stop and adaptive are replayed"),
+                };
+                let won = got.decision.winner.is_some_and(|w| drawn[w].correct);
+                acc.push(f64::from(u8::from(won)));
+                // A stopped or undrawn sample gave no answer to count.
+                let right = got
+                    .cands
+                    .iter()
+                    .zip(drawn)
+                    .any(|(c, s)| c.extracted.is_some() && s.correct);
+                oracle += f64::from(u8::from(right));
+                tokens += got.tokens as f64;
+            }
+            let m = records.len().max(1) as f64;
+            let (accuracy, ci95) = mean_ci(&acc);
+            Row {
+                n,
+                accuracy,
+                ci95,
+                oracle: oracle / m,
+                tokens_per_item: tokens / m,
+                seconds_per_item: None,
                 steps_per_item: None,
             }
         })

@@ -10,6 +10,7 @@ use super::report::{SeriesSummary, Summary, INTERVAL};
 use super::sample::{self, Series};
 use super::store::{Record, SeriesKey, Settings, Store};
 use crate::engine::Engine;
+use crate::ensemble::decide::plan;
 use crate::ensemble::{AnswerKind, Strategy};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,6 +43,8 @@ pub struct Options {
     /// How answers are read, in place of the task's own way (`Task::answer_kind`): for
     /// gsm8k, `program` (agents write Python programs; the number printed is scored).
     pub answer: Option<AnswerKind>,
+    /// Decide early-stop and adaptive on the stored samples instead of running them live.
+    pub replay_online: bool,
 }
 
 /// What a run produced, for the front end to show.
@@ -238,14 +241,20 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
             continue;
         }
         // The first strategy decided from stored samples generates them; the other such
-        // strategies decide on them. Strategies that sample as they go run on their own.
+        // strategies decide on them, and so do those that sample as they go when replayed;
+        // live, each of those runs on its own.
         let mut first: Option<String> = None;
         for &st in &strategies {
-            let d = s.deciding(st, first.clone())?;
-            if !d.decided() && first.is_none() {
-                first = Some(d.name.clone());
+            let d = s.deciding(st, None, false)?;
+            if !d.decided() {
+                first = Some(d.name);
+                break;
             }
-            out.push(d);
+        }
+        for &st in &strategies {
+            let d = s.deciding(st, None, false)?;
+            let shares = first.clone().filter(|f| *f != d.name);
+            out.push(s.deciding(st, shares, opts.replay_online)?);
         }
     }
     Ok(out)
@@ -273,6 +282,11 @@ fn answer_by(s: &mut Series, answer: Option<AnswerKind>) -> Result<()> {
 
 fn summarize(s: &Series, recs: &[&Record], sizes: &[usize], opts: &Options) -> SeriesSummary {
     let (rows, method) = match s.rule {
+        None if s.replay => {
+            let src = s.shares.as_deref().unwrap_or_default();
+            let rows = accuracy::replayed(recs, plan(&s.ens), sizes);
+            (rows, format!("replayed on {src}'s first n samples"))
+        }
         None => {
             let runs = s.runs(sizes);
             let how = if s.agent.is_some() {
@@ -330,6 +344,7 @@ mod tests {
             temperature: 0.7,
             strategies: Vec::new(),
             constrain: false,
+            replay_online: false,
             answer,
             confidence: Default::default(),
         }

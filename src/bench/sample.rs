@@ -30,6 +30,9 @@ pub struct Series {
     /// The series whose stored samples this one decides on, by its own strategy (see
     /// [`Series::deciding`]); none for a series that generates its own.
     pub shares: Option<String>,
+    /// An online strategy (early-stop, adaptive) replayed on the first n of `shares`'
+    /// samples at each size n, the ones a live run would draw (`bench --replay-online`).
+    pub replay: bool,
     /// An agent run on each item, once (its steps decided by `ens`); its answer is scored.
     pub agent: Option<AgentConfig>,
 }
@@ -60,6 +63,7 @@ impl Series {
             ens,
             rule: Some(Rule::Vote),
             shares: None,
+            replay: false,
             agent: None,
         })
     }
@@ -88,6 +92,7 @@ impl Series {
             rule: plan(&ens).rule(),
             ens,
             shares: None,
+            replay: false,
             agent: None,
         })
     }
@@ -112,20 +117,41 @@ impl Series {
             ens,
             rule: None,
             shares: None,
+            replay: false,
             agent: Some(cfg),
         })
     }
 
     /// This series decided by `strategy` instead, on the samples of the series named
     /// `shares` (none: it generates them). Every strategy is then scored on the very same
-    /// replies, which are generated once.
-    pub fn deciding(&self, strategy: Strategy, shares: Option<String>) -> Result<Self> {
+    /// replies, which are generated once. The strategies that sample as they go run live at
+    /// each size, or with `replay`, replay on `shares`' samples (which must then be given).
+    pub fn deciding(
+        &self,
+        strategy: Strategy,
+        shares: Option<String>,
+        replay: bool,
+    ) -> Result<Self> {
         let ens = Ensemble {
             strategy,
             ..self.ens.clone()
         };
         let name = format!("{} · {strategy}", self.name);
         let rule = match plan(&ens) {
+            Plan::EarlyStop(_) | Plan::Adaptive(_) if replay => {
+                ensure!(
+                    shares.is_some(),
+                    "--replay-online replays {strategy} on stored samples: give a strategy                      decided from them too, e.g. --strategies vote,{strategy}"
+                );
+                return Ok(Self {
+                    name: format!("{name} (replayed)"),
+                    ens,
+                    rule: None,
+                    shares,
+                    replay: true,
+                    agent: None,
+                });
+            }
             // They sample as they go: each size is a run of its own.
             Plan::EarlyStop(_) | Plan::Adaptive(_) => {
                 return Ok(Self {
@@ -133,6 +159,7 @@ impl Series {
                     ens,
                     rule: None,
                     shares: None,
+                    replay: false,
                     agent: None,
                 })
             }
@@ -150,6 +177,7 @@ impl Series {
             ens,
             rule: Some(rule),
             shares,
+            replay: false,
             agent: None,
         })
     }
@@ -159,9 +187,16 @@ impl Series {
         self.rule.is_none()
     }
 
-    /// A digest of everything that shapes the samples: models, roles, seeds, limits.
+    /// A digest of everything that shapes the samples: models, roles, seeds, limits. The
+    /// confidence settings shape only the decisions of a sub-sampled series, so they are left
+    /// out of its digest (other settings decide anew on the same samples); an online
+    /// strategy run live samples under them.
     pub fn digest(&self) -> String {
-        let mut shape = format!("{:?}", self.ens);
+        let mut ens = self.ens.clone();
+        if self.rule.is_some() {
+            ens.confidence = Default::default();
+        }
+        let mut shape = format!("{:?}", ens);
         if let Some(a) = &self.agent {
             shape.push_str(&format!("{:?}", a.spec));
         }
@@ -492,7 +527,9 @@ mod tests {
         assert_eq!(s.ens.agents()[0].role.name, "solver");
         // Its members are copies of one agent, weight 1 each: `weighted` weighs their samples
         // by log-probability, or it would be `vote` again.
-        let w = s.deciding(Strategy::Weighted, Some("m".into())).unwrap();
+        let w = s
+            .deciding(Strategy::Weighted, Some("m".into()), false)
+            .unwrap();
         assert_eq!(
             w.rule,
             Some(Rule::Weighted(crate::ensemble::WeightBy::Logprob))

@@ -149,11 +149,13 @@ impl Store {
             .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
         let run_path = dir.join("run.json");
         let samples_path = dir.join("samples.jsonl");
+        let records = read_records(&samples_path)?;
         let run = if run_path.exists() {
             let text = std::fs::read_to_string(&run_path)?;
             let old: RunFile = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a run file", run_path.display()))?;
-            if let Some(diff) = difference(&old.settings, settings)? {
+            let recorded: HashSet<&str> = records.iter().map(|r| r.series.as_str()).collect();
+            if let Some(diff) = difference(&old.settings, settings, &recorded)? {
                 bail!(
                     "{} holds a run with other settings ({diff}); rerun with the same settings \
                      to resume it, or give another --out",
@@ -169,7 +171,6 @@ impl Store {
         } else {
             1
         };
-        let records = read_records(&samples_path)?;
         let mut done = HashSet::new();
         for r in &records {
             if !done.insert((r.series.clone(), r.id.clone())) {
@@ -219,19 +220,38 @@ impl Store {
 
 /// Every setting that differs, as "field: was X, now Y; …" (all of them: a seed that changes
 /// also changes the series' digests, and the user should see the cause beside the effect).
-fn difference(old: &Settings, new: &Settings) -> Result<Option<String>> {
+/// Of the series, only those with samples on record (`recorded`) must come back unchanged:
+/// a strategy added to decide on them, or replay them, changes no sample.
+fn difference(old: &Settings, new: &Settings, recorded: &HashSet<&str>) -> Result<Option<String>> {
     let (a, b) = (serde_json::to_value(old)?, serde_json::to_value(new)?);
     let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
         return Ok(None);
     };
-    let diffs: Vec<String> = a
+    let mut diffs: Vec<String> = a
         .iter()
-        .filter(|(k, v)| b.get(*k) != Some(v))
+        .filter(|(k, v)| *k != "series" && b.get(*k) != Some(v))
         .map(|(k, v)| {
             let now = b.get(k).cloned().unwrap_or_default();
             format!("{k}: was {v}, now {now}")
         })
         .collect();
+    for was in old
+        .series
+        .iter()
+        .filter(|s| recorded.contains(s.name.as_str()))
+    {
+        match new.series.iter().find(|s| s.name == was.name) {
+            Some(now) if now.digest == was.digest => {}
+            Some(now) => diffs.push(format!(
+                "series `{}`: was digest {}, now {}",
+                was.name, was.digest, now.digest
+            )),
+            None => diffs.push(format!(
+                "series `{}` has samples here but is not in this run",
+                was.name
+            )),
+        }
+    }
     Ok((!diffs.is_empty()).then(|| diffs.join("; ")))
 }
 
@@ -330,6 +350,29 @@ mod tests {
             err.contains("seed: was 1, now 2") && err.contains("--out"),
             "{err}"
         );
+        // A series added beside the recorded one changes no sample: accepted.
+        let mut more = settings(1);
+        more.series.push(SeriesKey {
+            name: "m · adaptive (replayed)".into(),
+            digest: "e".into(),
+        });
+        let s = Store::open(dir.path(), &more, "x.jsonl").unwrap();
+        assert_eq!(s.records.len(), 1);
+        drop(s);
+        // The recorded one changed, or left out: refused.
+        let mut other = settings(1);
+        other.series[0].digest = "d2".into();
+        let err = format!(
+            "{:#}",
+            Store::open(dir.path(), &other, "x.jsonl").err().unwrap()
+        );
+        assert!(err.contains("series `m`: was digest d, now d2"), "{err}");
+        other.series[0].name = "n".into();
+        let err = format!(
+            "{:#}",
+            Store::open(dir.path(), &other, "x.jsonl").err().unwrap()
+        );
+        assert!(err.contains("series `m` has samples here"), "{err}");
     }
 
     #[test]

@@ -60,6 +60,13 @@ pub struct BenchArgs {
     /// each agent for a Python program (the `pal` role) and scores the number it prints.
     #[arg(long, ignore_case = true)]
     pub answer: Option<AnswerKind>,
+    /// Decide early-stop and adaptive on the stored samples instead of running them: a live
+    /// run at size n draws the first n of them (the same seeds), and the replay cuts each
+    /// where the engine's bar would have stopped it, or draws them in rounds, counting only
+    /// the tokens the live run would spend. Needs a strategy decided from stored samples in
+    /// --strategies (e.g. vote) to make them.
+    #[arg(long)]
+    pub replay_online: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -79,6 +86,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         constrain: args.constrain,
         confidence: args.confidence,
         answer: args.answer,
+        replay_online: args.replay_online,
     };
     let outcome = run::run(&opts)?;
     if !outcome.plot_text {

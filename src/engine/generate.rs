@@ -609,13 +609,7 @@ fn unsure(row: &Row) -> bool {
     let (Some(stop), Some(signals)) = (row.sampler.params().stop_below, &row.signals) else {
         return false;
     };
-    let w = stop.window.max(1);
-    if signals.len() < w {
-        return false;
-    }
-    let recent = &signals[signals.len() - w..];
-    let mean = recent.iter().map(|s| s.confidence).sum::<f32>() / w as f32;
-    mean < stop.threshold
+    stop.falls_under(signals.iter().map(|s| s.confidence))
 }
 
 /// Streams what of `row`'s text is final. While it runs, a partial UTF-8 character and

@@ -58,6 +58,27 @@ pub struct StopBelow {
     pub threshold: f32,
 }
 
+impl StopBelow {
+    /// Whether a sample whose token confidences so far are `confidence` stops here: its last
+    /// `window` tokens' mean is under the bar. Also what `bench` replays stored samples by.
+    pub fn falls_under(&self, confidence: impl ExactSizeIterator<Item = f32>) -> bool {
+        let w = self.window.max(1);
+        let n = confidence.len();
+        if n < w {
+            return false;
+        }
+        let mean = confidence.skip(n - w).sum::<f32>() / w as f32;
+        mean < self.threshold
+    }
+
+    /// The tokens after which a sample with these token confidences would have been stopped
+    /// ([`super::Finish::Unsure`]); None if it ran to its end. Its last token ended it
+    /// otherwise (a stop or the length), which the engine checks first.
+    pub fn cut(&self, confidence: &[f32]) -> Option<usize> {
+        (1..confidence.len()).find(|&t| self.falls_under(confidence[..t].iter().copied()))
+    }
+}
+
 /// What one token's distribution says about how sure the model was, computed from the logits
 /// the token was drawn from (those [`Pick::logprob`] is of).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

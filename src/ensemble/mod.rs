@@ -8,7 +8,7 @@ pub mod config;
 pub mod decide;
 pub mod events;
 pub mod extract;
-mod online;
+pub mod online;
 pub mod program;
 pub mod prompts;
 mod refine;

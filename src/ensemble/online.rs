@@ -2,8 +2,10 @@
 //! warm-up samples set a confidence bar, and the engine stops any later sample whose recent
 //! tokens fall under it, freeing its batch row) and `adaptive` (Adaptive-Consistency: samples
 //! are drawn in rounds until the leading answer's lead is sure). See `confidence` for the
-//! rules themselves.
-use super::aggregate::{self, Decision};
+//! rules themselves. Both also replay on samples drawn before (`replay_early_stop`,
+//! `replay_adaptive`): a live run draws its samples in seed order, so the first n stored
+//! samples of a run at a larger size are the ones it would draw.
+use super::aggregate::{self, Candidate, Decision};
 use super::confidence::{self, Settings};
 use super::config::{Agent, Ensemble, Member};
 use super::decide::{decide, Ballot, Rule};
@@ -58,6 +60,10 @@ impl Runner {
             .map(|a| a.signals.confidence.as_slice())
             .collect();
         let bar = confidence::bar(&warmups, &s);
+        let stop = bar.map(|threshold| StopBelow {
+            window: s.window,
+            threshold,
+        });
         got.notes.push(match bar {
             Some(b) => format!(
                 "early-stop: {warm} warm-up sample(s) set the bar at {b:.3} (their lowest \
@@ -71,10 +77,7 @@ impl Runner {
                 .iter()
                 .map(|&a| {
                     let mut a = a.clone();
-                    a.sampling.stop_below = bar.map(|threshold| StopBelow {
-                        window: s.window,
-                        threshold,
-                    });
+                    a.sampling.stop_below = stop;
                     a
                 })
                 .collect();
@@ -106,9 +109,7 @@ impl Runner {
                 a.extracted = None;
             }
         }
-        let cands = candidates(&got.agents);
-        let rule = Rule::Confidence(Settings { keep: 100, ..s });
-        let (decision, note) = decide(rule, Ballot::of(&cands));
+        let (decision, note) = early_stop_decision(&candidates(&got.agents), s);
         got.notes.extend(note);
         Ok(self.finish(ens, &path, got, decision, start))
     }
@@ -145,14 +146,7 @@ impl Runner {
                 )
                 .await?;
             got.agents.extend(more);
-            let votes = aggregate::vote(&candidates(&got.agents)).votes;
-            let mut counts: Vec<usize> = votes.values().map(|&v| v as usize).collect();
-            counts.sort_unstable_by(|a, b| b.cmp(a));
-            let (lead, second) = (
-                counts.first().copied().unwrap_or(0),
-                counts.get(1).copied().unwrap_or(0),
-            );
-            let (holds, p) = confidence::leader_holds(lead, second, s.stop_at);
+            let (holds, lead, second, p) = lead_holds(&candidates(&got.agents), s);
             if holds || to == n {
                 got.notes.push(format!(
                     "adaptive: {to} of {n} sample(s) drawn; the leader's {lead} to {second} \
@@ -204,6 +198,98 @@ impl Runner {
             seconds: start.elapsed().as_secs_f64(),
             notes: got.notes,
         }
+    }
+}
+
+/// `early-stop`'s decision once its samples are in: a stopped one has no answer, and the
+/// rest decide as `confidence` does, without filtering again (the bar already did).
+fn early_stop_decision(cands: &[Candidate], s: Settings) -> (Decision, Option<String>) {
+    decide(
+        Rule::Confidence(Settings { keep: 100, ..s }),
+        Ballot::of(cands),
+    )
+}
+
+/// Whether `adaptive` stops after these samples: the leading answer's votes against the
+/// runner-up's, and the chance that the leader holds.
+fn lead_holds(cands: &[Candidate], s: Settings) -> (bool, usize, usize, f64) {
+    let votes = aggregate::vote(cands).votes;
+    let mut counts: Vec<usize> = votes.values().map(|&v| v as usize).collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    let (lead, second) = (
+        counts.first().copied().unwrap_or(0),
+        counts.get(1).copied().unwrap_or(0),
+    );
+    let (holds, p) = confidence::leader_holds(lead, second, s.stop_at);
+    (holds, lead, second, p)
+}
+
+/// What a live run of an online strategy would have done with samples drawn before.
+#[derive(Debug)]
+pub struct Replayed {
+    pub decision: Decision,
+    /// The candidates as the live run would have had them (a stopped one without answer).
+    pub cands: Vec<Candidate>,
+    /// Completion tokens the live run would have spent: a stopped sample's up to its stop,
+    /// and none of the samples it would not have drawn.
+    pub tokens: usize,
+    /// Samples drawn (`adaptive`) or stopped (`early-stop`).
+    pub count: usize,
+}
+
+/// `early-stop` on `cands`, drawn in this order, with `tokens` completion tokens each: the
+/// first `warmup` set the bar; each later one is cut where the engine would have stopped it
+/// (`StopBelow::cut`, on its stored token confidences).
+pub fn replay_early_stop(mut cands: Vec<Candidate>, tokens: &[usize], s: Settings) -> Replayed {
+    let warm = s.warmup.max(1).min(cands.len());
+    let warmups: Vec<&[f32]> = cands[..warm]
+        .iter()
+        .map(|c| c.signals.confidence.as_slice())
+        .collect();
+    let stop = confidence::bar(&warmups, &s).map(|threshold| StopBelow {
+        window: s.window,
+        threshold,
+    });
+    let mut spent: usize = tokens[..warm].iter().sum();
+    let mut stopped = 0;
+    for (c, &t) in cands[warm..].iter_mut().zip(&tokens[warm..]) {
+        match stop.and_then(|st| st.cut(&c.signals.confidence)) {
+            Some(cut) => {
+                spent += cut;
+                stopped += 1;
+                c.extracted = None;
+                c.signals.confidence.truncate(cut);
+            }
+            None => spent += t,
+        }
+    }
+    let (decision, _) = early_stop_decision(&cands, s);
+    Replayed {
+        decision,
+        cands,
+        tokens: spent,
+        count: stopped,
+    }
+}
+
+/// `adaptive` on `cands`, drawn in this order: rounds of `batch` until the leader holds or
+/// all are drawn, then a vote over those drawn.
+pub fn replay_adaptive(mut cands: Vec<Candidate>, tokens: &[usize], s: Settings) -> Replayed {
+    let n = cands.len();
+    let mut to = 0;
+    while to < n {
+        to = (to + s.batch.max(1)).min(n);
+        if lead_holds(&cands[..to], s).0 {
+            break;
+        }
+    }
+    cands.truncate(to);
+    let (decision, _) = decide(Rule::Vote, Ballot::of(&cands));
+    Replayed {
+        decision,
+        cands,
+        tokens: tokens[..to].iter().sum(),
+        count: to,
     }
 }
 
