@@ -425,6 +425,22 @@ fn log_sum_exp_body(logits: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
+    /// A sample stops after the first token whose last `window` confidences average under
+    /// the bar, never on its last token (which ended it otherwise), and not before a whole
+    /// window.
+    #[test]
+    fn a_sample_is_cut_after_its_first_window_under_the_bar() {
+        let stop = StopBelow {
+            window: 2,
+            threshold: 1.0,
+        };
+        assert_eq!(stop.cut(&[0.0, 3.0, 3.0, 0.5, 1.0, 3.0]), Some(5));
+        assert_eq!(stop.cut(&[0.1, 3.0, 3.0]), None);
+        assert_eq!(stop.cut(&[3.0, 3.0, 0.5, 0.5]), None);
+        assert_eq!(stop.cut(&[3.0, 0.5, 0.5, 0.5]), Some(3));
+        assert!(!stop.falls_under([0.5].into_iter()));
+    }
+
     fn params(temperature: f32, seed: u64) -> SamplingParams {
         SamplingParams {
             temperature,
