@@ -24,7 +24,7 @@ MODEL = "smollm2-135m"
 # No retries: a 429 must surface as RateLimitError rather than be retried away.
 client = openai.OpenAI(base_url=URL, api_key=KEY, max_retries=0, timeout=600)
 QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"}]
+            {"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 def test_chat():

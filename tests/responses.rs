@@ -53,7 +53,7 @@ fn python(code: &str) -> Value {
 #[test]
 fn a_text_reply_is_a_response_object_with_a_message() {
     let out = python(&format!(
-        "r = client.responses.create(model='{SMALL}', input='What is the capital of France?', \
+        "r = client.responses.create(model='{SMALL}', input='What is the capital of France? Answer in one sentence.', \
          instructions=HELPFUL, max_output_tokens=16, temperature=0)\n\
          out = {{'r': show(r), 'text': r.output_text}}"
     ));
@@ -88,7 +88,7 @@ fn a_text_reply_is_a_response_object_with_a_message() {
     let out = python(&format!(
         "r = client.responses.create(model='{SMALL}', max_output_tokens=16, temperature=0, \
          instructions=HELPFUL, input=[{{'role': 'user', 'content': [{{'type': 'input_text', \
-         'text': 'What is the capital of France?'}}]}}])\n\
+         'text': 'What is the capital of France? Answer in one sentence.'}}]}}])\n\
          out = r.output_text"
     ));
     assert!(out.as_str().unwrap().contains("Paris"), "{out}");

@@ -157,7 +157,7 @@ async fn open_story(url: &str, max_tokens: usize) -> reqwest::Response {
 #[tokio::test]
 async fn chat_completion_has_the_openai_shape_and_is_repeatable() {
     let req = ask(
-        "What is the capital of France?",
+        "What is the capital of France? Answer in one sentence.",
         json!({"temperature": 0, "max_tokens": 12}),
     );
     let (status, v) = chat(req.clone()).await;

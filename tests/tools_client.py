@@ -148,7 +148,11 @@ def test_round_trip():
     answer = final.choices[0]
     assert answer.finish_reason == "stop", final
     assert not answer.message.tool_calls, final
-    assert "17" in answer.message.content, final
+    # The reply knows what only the tool result said. (Greedy qwen2.5-coder-0.5b often
+    # restates the call and part of the result instead of a sentence; so does llama.cpp on
+    # the same GGUF and prompt, and which part it keeps moves with the last bits.)
+    content = answer.message.content
+    assert "17" in content or "cloudy" in content, final
 
 
 def test_required_on_100_prompts():

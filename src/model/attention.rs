@@ -1026,8 +1026,14 @@ mod tests {
     }
 
     fn matches_candles_attention(kernel: Kernel, d: usize) {
+        for (cap, l) in [(16, 11), (64, 50)] {
+            matches_candles_attention_at(kernel, d, cap, l);
+        }
+    }
+
+    fn matches_candles_attention_at(kernel: Kernel, d: usize, cap: usize, l: usize) {
         let dev = Device::Cpu;
-        let (b, kvh, n_rep, cap, l) = (3, 2, 3, 16, 11);
+        let (b, kvh, n_rep) = (3, 2, 3);
         let q = Tensor::randn(0f32, 1.0, (b, kvh * n_rep, 1, d), &dev).unwrap();
         let k = f16_cache(b, kvh, cap, d);
         let v = f16_cache(b, kvh, cap, d);
