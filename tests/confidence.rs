@@ -208,4 +208,18 @@ fn early_stop_drops_samples_under_the_warmup_bar() {
         t.usage.completion_tokens,
         t.agents.iter().map(|a| a.tokens).sum::<usize>()
     );
+    // With program answers, a stopped sample's unfinished program is not run; the others'
+    // are, and their runs are in the trace.
+    ens.set_answer(AnswerKind::Program).unwrap();
+    let t = run(
+        &ens,
+        "Tom has 3 boxes of 7 apples. How many apples? Write a Python program that prints it.",
+    );
+    let (stopped, whole): (Vec<_>, Vec<_>) = t
+        .agents
+        .iter()
+        .partition(|a| a.finish == Some(Finish::Unsure));
+    assert!(!stopped.is_empty(), "{:?}", t.notes);
+    assert!(stopped.iter().all(|a| a.program.is_none()));
+    assert!(whole.iter().all(|a| a.program.is_some()));
 }

@@ -12,7 +12,7 @@ use super::remote;
 use super::reply::Replies;
 use super::spans;
 use super::verify::Verifier;
-use crate::engine::{Engine, Job, Message, Prompt, SamplingParams};
+use crate::engine::{Engine, Finish, Job, Message, Prompt, SamplingParams};
 use anyhow::{bail, Result};
 use std::future::Future;
 use std::pin::Pin;
@@ -357,10 +357,15 @@ impl Runner {
             self.spent
                 .fetch_add(answered.completion_tokens, Ordering::SeqCst);
             self.spent.fetch_sub(reserved, Ordering::SeqCst);
-            let texts: Vec<&str> = answered
+            // A reply the confidence bar stopped is unfinished: its program is not run.
+            let texts: Vec<Option<&str>> = answered
                 .replies
                 .iter()
-                .map(|r| r.as_ref().map_or("", |r| r.text.as_str()))
+                .map(|r| match r {
+                    Ok(r) if r.finish == Some(Finish::Unsure) => None,
+                    Ok(r) => Some(r.text.as_str()),
+                    Err(_) => Some(""),
+                })
                 .collect();
             let mut programs = self.run_programs(ens, ask, &texts).await?.into_iter();
             for ((&i, reply), span) in members.iter().zip(answered.replies).zip(spans) {
@@ -427,7 +432,7 @@ impl Runner {
 
     /// With `answer = "program"` (and no tools, whose calls are the ballot instead), each
     /// reply's program run and the number it printed, in order; otherwise none. A failed
-    /// agent's empty text is a reply without a program.
+    /// agent's empty text is a reply without a program; a reply given as None is not run.
     ///
     /// Choosing program answers is the consent to run the agents' programs, as the bench's
     /// code task grants `python` by design; a server allows it only with `--allow-tools`
@@ -436,13 +441,17 @@ impl Runner {
         &self,
         ens: &Ensemble,
         ask: &Ask,
-        texts: &[&str],
+        texts: &[Option<&str>],
     ) -> Result<Vec<Option<program::Answer>>> {
         if ens.answer != AnswerKind::Program || !ask.tools.is_empty() {
             return Ok(vec![None; texts.len()]);
         }
-        let answers = self.programs.answers(texts).await?;
-        Ok(answers.into_iter().map(Some).collect())
+        let run: Vec<&str> = texts.iter().flatten().copied().collect();
+        let mut answers = self.programs.answers(&run).await?.into_iter();
+        Ok(texts
+            .iter()
+            .map(|t| t.and_then(|_| answers.next()))
+            .collect())
     }
 
     /// Runs `job` in a task of its own; with a listener, its pieces go out as the deltas of
@@ -539,7 +548,7 @@ impl Runner {
         };
         if fuse {
             // A synthesis of programs is a program: its answer is what it prints.
-            let ran = self.run_programs(ens, ask, &[&call.text]).await?;
+            let ran = self.run_programs(ens, ask, &[Some(&call.text)]).await?;
             let answer = match ran.into_iter().next().flatten() {
                 Some((printed, _)) => printed,
                 None => ask.read(ens.answer, &call.text).0,
