@@ -72,8 +72,8 @@ pub fn run(source: &str) -> Result<Answer> {
         status: Some(o.status),
         exit_code: o.exit_code,
         reason,
-        stdout: tail(&o.stdout),
-        stderr: tail(&short_paths(&o.stderr)),
+        stdout: verify::tail(&o.stdout, TAIL_CHARS),
+        stderr: verify::tail(&verify::short_paths(&o.stderr), TAIL_CHARS),
         seconds: o.seconds,
         cached: false,
     };
@@ -158,32 +158,6 @@ impl Programs {
             })
             .collect())
     }
-}
-
-/// The last `TAIL_CHARS` chars of `s`, trimmed, marked with "…" when cut.
-fn tail(s: &str) -> String {
-    let s = s.trim();
-    let n = s.chars().count();
-    if n <= TAIL_CHARS {
-        return s.to_string();
-    }
-    let cut: String = s.chars().skip(n - TAIL_CHARS).collect();
-    format!("…{cut}")
-}
-
-/// Tracebacks name the sandbox's throw-away work dir; "main.py" says the same.
-fn short_paths(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for line in s.split_inclusive('\n') {
-        match (line.find("File \""), line.find("/main.py\"")) {
-            (Some(a), Some(b)) if a + 6 <= b => {
-                out.push_str(&line[..a + 6]);
-                out.push_str(&line[b + 1..]);
-            }
-            _ => out.push_str(line),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

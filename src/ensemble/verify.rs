@@ -312,7 +312,7 @@ fn calculator(reply: &str) -> Verdict {
 
 /// Tracebacks name the throw-away work dir (`File "/tmp/conclave-sandbox-x1/main.py"`):
 /// "main.py" says the same in a prompt.
-fn short_paths(s: &str) -> String {
+pub(super) fn short_paths(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find("File \"") {
@@ -331,7 +331,7 @@ fn short_paths(s: &str) -> String {
 }
 
 /// The last `max` chars of `s`, trimmed, marked with "…" when cut.
-fn tail(s: &str, max: usize) -> String {
+pub(super) fn tail(s: &str, max: usize) -> String {
     let s = s.trim();
     let n = s.chars().count();
     if n <= max {
