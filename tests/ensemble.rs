@@ -1,25 +1,13 @@
 //! Ensembles on a real model (smollm2-135m): every strategy runs, and every decision can be
 //! recomputed from its trace.
 mod common;
-use conclave::engine::{Engine, Finish};
+use conclave::engine::Finish;
 use conclave::ensemble::aggregate;
-use conclave::ensemble::{AnswerKind, Ensemble, Runner, Strategy, Trace};
+use conclave::ensemble::{AnswerKind, Ensemble, Strategy, Trace};
 use std::path::Path;
-use std::sync::OnceLock;
-
-/// One engine (and so one loaded copy of each model) for every test in this file.
-fn engine() -> Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    common::model_path("smollm2-135m");
-    ENGINE.get_or_init(Engine::start).clone()
-}
 
 fn run(ens: &Ensemble, question: &str) -> Trace {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { Runner::new(engine()).run(ens, question).await.unwrap() })
+    common::run_ensemble(common::engine(&["smollm2-135m"]), ens, question)
 }
 
 fn toml(text: &str) -> Ensemble {

@@ -3,27 +3,15 @@
 //! that crashes is recorded in the trace and casts no vote. The questions are written here
 //! (not taken from a GSM8K split).
 mod common;
-use conclave::engine::Engine;
 use conclave::ensemble::aggregate::{self, WeightBy};
-use conclave::ensemble::{Ensemble, Runner, Trace};
+use conclave::ensemble::{Ensemble, Trace};
 use conclave::tools::Status;
 use std::path::Path;
-use std::sync::OnceLock;
 
 const QWEN: &str = "qwen2.5-coder-0.5b";
 
-fn engine() -> Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    common::model_path(QWEN);
-    ENGINE.get_or_init(Engine::start).clone()
-}
-
 fn run(ens: &Ensemble, question: &str) -> Trace {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { Runner::new(engine()).run(ens, question).await.unwrap() })
+    common::run_ensemble(common::engine(&[QWEN]), ens, question)
 }
 
 /// 4 trays × 6 muffins − 9 sold = 15.

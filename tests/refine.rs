@@ -6,12 +6,9 @@ use conclave::engine::Engine;
 use conclave::ensemble::verify::exec_vote;
 use conclave::ensemble::{Ensemble, Runner, Strategy, Trace, Verifier};
 use std::path::Path;
-use std::sync::OnceLock;
 
 fn engine() -> Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    common::model_path("smollm2-135m");
-    ENGINE.get_or_init(Engine::start).clone()
+    common::engine(&["smollm2-135m"])
 }
 
 fn run(ens: &Ensemble, question: &str, verifier: Option<&Verifier>) -> anyhow::Result<Trace> {

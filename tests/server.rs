@@ -19,9 +19,7 @@ const MODEL: &str = "smollm2-135m";
 const KEY: &str = "sk-test-key";
 
 fn engine() -> Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    common::model_path(MODEL);
-    ENGINE.get_or_init(Engine::start).clone()
+    common::engine(&[MODEL])
 }
 
 /// Starts a server in this process on a free loopback port; returns its base URL.

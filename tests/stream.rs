@@ -18,8 +18,7 @@ const KEY: &str = "sk-stream-test";
 
 /// One engine for the servers of this binary (each model loaded once).
 fn engine() -> Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(Engine::start).clone()
+    common::engine(&[])
 }
 
 fn options(models: &[&str]) -> Options {

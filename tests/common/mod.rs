@@ -25,6 +25,34 @@ pub fn conclave(models: &[&str], args: &[&str]) -> (bool, String, String) {
 use conclave::model::Model;
 use std::sync::OnceLock;
 
+/// The engine every test of a binary shares (so each model loads once), after pulling
+/// `models`.
+pub fn engine(models: &[&str]) -> conclave::engine::Engine {
+    static ENGINE: OnceLock<conclave::engine::Engine> = OnceLock::new();
+    for m in models {
+        model_path(m);
+    }
+    ENGINE.get_or_init(conclave::engine::Engine::start).clone()
+}
+
+/// Runs `ens` on `question` with `engine`, on a runtime of its own.
+pub fn run_ensemble(
+    engine: conclave::engine::Engine,
+    ens: &conclave::ensemble::Ensemble,
+    question: &str,
+) -> conclave::ensemble::Trace {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        conclave::ensemble::Runner::new(engine)
+            .run(ens, question)
+            .await
+            .unwrap()
+    })
+}
+
 /// The smallest model, loaded once per test binary and shared by its tests.
 pub fn smollm2() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
