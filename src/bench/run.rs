@@ -252,9 +252,7 @@ fn make_series(opts: &Options, sizes: &[usize]) -> Result<Vec<Series>> {
             }
         }
         for &st in &strategies {
-            let d = s.deciding(st, None, false)?;
-            let shares = first.clone().filter(|f| *f != d.name);
-            out.push(s.deciding(st, shares, opts.replay_online)?);
+            out.push(s.deciding(st, first.clone(), opts.replay_online)?);
         }
     }
     Ok(out)

@@ -123,9 +123,10 @@ impl Series {
     }
 
     /// This series decided by `strategy` instead, on the samples of the series named
-    /// `shares` (none: it generates them). Every strategy is then scored on the very same
-    /// replies, which are generated once. The strategies that sample as they go run live at
-    /// each size, or with `replay`, replay on `shares`' samples (which must then be given).
+    /// `shares` (none, or this series itself: it generates them). Every strategy is then
+    /// scored on the very same replies, which are generated once. The strategies that sample
+    /// as they go run live at each size, or with `replay`, replay on `shares`' samples (which
+    /// must then be given).
     pub fn deciding(
         &self,
         strategy: Strategy,
@@ -141,7 +142,8 @@ impl Series {
             Plan::EarlyStop(_) | Plan::Adaptive(_) if replay => {
                 ensure!(
                     shares.is_some(),
-                    "--replay-online replays {strategy} on stored samples: give a strategy                      decided from them too, e.g. --strategies vote,{strategy}"
+                    "--replay-online replays {strategy} on stored samples: give a strategy \
+                     decided from them too, e.g. --strategies vote,{strategy}"
                 );
                 return Ok(Self {
                     name: format!("{name} (replayed)"),
@@ -173,10 +175,10 @@ impl Series {
             })?,
         };
         Ok(Self {
+            shares: shares.filter(|f| *f != name),
             name,
             ens,
             rule: Some(rule),
-            shares,
             replay: false,
             agent: None,
         })
