@@ -59,12 +59,8 @@ impl Runner {
             .iter()
             .map(|a| a.signals.confidence.as_slice())
             .collect();
-        let bar = confidence::bar(&warmups, &s);
-        let stop = bar.map(|threshold| StopBelow {
-            window: s.window,
-            threshold,
-        });
-        got.notes.push(match bar {
+        let stop = stop_below(&warmups, s);
+        got.notes.push(match stop.map(|st| st.threshold) {
             Some(b) => format!(
                 "early-stop: {warm} warm-up sample(s) set the bar at {b:.3} (their lowest \
                  {}-token group confidence, keeping {} %)",
@@ -210,6 +206,15 @@ fn early_stop_decision(cands: &[Candidate], s: Settings) -> (Decision, Option<St
     )
 }
 
+/// The stop the warm-up samples' token confidences set for the samples after them: the
+/// bar over `window`-token groups; None when they gave no confidence.
+fn stop_below(warmups: &[&[f32]], s: Settings) -> Option<StopBelow> {
+    confidence::bar(warmups, &s).map(|threshold| StopBelow {
+        window: s.window,
+        threshold,
+    })
+}
+
 /// Whether `adaptive` stops after these samples: the leading answer's votes against the
 /// runner-up's, and the chance that the leader holds.
 fn lead_holds(cands: &[Candidate], s: Settings) -> (bool, usize, usize, f64) {
@@ -233,8 +238,6 @@ pub struct Replayed {
     /// Completion tokens the live run would have spent: a stopped sample's up to its stop,
     /// and none of the samples it would not have drawn.
     pub tokens: usize,
-    /// Samples drawn (`adaptive`) or stopped (`early-stop`).
-    pub count: usize,
 }
 
 /// `early-stop` on `cands`, drawn in this order, with `tokens` completion tokens each: the
@@ -246,17 +249,12 @@ pub fn replay_early_stop(mut cands: Vec<Candidate>, tokens: &[usize], s: Setting
         .iter()
         .map(|c| c.signals.confidence.as_slice())
         .collect();
-    let stop = confidence::bar(&warmups, &s).map(|threshold| StopBelow {
-        window: s.window,
-        threshold,
-    });
+    let stop = stop_below(&warmups, s);
     let mut spent: usize = tokens[..warm].iter().sum();
-    let mut stopped = 0;
     for (c, &t) in cands[warm..].iter_mut().zip(&tokens[warm..]) {
         match stop.and_then(|st| st.cut(&c.signals.confidence)) {
             Some(cut) => {
                 spent += cut;
-                stopped += 1;
                 c.extracted = None;
                 c.signals.confidence.truncate(cut);
             }
@@ -268,7 +266,6 @@ pub fn replay_early_stop(mut cands: Vec<Candidate>, tokens: &[usize], s: Setting
         decision,
         cands,
         tokens: spent,
-        count: stopped,
     }
 }
 
@@ -289,7 +286,6 @@ pub fn replay_adaptive(mut cands: Vec<Candidate>, tokens: &[usize], s: Settings)
         decision,
         cands,
         tokens: tokens[..to].iter().sum(),
-        count: to,
     }
 }
 
