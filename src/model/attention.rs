@@ -24,7 +24,7 @@ thread_local! {
 /// of them. 4 gives 8 rows of one request 2 tasks per KV head, one per core here.
 const ROWS_PER_TASK: usize = 4;
 
-/// The loops decode attention runs in.
+/// The loops attention runs in.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kernel {
     Portable,
@@ -62,12 +62,12 @@ pub fn attend_rows(
     mask: Option<&Tensor>,
 ) -> Result<Vec<f32>> {
     let kernel = *Kernel::here(d).last().unwrap();
-    decode_values(kernel, q, (b, t, h, d), kv, mask)
+    attend_values(kernel, q, (b, t, h, d), kv, mask)
 }
 
 /// `attend_rows` in the given kernel. The mask's values are borrowed, not copied: every
 /// layer of a step reads the same mask.
-fn decode_values(
+fn attend_values(
     kernel: Kernel,
     q: &[f32],
     dims: (usize, usize, usize, usize),
@@ -75,13 +75,13 @@ fn decode_values(
     mask: Option<&Tensor>,
 ) -> Result<Vec<f32>> {
     match mask {
-        Some(m) => with_f32(m, |v| decode_masked(kernel, q, dims, kv, v, m.rank() == 4))?,
-        None => decode_masked(kernel, q, dims, kv, &[], false),
+        Some(m) => with_f32(m, |v| attend_masked(kernel, q, dims, kv, v, m.rank() == 4))?,
+        None => attend_masked(kernel, q, dims, kv, &[], false),
     }
 }
 
-/// `decode_values` with the mask's values (empty: none), per row or shared.
-fn decode_masked(
+/// `attend_values` with the mask's values (empty: none), per row or shared.
+fn attend_masked(
     kernel: Kernel,
     q: &[f32],
     (b, t, h, d): (usize, usize, usize, usize),
@@ -100,16 +100,16 @@ fn decode_masked(
         tensors.extend([k, v]);
     }
     if tensors.iter().any(|t| t.dtype() != DType::F16) {
-        bail!("decode attention reads an f16 cache");
+        bail!("CPU attention reads an f16 cache");
     }
     let held: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
     let mut views = Vec::with_capacity(held.len());
     for (storage, layout) in &held {
         let Storage::Cpu(c) = &**storage else {
-            bail!("decode attention runs on the CPU");
+            bail!("this attention runs on the CPU");
         };
         if layout.stride()[3] != 1 {
-            bail!("decode attention needs the cache's head dimension contiguous");
+            bail!("CPU attention needs the cache's head dimension contiguous");
         }
         views.push(View {
             data: c.as_slice::<f16>()?,
@@ -905,7 +905,7 @@ impl Out {
     }
 }
 
-// SAFETY: tasks write disjoint heads, and `decode_values` outlives them.
+// SAFETY: tasks write disjoint heads, and `attend_values` outlives them.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
@@ -923,7 +923,7 @@ mod tests {
     ) -> Result<Tensor> {
         let (b, h, t, d) = q.dims4()?;
         let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
-        let y = decode_values(kernel, &q, (b, t, h, d), kv, mask)?;
+        let y = attend_values(kernel, &q, (b, t, h, d), kv, mask)?;
         Ok(Tensor::from_vec(y, (b, 1, h * d), &Device::Cpu)?)
     }
 
@@ -1112,7 +1112,7 @@ mod tests {
             len: l,
         };
         let flat: Vec<f32> = q.flatten_all().unwrap().to_vec1().unwrap();
-        let got = decode_values(kernel, &flat, (b, t, h, d), &kv, Some(&mask)).unwrap();
+        let got = attend_values(kernel, &flat, (b, t, h, d), &kv, Some(&mask)).unwrap();
         for (row, start) in starts.into_iter().enumerate() {
             for i in 0..t {
                 let own = |x: &Tensor| x.narrow(0, row, 1).unwrap().narrow(2, 0, i + 1).unwrap();
@@ -1124,7 +1124,7 @@ mod tests {
                 };
                 let qi = q.narrow(0, row, 1).unwrap().narrow(1, i, 1).unwrap();
                 let qi: Vec<f32> = qi.flatten_all().unwrap().to_vec1().unwrap();
-                let want = decode_values(kernel, &qi, (1, 1, h, d), &step, None).unwrap();
+                let want = attend_values(kernel, &qi, (1, 1, h, d), &step, None).unwrap();
                 let at = (row * t + i) * h * d;
                 let bits = |y: &[f32]| y.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
